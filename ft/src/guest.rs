@@ -1,0 +1,84 @@
+//! The machine the protocol makes fault tolerant.
+//!
+//! A `Guest` is the CPU and memory of a uniprocessor VM: deterministic between exits, with every outside
+//! influence (port reads, DMA, interrupts) passing through this interface. Devices are not part of it: they live
+//! in [`crate::platform`] and are shared by every guest implementation, so that the model guest of the simulator
+//! and the KVM guest speak the same guest ABI (docs/guest-abi.md) and produce the same kind of log.
+
+use crate::position::Position;
+
+/// A 64-bit digest of guest state (memory plus CPU registers), compared at checkpoints.
+pub type StateHash = u64;
+
+/// Why `Guest::run` returned. Every variant except `InstructionLimit` is guest-initiated and counts as an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// `OUT port, value` of `size` bytes (1, 2 or 4).
+    PortOut { port: u16, size: u8, value: u32 },
+    /// `IN port` of `size` bytes; the caller must answer with [`Guest::complete_port_in`] before `run` again.
+    PortIn { port: u16, size: u8 },
+    /// The guest waits for an interrupt (`HLT`).
+    Halt,
+    /// The guest can run no further (triple fault or fatal state); nothing will change that.
+    Shutdown,
+    /// The instruction target given to `run` was reached (not an exit; position.exits is unchanged).
+    InstructionLimit,
+}
+
+/// A fault of the guest implementation (not of the guest program, which shows up as `Exit::Shutdown`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GuestError {
+    /// A DMA or memory access outside guest memory.
+    #[error("guest memory access out of range: gpa {gpa:#x}, {len} bytes")]
+    MemoryOutOfRange { gpa: u64, len: usize },
+    /// `run` was called with an instruction target on a machine that cannot count instructions.
+    #[error("this guest cannot stop at an instruction count")]
+    InstructionCountUnsupported,
+    /// A snapshot that this implementation cannot restore (wrong version, size, or corrupt).
+    #[error("bad snapshot: {0}")]
+    BadSnapshot(String),
+    /// The hypervisor failed (KVM ioctl errors and the like).
+    #[error("hypervisor: {0}")]
+    Hypervisor(String),
+}
+
+/// A deterministic uniprocessor machine.
+///
+/// Contract (checked by tests in `sim` and `kvm-backend`): two guests built from the same image, given the same
+/// sequence of calls, return the same exits at the same positions and the same state hashes.
+pub trait Guest {
+    /// Runs until the next guest-initiated exit, or until `instruction_target` instructions have retired in total
+    /// (then returns `Exit::InstructionLimit`). A target at or before the current position returns at once.
+    fn run(&mut self, instruction_target: Option<u64>) -> Result<Exit, GuestError>;
+
+    /// The position after the last exit (or instruction limit).
+    fn position(&self) -> Position;
+
+    /// The program counter, as a cheap check that replay is where the log says it is.
+    fn pc(&self) -> u64;
+
+    /// Whether `run` accepts an instruction target.
+    fn counts_instructions(&self) -> bool;
+
+    /// Answers the pending `Exit::PortIn`.
+    fn complete_port_in(&mut self, value: u32);
+
+    /// Reads guest memory (device DMA out of the guest: transmit buffers, disk writes).
+    fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestError>;
+
+    /// Writes guest memory (device DMA into the guest: received frames, disk read data).
+    fn write_memory(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestError>;
+
+    /// Raises an interrupt. The guest takes it at its next instruction boundary where interrupts are enabled;
+    /// until then it is pending guest state (and so part of the hash and the snapshot).
+    fn inject_interrupt(&mut self, vector: u8) -> Result<(), GuestError>;
+
+    /// Digest of memory and CPU state.
+    fn state_hash(&mut self) -> Result<StateHash, GuestError>;
+
+    /// Complete machine state, in the implementation's own versioned format.
+    fn snapshot(&mut self) -> Result<Vec<u8>, GuestError>;
+
+    /// Restores a snapshot taken by the same implementation.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), GuestError>;
+}

@@ -1,0 +1,1 @@
+//! KVM guests for the FT protocol (work in progress).

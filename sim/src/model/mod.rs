@@ -1,0 +1,1 @@
+//! The model guest (work in progress).
