@@ -169,9 +169,18 @@ mod tests {
 
     #[test]
     fn request_round_trips_and_rejects_garbage() {
-        let request = Request { op: Op::Put, client: 7, request: 9, key: 3, value: 0xdead_beef };
+        let request = Request {
+            op: Op::Put,
+            client: 7,
+            request: 9,
+            key: 3,
+            value: 0xdead_beef,
+        };
         assert_eq!(Request::decode(&request.encode()), Ok(request));
-        assert_eq!(Request::decode(&[0u8; 3]), Err(DecodeError::Length(3, REQUEST_BYTES)));
+        assert_eq!(
+            Request::decode(&[0u8; 3]),
+            Err(DecodeError::Length(3, REQUEST_BYTES))
+        );
         let mut bad = request.encode();
         bad[4] = 9;
         assert_eq!(Request::decode(&bad), Err(DecodeError::Op(9)));

@@ -3,9 +3,26 @@
 //! docs/architecture.md explains the design; docs/log-format.md the wire format; docs/guest-abi.md the devices.
 
 pub mod abi;
+pub mod backup;
+pub mod bytes;
+pub mod config;
+pub mod detector;
 pub mod guest;
 pub mod kv;
+pub mod log;
+pub mod node;
+pub mod platform;
 pub mod position;
+pub mod primary;
+pub mod storage;
+pub mod vm;
+pub mod wire;
 
+pub use config::Config;
 pub use guest::{Exit, Guest, GuestError, StateHash};
+pub use node::{
+    Action, ArbiterOutcome, EntropySource, Event, Node, Progress, Role, Stats, Stopped, StorageDone,
+};
 pub use position::Position;
+#[cfg(feature = "driver")]
+pub mod driver;

@@ -1,0 +1,590 @@
+//! The backup: buffers and acknowledges log entries on receipt, replays them strictly in order at their logged
+//! positions with outputs suppressed, stalls when the buffer is empty, and stops with a named divergence when
+//! its guest does not do what the log says. When the primary fails it races for the arbiter; if it wins it
+//! replays everything it received and then goes live.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::config::{Config, NS_PER_MS};
+use crate::detector::Detector;
+use crate::guest::{Exit, Guest};
+use crate::log::{Control, Entry, Input, LogIndex, Output, OutputKind, OutputRecord};
+use crate::node::{
+    Action, ArbiterOutcome, Divergence, EntropySource, Event, Progress, Stats, Stopped,
+};
+use crate::platform::{ExitAction, InputKind};
+use crate::position::Position;
+use crate::primary::{Inheritance, Primary};
+use crate::vm::Vm;
+use crate::wire::{self, Message};
+
+/// The log entry that the guest's last exit calls for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Input(InputKind),
+    Output(Output),
+    PowerOff { status: u32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Waiting for a primary's `Hello`.
+    Listening {
+        deadline_ns: u64,
+    },
+    Replaying,
+    /// The primary is declared failed; a test-and-set is under way. Replay goes on meanwhile.
+    Arbitrating {
+        retry_at_ns: Option<u64>,
+    },
+    /// Won the arbiter at `epoch`: replay the rest of the buffer, then turn into a primary.
+    GoingLive {
+        epoch: u64,
+    },
+}
+
+enum Step {
+    Progressed,
+    NeedLog,
+}
+
+pub struct Backup<G: Guest> {
+    config: Config,
+    vm: Vm<G>,
+    epoch: u64,
+    mode: Mode,
+    stopped: Option<Stopped>,
+    detector: Detector,
+    heartbeat_next_ns: u64,
+    buffer: VecDeque<(LogIndex, Entry)>,
+    received: LogIndex,
+    replayed: LogIndex,
+    acked: (LogIndex, LogIndex),
+    expect: Option<Expect>,
+    /// Console and network outputs produced in replay and not yet confirmed released by the primary.
+    unreleased: VecDeque<Output>,
+    released_seq: Option<u64>,
+    /// Disk writes produced in replay whose completion has not been replayed, by tag.
+    pending_writes: BTreeMap<u32, Output>,
+    actions: VecDeque<Action>,
+    stats: Stats,
+}
+
+/// Bound on unconfirmed outputs kept for go-live; the primary's unacked-log bound keeps the real number far lower.
+const UNRELEASED_MAX: usize = 1 << 16;
+
+impl<G: Guest> Backup<G> {
+    pub fn new(config: Config, guest: G, disk_sectors: u64, now_ns: u64) -> Backup<G> {
+        Backup {
+            detector: Detector::new(now_ns, config.failure_timeout_ms),
+            heartbeat_next_ns: now_ns,
+            mode: Mode::Listening {
+                deadline_ns: now_ns + config.startup_timeout_ms * NS_PER_MS,
+            },
+            config,
+            vm: Vm::new(guest, disk_sectors),
+            epoch: 0,
+            stopped: None,
+            buffer: VecDeque::new(),
+            received: 0,
+            replayed: 0,
+            acked: (0, 0),
+            expect: None,
+            unreleased: VecDeque::new(),
+            released_seq: None,
+            pending_writes: BTreeMap::new(),
+            actions: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn position(&self) -> Position {
+        self.vm.position()
+    }
+
+    pub fn take_stopped(&mut self) -> Option<Stopped> {
+        self.stopped.take()
+    }
+
+    pub fn wants_log(&self) -> bool {
+        self.buffer.len() < self.config.log_entries_buffered_max
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            acked: self.replayed,
+            ..self.stats
+        }
+    }
+
+    // ---- inputs from the driver -------------------------------------------------------------------------------
+
+    pub fn handle_message(&mut self, now_ns: u64, message: Message) {
+        if self.stopped.is_some() || matches!(self.mode, Mode::GoingLive { .. }) {
+            return;
+        }
+        match message {
+            Message::Hello {
+                pair_id,
+                epoch,
+                image_digest,
+            } => self.handle_hello(now_ns, pair_id, epoch, image_digest),
+            Message::Heartbeat { pair_id, epoch, .. } => {
+                if pair_id == self.config.pair_id && epoch == self.epoch {
+                    self.detector.heard(now_ns);
+                }
+            }
+            _ if matches!(self.mode, Mode::Listening { .. }) => {
+                self.violation("log traffic before a hello".into());
+            }
+            Message::Log { index, entry } => {
+                self.detector.heard(now_ns);
+                if index != self.received + 1 {
+                    self.violation(format!("log index {index} after {}", self.received));
+                    return;
+                }
+                assert!(
+                    self.buffer.len() <= self.config.log_entries_buffered_max,
+                    "driver ignored wants_log"
+                );
+                self.received = index;
+                self.stats.log_entries += 1;
+                self.buffer.push_back((index, entry));
+            }
+            Message::Released { output_seq } => {
+                self.detector.heard(now_ns);
+                self.released_seq = Some(
+                    self.released_seq
+                        .map_or(output_seq, |seq| seq.max(output_seq)),
+                );
+                while self
+                    .unreleased
+                    .front()
+                    .is_some_and(|output| output.seq <= output_seq)
+                {
+                    self.unreleased.pop_front();
+                }
+            }
+            other => self.violation(format!("unexpected message from primary: {other:?}")),
+        }
+    }
+
+    fn handle_hello(&mut self, now_ns: u64, pair_id: u64, epoch: u64, image_digest: u64) {
+        let Mode::Listening { .. } = self.mode else {
+            self.violation("a second hello".into());
+            return;
+        };
+        if pair_id != self.config.pair_id || image_digest != self.config.image_digest {
+            // Not our primary: refuse this connection and keep waiting for the right one.
+            self.actions
+                .push_back(Action::Notify(Event::ProtocolViolation(format!(
+                "hello from pair {pair_id} image {image_digest:#x}, expected pair {} image {:#x}",
+                self.config.pair_id, self.config.image_digest
+            ))));
+            self.actions.push_back(Action::CloseChannel);
+            return;
+        }
+        self.epoch = epoch;
+        self.mode = Mode::Replaying;
+        self.detector.heard(now_ns);
+        self.actions
+            .push_back(Action::Send(Message::Welcome { pair_id, epoch }));
+        self.actions
+            .push_back(Action::Notify(Event::ChannelUp { epoch }));
+    }
+
+    fn violation(&mut self, what: String) {
+        self.actions
+            .push_back(Action::Notify(Event::ProtocolViolation(what)));
+        self.actions.push_back(Action::CloseChannel);
+        // The detector then declares the primary failed: a broken channel is as good as a dead primary.
+        self.detector = Detector::new(0, self.config.failure_timeout_ms);
+    }
+
+    pub fn handle_channel_closed(&mut self, now_ns: u64, _reason: &str) {
+        if let Mode::Replaying = self.mode {
+            self.peer_failed(now_ns);
+        }
+    }
+
+    fn peer_failed(&mut self, now_ns: u64) {
+        let silent_ms = self.detector.silent_ns(now_ns) / NS_PER_MS;
+        self.actions
+            .push_back(Action::Notify(Event::PeerFailed { silent_ms }));
+        self.actions.push_back(Action::CloseChannel);
+        self.mode = Mode::Arbitrating { retry_at_ns: None };
+        self.test_and_set();
+    }
+
+    fn test_and_set(&mut self) {
+        self.actions
+            .push_back(Action::Notify(Event::TestAndSetStarted {
+                expected_epoch: self.epoch,
+            }));
+        self.actions.push_back(Action::TestAndSet {
+            expected_epoch: self.epoch,
+        });
+    }
+
+    pub fn handle_timeout(&mut self, now_ns: u64) {
+        if matches!(self.mode, Mode::Replaying) {
+            while self.heartbeat_next_ns <= now_ns {
+                self.heartbeat_next_ns += self.config.heartbeat_interval_ms * NS_PER_MS;
+                self.actions
+                    .push_back(Action::Heartbeat(Message::Heartbeat {
+                        pair_id: self.config.pair_id,
+                        epoch: self.epoch,
+                        role: wire::Role::Backup,
+                        sent_ms: now_ns / NS_PER_MS,
+                    }));
+            }
+        }
+        match self.mode {
+            Mode::Listening { deadline_ns } if now_ns >= deadline_ns => self.peer_failed(now_ns),
+            Mode::Replaying if self.detector.failed(now_ns) => self.peer_failed(now_ns),
+            Mode::Arbitrating {
+                retry_at_ns: Some(at),
+            } if now_ns >= at => {
+                self.mode = Mode::Arbitrating { retry_at_ns: None };
+                self.test_and_set();
+            }
+            _ => {}
+        }
+    }
+
+    pub fn handle_arbiter(&mut self, now_ns: u64, outcome: ArbiterOutcome) {
+        let Mode::Arbitrating { .. } = self.mode else {
+            return;
+        };
+        match outcome {
+            ArbiterOutcome::Won { epoch } => self.mode = Mode::GoingLive { epoch },
+            ArbiterOutcome::Lost { epoch } => {
+                self.actions
+                    .push_back(Action::Notify(Event::LostRace { epoch }));
+                self.stopped = Some(Stopped::LostRace { epoch });
+            }
+            ArbiterOutcome::Unreachable => {
+                self.actions
+                    .push_back(Action::Notify(Event::ArbiterUnreachable));
+                self.mode = Mode::Arbitrating {
+                    retry_at_ns: Some(now_ns + self.config.arbiter_retry_ms * NS_PER_MS),
+                };
+            }
+        }
+    }
+
+    // ---- replay -----------------------------------------------------------------------------------------------
+
+    pub fn run_guest(&mut self, _now_ns: u64) -> Progress {
+        if self.stopped.is_some() || matches!(self.mode, Mode::Listening { .. }) {
+            return Progress::Idle;
+        }
+        let start = self.vm.position();
+        let mut steps = 0u64;
+        loop {
+            let position = self.vm.position();
+            let slice_done = position.exits - start.exits >= self.config.slice_exits_max
+                || position.instructions - start.instructions >= self.config.slice_instructions;
+            if slice_done || self.stopped.is_some() {
+                return Progress::Ran;
+            }
+            match self.step() {
+                Ok(Step::Progressed) => steps += 1,
+                Ok(Step::NeedLog) => {
+                    return if steps > 0 {
+                        Progress::Ran
+                    } else {
+                        Progress::Idle
+                    }
+                }
+                Err(divergence) => {
+                    self.actions
+                        .push_back(Action::Notify(Event::Diverged(divergence.clone())));
+                    self.actions.push_back(Action::CloseChannel);
+                    self.stopped = Some(Stopped::Diverged(divergence));
+                    return Progress::Idle;
+                }
+            }
+        }
+    }
+
+    fn diverged(&self, expected: String, actual: String) -> Divergence {
+        Divergence {
+            position: self.vm.position(),
+            expected,
+            actual,
+        }
+    }
+
+    fn step(&mut self) -> Result<Step, Divergence> {
+        if let Some(expect) = self.expect.take() {
+            return self.satisfy(expect);
+        }
+        let Some((_, entry)) = self.buffer.front() else {
+            return Ok(Step::NeedLog);
+        };
+        let position = self.vm.position();
+        let logged = entry.position();
+        if logged == position {
+            return self.apply_unprompted();
+        }
+        if logged < position {
+            return Err(self.diverged(
+                format!("{} at {logged}", entry.describe()),
+                "the guest ran past it".into(),
+            ));
+        }
+        if self.vm.halted {
+            return Err(self.diverged(
+                format!("{} at {logged}", entry.describe()),
+                "the guest halted here".into(),
+            ));
+        }
+        let target = self.vm.guest.counts_instructions().then(|| {
+            let slice_end = position.instructions + self.config.slice_instructions;
+            if logged.exits == position.exits {
+                logged.instructions.min(slice_end)
+            } else {
+                slice_end
+            }
+        });
+        let exit = self
+            .vm
+            .guest
+            .run(target)
+            .map_err(|e| self.diverged("the guest to run".into(), e.to_string()))?;
+        if exit == Exit::InstructionLimit {
+            return Ok(Step::Progressed);
+        }
+        let action = self
+            .vm
+            .platform
+            .handle_exit(exit, &mut self.vm.guest)
+            .map_err(|e| self.diverged(format!("{exit:?} to be handled"), e.to_string()))?;
+        self.expect = match action {
+            ExitAction::Continue | ExitAction::DiskRead(_) => None,
+            ExitAction::Halt => {
+                self.vm.halted = true;
+                None
+            }
+            ExitAction::NeedsInput(kind) => Some(Expect::Input(kind)),
+            ExitAction::Output(output) => Some(Expect::Output(output)),
+            ExitAction::PowerOff { status } => Some(Expect::PowerOff { status }),
+            ExitAction::Shutdown => Some(Expect::PowerOff { status: u32::MAX }),
+        };
+        Ok(Step::Progressed)
+    }
+
+    /// The guest's last exit calls for a specific entry; the next one in the log must be it.
+    fn satisfy(&mut self, expect: Expect) -> Result<Step, Divergence> {
+        let Some((index, entry)) = self.buffer.front().cloned() else {
+            self.expect = Some(expect);
+            return Ok(Step::NeedLog);
+        };
+        let position = self.vm.position();
+        let pc = self.vm.guest.pc();
+        let wanted = describe_expect(&expect);
+        match (&expect, &entry) {
+            (
+                Expect::Input(kind),
+                Entry::Input {
+                    position: at,
+                    pc: logged_pc,
+                    input,
+                },
+            ) if *at == position && input_kind(input) == Some(*kind) => {
+                self.vm
+                    .platform
+                    .apply(input, &mut self.vm.guest)
+                    .map_err(|e| self.diverged(wanted, e.to_string()))?;
+                if *logged_pc != self.vm.guest.pc() {
+                    return Err(
+                        self.diverged(entry.describe(), format!("pc {:#x}", self.vm.guest.pc()))
+                    );
+                }
+            }
+            (
+                Expect::Output(output),
+                Entry::Output {
+                    position: at,
+                    pc: logged_pc,
+                    record,
+                },
+            ) if *at == position && *logged_pc == pc && *record == OutputRecord::of(output) => {
+                self.keep_output(output.clone());
+            }
+            (
+                Expect::PowerOff { status },
+                Entry::Control {
+                    position: at,
+                    control: Control::PowerOff { status: s },
+                    ..
+                },
+            ) if *at == position && s == status => {
+                self.actions
+                    .push_back(Action::Notify(Event::PoweredOff { status: *status }));
+                self.actions.push_back(Action::CloseChannel);
+                self.stopped = Some(Stopped::PoweredOff { status: *status });
+            }
+            _ => {
+                let logged = format!("{} at {}", entry.describe(), entry.position());
+                return Err(self.diverged(logged, format!("{wanted} at pc {pc:#x}")));
+            }
+        }
+        self.buffer.pop_front();
+        self.replayed = index;
+        Ok(Step::Progressed)
+    }
+
+    /// An entry at the current position that no exit asked for: an asynchronous input or a checkpoint.
+    fn apply_unprompted(&mut self) -> Result<Step, Divergence> {
+        let (index, entry) = self.buffer.front().cloned().expect("caller saw an entry");
+        match &entry {
+            Entry::Input { input, pc, .. } if input_kind(input).is_none() => {
+                self.vm
+                    .platform
+                    .apply(input, &mut self.vm.guest)
+                    .map_err(|e| self.diverged(entry.describe(), e.to_string()))?;
+                self.vm.halted = false;
+                if let Input::DiskComplete { tag, .. } = input {
+                    self.pending_writes.remove(tag);
+                }
+                if *pc != self.vm.guest.pc() {
+                    return Err(
+                        self.diverged(entry.describe(), format!("pc {:#x}", self.vm.guest.pc()))
+                    );
+                }
+            }
+            Entry::Checkpoint { hash, position } => {
+                let actual = self
+                    .vm
+                    .state_hash()
+                    .map_err(|e| self.diverged(entry.describe(), e.to_string()))?;
+                if actual != *hash {
+                    return Err(self.diverged(
+                        format!("state hash {hash:016x}"),
+                        format!("state hash {actual:016x}"),
+                    ));
+                }
+                self.actions.push_back(Action::Notify(Event::Checkpoint {
+                    position: *position,
+                    hash: actual,
+                }));
+            }
+            _ => {
+                return Err(self.diverged(
+                    format!("{} at {}", entry.describe(), entry.position()),
+                    "no exit here".into(),
+                ))
+            }
+        }
+        self.buffer.pop_front();
+        self.replayed = index;
+        Ok(Step::Progressed)
+    }
+
+    fn keep_output(&mut self, output: Output) {
+        match (output.kind, output.disk) {
+            (OutputKind::DiskWrite, Some(target)) => {
+                self.pending_writes.insert(target.tag, output);
+            }
+            _ if self
+                .released_seq
+                .is_some_and(|released| output.seq <= released) => {}
+            _ => {
+                if self.unreleased.len() == UNRELEASED_MAX {
+                    self.unreleased.pop_front();
+                }
+                self.unreleased.push_back(output);
+            }
+        }
+    }
+
+    // ---- go-live ----------------------------------------------------------------------------------------------
+
+    /// Won the race and replayed everything received.
+    pub fn ready_to_go_live(&self) -> bool {
+        matches!(self.mode, Mode::GoingLive { .. })
+            && self.buffer.is_empty()
+            && self.stopped.is_none()
+    }
+
+    pub fn go_live(self, now_ns: u64, entropy: &mut dyn EntropySource) -> Primary<G> {
+        let Mode::GoingLive { epoch } = self.mode else {
+            panic!("go_live called before the arbiter was won");
+        };
+        assert!(
+            self.buffer.is_empty(),
+            "go-live replays the whole buffer first"
+        );
+        let replayed_entries = self.replayed;
+        let inheritance = Inheritance {
+            clock_latched_ns: self.vm.platform.clock_latched_ns(),
+            unreleased_outputs: self.unreleased.into_iter().collect(),
+            pending_writes: self.pending_writes.into_values().collect(),
+            pending_exit: self.expect,
+        };
+        let reissued_outputs = inheritance.unreleased_outputs.len();
+        let reissued_disk_requests = self.vm.platform.disk_in_flight().count();
+        let mut primary =
+            Primary::go_live(self.config, self.vm, epoch, inheritance, now_ns, entropy);
+        primary.notify(Event::WentLive {
+            epoch,
+            replayed_entries,
+            reissued_disk_requests,
+            reissued_outputs,
+        });
+        primary
+    }
+
+    // ---- outputs to the driver --------------------------------------------------------------------------------
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        if self.actions.is_empty()
+            && (self.received, self.replayed) != self.acked
+            && self.received > self.acked.0
+        {
+            self.acked = (self.received, self.replayed);
+            self.actions.push_back(Action::Send(Message::Ack {
+                received: self.received,
+                replayed: self.replayed,
+                position: self.vm.position(),
+            }));
+        }
+        self.actions.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<u64> {
+        match self.mode {
+            Mode::Listening { deadline_ns } => Some(deadline_ns),
+            Mode::Replaying => Some(self.heartbeat_next_ns.min(self.detector.deadline_ns())),
+            Mode::Arbitrating { retry_at_ns } => retry_at_ns,
+            Mode::GoingLive { .. } => None,
+        }
+    }
+}
+
+fn input_kind(input: &Input) -> Option<InputKind> {
+    match input {
+        Input::Clock { .. } => Some(InputKind::Clock),
+        Input::Entropy { .. } => Some(InputKind::Entropy),
+        _ => None,
+    }
+}
+
+fn describe_expect(expect: &Expect) -> String {
+    match expect {
+        Expect::Input(kind) => format!("{kind:?} read"),
+        Expect::Output(output) => format!(
+            "output #{} {:?} {} bytes",
+            output.seq,
+            output.kind,
+            output.bytes.len()
+        ),
+        Expect::PowerOff { status } => format!("power-off {status}"),
+    }
+}

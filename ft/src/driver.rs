@@ -1,0 +1,331 @@
+//! The thin async driver: runs a [`Node`] against a [`Host`] (clock, heartbeat socket, shared storage, arbiter,
+//! the outside world) and a logging-channel stream. The same code runs over turmoil in the simulator and over
+//! real sockets in `ftvm`; everything single-threaded, on a tokio `LocalSet`.
+
+use std::future::Future;
+use std::rc::Rc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::abi::DiskStatus;
+use crate::guest::Guest;
+use crate::log::{DiskTarget, Output};
+use crate::node::{Action, ArbiterOutcome, EntropySource, Node, Progress, Stopped, StorageDone};
+use crate::storage::StorageRequest;
+use crate::wire::{self, Message, StreamDecoder, StreamEncoder, WireError};
+
+/// Why shared storage did not do a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// No answer (partition, storage down): the request is retried.
+    #[error("storage unreachable")]
+    Unreachable,
+    /// A newer epoch went live; requests of older epochs are refused.
+    #[error("fenced: storage is at epoch {0}")]
+    Fenced(u64),
+    /// The storage failed the request; the guest sees an IO error.
+    #[error("storage error: {0}")]
+    Io(String),
+}
+
+/// What the driver reports to its host, for timelines, status and checkers.
+#[derive(Debug)]
+pub enum Observation<'a> {
+    Action(&'a Action),
+    Received(&'a Message),
+    ChannelError(&'a str),
+}
+
+/// The environment of one node. Time is read only through `now_ns`; in the simulator it is simulated time.
+#[allow(async_fn_in_trait)]
+pub trait Host: 'static {
+    fn now_ns(&self) -> u64;
+    /// Simulated CPU time a guest slice takes (0 on real hardware, where running the guest takes real time).
+    fn guest_slice_ns(&self) -> u64;
+    async fn sleep_until_ns(&self, deadline_ns: u64);
+    async fn send_heartbeat(&self, frame: Vec<u8>);
+    /// The next heartbeat datagram; `None` when the socket is gone.
+    async fn recv_heartbeat(&self) -> Option<Vec<u8>>;
+    fn storage_read(
+        &self,
+        epoch: u64,
+        target: DiskTarget,
+    ) -> impl Future<Output = Result<Vec<u8>, StorageError>>;
+    fn storage_write(
+        &self,
+        epoch: u64,
+        target: DiskTarget,
+        data: Vec<u8>,
+    ) -> impl Future<Output = Result<(), StorageError>>;
+    fn test_and_set(&self, expected_epoch: u64) -> impl Future<Output = ArbiterOutcome>;
+    /// Delivers a released console line or frame.
+    fn release(&self, epoch: u64, output: &Output);
+    /// The next frame from the outside for the guest's network device; only awaited while live.
+    async fn recv_frame(&self) -> Option<Vec<u8>>;
+    fn observe(&self, now_ns: u64, observation: Observation);
+}
+
+/// Delay before retrying a storage request that found storage unreachable.
+const STORAGE_RETRY_NS: u64 = 20_000_000;
+/// Bytes read from the channel per read call.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+enum Completion {
+    Storage(StorageDone),
+    Fenced(u64),
+    Arbiter(ArbiterOutcome),
+    ChannelWriteFailed(String),
+}
+
+/// Runs `node` until it stops. `channel` is the logging channel (already connected), or `None` if it could not be
+/// established, which the node treats as a failed peer.
+pub async fn run<H, G, S>(
+    host: Rc<H>,
+    mut node: Node<G>,
+    channel: Option<S>,
+    entropy: &mut dyn EntropySource,
+) -> Stopped
+where
+    H: Host,
+    G: Guest,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
+    let mut channel_out: Option<mpsc::UnboundedSender<Vec<u8>>> = None;
+    let mut reader = None;
+    if let Some(stream) = channel {
+        let (read_half, write_half) = tokio::io::split(stream);
+        reader = Some(read_half);
+        let (tx, rx) = mpsc::unbounded_channel();
+        channel_out = Some(tx);
+        tokio::task::spawn_local(write_frames(write_half, rx, done_tx.clone()));
+    } else {
+        node.handle_channel_closed(host.now_ns(), "no logging channel");
+    }
+    let mut encoder = StreamEncoder::default();
+    let mut decoder = StreamDecoder::new();
+    let mut buffer = vec![0u8; READ_CHUNK_BYTES];
+    let mut heartbeats_open = true;
+    let mut frames_open = true;
+    loop {
+        let now_ns = host.now_ns();
+        node.handle_timeout(now_ns);
+        let progress = node.run_guest(now_ns, entropy);
+        while let Some(action) = node.poll_action() {
+            host.observe(now_ns, Observation::Action(&action));
+            perform(
+                &host,
+                &node,
+                action,
+                &mut encoder,
+                &mut channel_out,
+                &mut reader,
+                &done_tx,
+            );
+        }
+        if let Some(stopped) = node.stopped() {
+            return stopped.clone();
+        }
+        let run_again_ns = (progress == Progress::Ran).then(|| now_ns + host.guest_slice_ns());
+        let wake_ns = [run_again_ns, node.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(u64::MAX);
+        let live = matches!(
+            node.role(),
+            crate::node::Role::Primary | crate::node::Role::Unprotected
+        );
+        let reading = reader.is_some() && node.wants_log();
+        tokio::select! {
+            read = async { reader.as_mut().expect("guarded by `reading`").read(&mut buffer).await }, if reading => {
+                let now_ns = host.now_ns();
+                match read {
+                    Ok(0) => {
+                        let reason = match decoder.finish() {
+                            Ok(()) => "logging channel closed".to_string(),
+                            Err(error) => error.to_string(),
+                        };
+                        channel_lost(&host, &mut node, &mut reader, &mut channel_out, now_ns, &reason);
+                    }
+                    Ok(length) => {
+                        decoder.feed(&buffer[..length]);
+                        if let Err(error) = drain_messages(&host, &mut node, &mut decoder, now_ns) {
+                            channel_lost(&host, &mut node, &mut reader, &mut channel_out, now_ns, &error.to_string());
+                        }
+                    }
+                    Err(error) => {
+                        channel_lost(&host, &mut node, &mut reader, &mut channel_out, now_ns, &error.to_string());
+                    }
+                }
+            }
+            datagram = host.recv_heartbeat(), if heartbeats_open => match datagram {
+                Some(frame) => match wire::decode(&frame) {
+                    Ok((_, message @ Message::Heartbeat { .. })) => {
+                        host.observe(host.now_ns(), Observation::Received(&message));
+                        node.handle_message(host.now_ns(), message);
+                    }
+                    Ok((_, other)) => host.observe(host.now_ns(), Observation::ChannelError(&format!("not a heartbeat: {other:?}"))),
+                    Err(error) => host.observe(host.now_ns(), Observation::ChannelError(&format!("bad heartbeat: {error}"))),
+                },
+                None => heartbeats_open = false,
+            },
+            completion = done_rx.recv() => {
+                let now_ns = host.now_ns();
+                match completion.expect("the driver holds a sender") {
+                    Completion::Storage(done) => node.handle_storage_done(now_ns, done),
+                    Completion::Fenced(epoch) => node.handle_fenced(now_ns, epoch),
+                    Completion::Arbiter(outcome) => node.handle_arbiter(now_ns, outcome),
+                    Completion::ChannelWriteFailed(reason) => {
+                        channel_lost(&host, &mut node, &mut reader, &mut channel_out, now_ns, &reason);
+                    }
+                }
+            }
+            frame = host.recv_frame(), if live && frames_open => match frame {
+                Some(frame) => node.handle_net_frame(host.now_ns(), frame),
+                None => frames_open = false,
+            },
+            _ = host.sleep_until_ns(wake_ns) => {}
+        }
+    }
+}
+
+fn drain_messages<H: Host, G: Guest>(
+    host: &Rc<H>,
+    node: &mut Node<G>,
+    decoder: &mut StreamDecoder,
+    now_ns: u64,
+) -> Result<(), WireError> {
+    while let Some(message) = decoder.next_message()? {
+        host.observe(now_ns, Observation::Received(&message));
+        node.handle_message(now_ns, message);
+    }
+    Ok(())
+}
+
+fn channel_lost<H: Host, G: Guest, R>(
+    host: &Rc<H>,
+    node: &mut Node<G>,
+    reader: &mut Option<R>,
+    channel_out: &mut Option<mpsc::UnboundedSender<Vec<u8>>>,
+    now_ns: u64,
+    reason: &str,
+) {
+    if reader.is_none() && channel_out.is_none() {
+        return;
+    }
+    host.observe(now_ns, Observation::ChannelError(reason));
+    *reader = None;
+    *channel_out = None;
+    node.handle_channel_closed(now_ns, reason);
+}
+
+fn perform<H: Host, G: Guest, R>(
+    host: &Rc<H>,
+    node: &Node<G>,
+    action: Action,
+    encoder: &mut StreamEncoder,
+    channel_out: &mut Option<mpsc::UnboundedSender<Vec<u8>>>,
+    reader: &mut Option<R>,
+    done_tx: &mpsc::UnboundedSender<Completion>,
+) {
+    match action {
+        Action::Send(message) => {
+            if let Some(out) = channel_out {
+                // A closed writer shows up as ChannelWriteFailed; nothing to do here.
+                let _ = out.send(encoder.encode(&message));
+            }
+        }
+        Action::Heartbeat(message) => {
+            let host = host.clone();
+            let frame = wire::encode(&message, 0);
+            tokio::task::spawn_local(async move { host.send_heartbeat(frame).await });
+        }
+        Action::Release { output, .. } => host.release(node.epoch(), &output),
+        Action::Storage { epoch, request } => {
+            tokio::task::spawn_local(storage_request(
+                host.clone(),
+                epoch,
+                request,
+                done_tx.clone(),
+            ));
+        }
+        Action::TestAndSet { expected_epoch } => {
+            let host = host.clone();
+            let done_tx = done_tx.clone();
+            tokio::task::spawn_local(async move {
+                let outcome = host.test_and_set(expected_epoch).await;
+                let _ = done_tx.send(Completion::Arbiter(outcome));
+            });
+        }
+        Action::CloseChannel => {
+            *channel_out = None;
+            *reader = None;
+        }
+        Action::Notify(_) => {}
+    }
+}
+
+/// Performs one storage request, retrying while storage is unreachable (the guest's IO simply takes longer).
+async fn storage_request<H: Host>(
+    host: Rc<H>,
+    epoch: u64,
+    request: StorageRequest,
+    done_tx: mpsc::UnboundedSender<Completion>,
+) {
+    loop {
+        let (target, result) = match &request {
+            StorageRequest::Read { target } => (*target, host.storage_read(epoch, *target).await),
+            StorageRequest::Write { target, data, .. } => (
+                *target,
+                host.storage_write(epoch, *target, data.clone())
+                    .await
+                    .map(|()| Vec::new()),
+            ),
+        };
+        let done = match result {
+            Ok(data) => StorageDone {
+                tag: target.tag,
+                status: DiskStatus::Ok,
+                data,
+            },
+            Err(StorageError::Unreachable) => {
+                host.sleep_until_ns(host.now_ns() + STORAGE_RETRY_NS).await;
+                continue;
+            }
+            Err(StorageError::Fenced(epoch)) => {
+                let _ = done_tx.send(Completion::Fenced(epoch));
+                return;
+            }
+            Err(StorageError::Io(_)) => StorageDone {
+                tag: target.tag,
+                status: DiskStatus::IoError,
+                data: Vec::new(),
+            },
+        };
+        let _ = done_tx.send(Completion::Storage(done));
+        return;
+    }
+}
+
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    done_tx: mpsc::UnboundedSender<Completion>,
+) {
+    while let Some(frame) = frames.recv().await {
+        if let Err(error) = writer.write_all(&frame).await {
+            let _ = done_tx.send(Completion::ChannelWriteFailed(error.to_string()));
+            return;
+        }
+        // Flush per batch: the Output Rule waits on the ack, so latency matters more than syscalls.
+        if frames.is_empty() {
+            if let Err(error) = writer.flush().await {
+                let _ = done_tx.send(Completion::ChannelWriteFailed(error.to_string()));
+                return;
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
+}

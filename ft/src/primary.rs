@@ -1,0 +1,725 @@
+//! The primary: runs the guest, records every input with its position, and holds outputs until the backup has
+//! acknowledged the log entry that produced them (the Output Rule). Execution never waits for acks; only outputs
+//! do, and the guest stalls only when the unacknowledged log reaches its bound (flow control).
+
+use std::collections::VecDeque;
+
+use crate::backup::Expect;
+use crate::config::{Config, NS_PER_MS, NS_PER_US};
+use crate::detector::Detector;
+use crate::guest::{Exit, Guest};
+use crate::log::{Control, Entry, Input, LogIndex, Output, OutputKind, OutputRecord};
+use crate::node::{
+    Action, ArbiterOutcome, EntropySource, Event, Progress, Stats, Stopped, StorageDone,
+};
+use crate::platform::{ExitAction, InputKind};
+use crate::position::Position;
+use crate::storage::Scheduler;
+use crate::vm::Vm;
+use crate::wire::{self, Message};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Waiting for the backup's `Welcome`; the guest has not started.
+    Connecting { deadline_ns: u64 },
+    /// Every input is logged; outputs wait for acks.
+    Protected,
+    /// The backup is declared failed and a test-and-set is under way; outputs stay held until it is won.
+    Arbitrating { retry_at_ns: Option<u64> },
+    /// Live without a backup ("not protected"): nothing is logged or held.
+    Unprotected,
+    /// The guest powered off; waiting for the power-off entry to be acknowledged and outputs to drain.
+    PoweringOff { status: u32, index: LogIndex },
+}
+
+/// What a new primary inherits from the backup it was (see `Backup::go_live`).
+pub struct Inheritance {
+    /// The last guest clock value replayed: guest time continues from it.
+    pub clock_latched_ns: u64,
+    /// Console and network outputs replayed but not known to have been released by the old primary.
+    pub unreleased_outputs: Vec<Output>,
+    /// Disk writes submitted in the log without a logged completion, to be reissued.
+    pub pending_writes: Vec<Output>,
+    /// The last exit, if its log entry never arrived: the new primary finishes handling it.
+    pub pending_exit: Option<Expect>,
+}
+
+pub struct Primary<G: Guest> {
+    config: Config,
+    vm: Vm<G>,
+    epoch: u64,
+    mode: Mode,
+    stopped: Option<Stopped>,
+    detector: Detector,
+    heartbeat_next_ns: u64,
+    log_index_next: LogIndex,
+    acked: LogIndex,
+    replayed: LogIndex,
+    backup_position: Position,
+    /// (index, time logged) of entries the backup has not replayed, for the execution lag.
+    logged_at_ns: VecDeque<(LogIndex, u64)>,
+    held: VecDeque<(LogIndex, u64, Output)>,
+    released_seq: Option<u64>,
+    released_sent: Option<u64>,
+    scheduler: Scheduler,
+    timer_period_us: u32,
+    timer_deadline_ns: Option<u64>,
+    net_frames: VecDeque<Vec<u8>>,
+    disk_done: VecDeque<StorageDone>,
+    /// Guest time is `now - clock_origin_ns`, never below `clock_floor_ns`: monotonic across failover.
+    clock_origin_ns: u64,
+    clock_floor_ns: u64,
+    exits_at_checkpoint: u64,
+    actions: VecDeque<Action>,
+    stats: Stats,
+}
+
+/// Bound on entries kept for the lag estimate; past it the oldest are forgotten (the lag reads low, never high).
+const LAG_SAMPLES_MAX: usize = 1 << 16;
+
+impl<G: Guest> Primary<G> {
+    /// A primary of a new pair at `epoch`; it says hello to the backup and starts the guest once welcomed.
+    pub fn new(config: Config, guest: G, disk_sectors: u64, epoch: u64, now_ns: u64) -> Primary<G> {
+        let hello = Message::Hello {
+            pair_id: config.pair_id,
+            epoch,
+            image_digest: config.image_digest,
+        };
+        let mut primary = Primary::with_mode(
+            config.clone(),
+            Vm::new(guest, disk_sectors),
+            epoch,
+            Mode::Connecting {
+                deadline_ns: now_ns + config.startup_timeout_ms * NS_PER_MS,
+            },
+            now_ns,
+        );
+        primary.actions.push_back(Action::Send(hello));
+        primary
+    }
+
+    fn with_mode(config: Config, vm: Vm<G>, epoch: u64, mode: Mode, now_ns: u64) -> Primary<G> {
+        Primary {
+            detector: Detector::new(now_ns, config.failure_timeout_ms),
+            heartbeat_next_ns: now_ns,
+            timer_period_us: vm.platform.timer_period_us(),
+            config,
+            vm,
+            epoch,
+            mode,
+            stopped: None,
+            log_index_next: 1,
+            acked: 0,
+            replayed: 0,
+            backup_position: Position::ZERO,
+            logged_at_ns: VecDeque::new(),
+            held: VecDeque::new(),
+            released_seq: None,
+            released_sent: None,
+            scheduler: Scheduler::default(),
+            timer_deadline_ns: None,
+            net_frames: VecDeque::new(),
+            disk_done: VecDeque::new(),
+            clock_origin_ns: now_ns,
+            clock_floor_ns: 0,
+            exits_at_checkpoint: 0,
+            actions: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// A backup that won the go-live race: live without a backup, pending disk IO and unconfirmed outputs
+    /// reissued (they may duplicate what the old primary sent, byte for byte).
+    pub fn go_live(
+        config: Config,
+        vm: Vm<G>,
+        epoch: u64,
+        inheritance: Inheritance,
+        now_ns: u64,
+        entropy: &mut dyn EntropySource,
+    ) -> Primary<G> {
+        let mut primary = Primary::with_mode(config, vm, epoch, Mode::Unprotected, now_ns);
+        primary.clock_origin_ns = now_ns.saturating_sub(inheritance.clock_latched_ns);
+        primary.clock_floor_ns = inheritance.clock_latched_ns;
+        primary.restart_timer(now_ns);
+        let in_flight: Vec<_> = primary.vm.platform.disk_in_flight().cloned().collect();
+        for request in &in_flight {
+            match request.op {
+                crate::platform::DiskOp::Read => primary.scheduler.submit_read(request.target),
+                crate::platform::DiskOp::Write => {
+                    // The data of an in-flight write is the output the backup regenerated during replay.
+                    let tag = Some(request.target.tag);
+                    if let Some(output) = inheritance
+                        .pending_writes
+                        .iter()
+                        .find(|o| o.disk.map(|d| d.tag) == tag)
+                    {
+                        primary.scheduler.submit_write(
+                            request.target,
+                            output.bytes.clone(),
+                            output.seq,
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+        for output in inheritance.unreleased_outputs {
+            primary.release(output, None);
+        }
+        let result = match inheritance.pending_exit {
+            None => Ok(()),
+            Some(Expect::Input(InputKind::Clock)) => {
+                let ns = primary.guest_clock_ns(now_ns);
+                primary.input(now_ns, Input::Clock { ns })
+            }
+            Some(Expect::Input(InputKind::Entropy)) => primary.input(
+                now_ns,
+                Input::Entropy {
+                    value: entropy.next_u32(),
+                },
+            ),
+            Some(Expect::Output(output)) => {
+                primary.output(now_ns, output);
+                Ok(())
+            }
+            Some(Expect::PowerOff { status }) => {
+                primary.power_off(now_ns, status);
+                Ok(())
+            }
+        };
+        if let Err(error) = result {
+            primary.guest_failed(error);
+        }
+        primary
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub(crate) fn notify(&mut self, event: Event) {
+        self.actions.push_back(Action::Notify(event));
+    }
+
+    pub fn position(&self) -> Position {
+        self.vm.position()
+    }
+
+    pub fn is_protected_or_connecting(&self) -> bool {
+        !matches!(self.mode, Mode::Unprotected)
+    }
+
+    pub fn take_stopped(&mut self) -> Option<Stopped> {
+        self.stopped.take()
+    }
+
+    fn logging(&self) -> bool {
+        matches!(
+            self.mode,
+            Mode::Protected | Mode::Arbitrating { .. } | Mode::PoweringOff { .. }
+        )
+    }
+
+    fn guest_clock_ns(&mut self, now_ns: u64) -> u64 {
+        let ns = now_ns
+            .saturating_sub(self.clock_origin_ns)
+            .max(self.clock_floor_ns);
+        self.clock_floor_ns = ns;
+        ns
+    }
+
+    fn restart_timer(&mut self, now_ns: u64) {
+        self.timer_period_us = self.vm.platform.timer_period_us();
+        self.timer_deadline_ns = (self.timer_period_us > 0)
+            .then(|| now_ns + u64::from(self.timer_period_us) * NS_PER_US);
+    }
+
+    // ---- inputs from the driver -------------------------------------------------------------------------------
+
+    pub fn handle_message(&mut self, now_ns: u64, message: Message) {
+        self.detector.heard(now_ns);
+        match message {
+            Message::Welcome { pair_id, epoch }
+                if pair_id == self.config.pair_id && epoch == self.epoch =>
+            {
+                if let Mode::Connecting { .. } = self.mode {
+                    self.mode = Mode::Protected;
+                    self.actions
+                        .push_back(Action::Notify(Event::ChannelUp { epoch }));
+                }
+            }
+            Message::Ack {
+                received,
+                replayed,
+                position,
+            } => self.handle_ack(now_ns, received, replayed, position),
+            Message::Heartbeat { pair_id, .. } if pair_id == self.config.pair_id => {}
+            other => self.violation(now_ns, format!("unexpected message from backup: {other:?}")),
+        }
+    }
+
+    fn handle_ack(
+        &mut self,
+        now_ns: u64,
+        received: LogIndex,
+        replayed: LogIndex,
+        position: Position,
+    ) {
+        if received >= self.log_index_next || replayed > received || received < self.acked {
+            self.violation(
+                now_ns,
+                format!(
+                    "ack {received}/{replayed} outside the log (next {})",
+                    self.log_index_next
+                ),
+            );
+            return;
+        }
+        self.acked = received;
+        self.replayed = self.replayed.max(replayed);
+        self.backup_position = position;
+        while self
+            .logged_at_ns
+            .front()
+            .is_some_and(|(index, _)| *index <= self.replayed)
+        {
+            self.logged_at_ns.pop_front();
+        }
+        self.scheduler.acked(self.acked);
+    }
+
+    fn violation(&mut self, now_ns: u64, what: String) {
+        self.actions
+            .push_back(Action::Notify(Event::ProtocolViolation(what.clone())));
+        self.handle_channel_closed(now_ns, &what);
+    }
+
+    pub fn handle_channel_closed(&mut self, now_ns: u64, _reason: &str) {
+        if matches!(self.mode, Mode::Connecting { .. } | Mode::Protected) {
+            self.actions.push_back(Action::CloseChannel);
+            self.peer_failed(now_ns);
+        }
+    }
+
+    fn peer_failed(&mut self, now_ns: u64) {
+        let silent_ms = self.detector.silent_ns(now_ns) / NS_PER_MS;
+        self.actions
+            .push_back(Action::Notify(Event::PeerFailed { silent_ms }));
+        self.mode = Mode::Arbitrating { retry_at_ns: None };
+        self.test_and_set();
+    }
+
+    fn test_and_set(&mut self) {
+        self.actions
+            .push_back(Action::Notify(Event::TestAndSetStarted {
+                expected_epoch: self.epoch,
+            }));
+        self.actions.push_back(Action::TestAndSet {
+            expected_epoch: self.epoch,
+        });
+    }
+
+    pub fn handle_arbiter(&mut self, now_ns: u64, outcome: ArbiterOutcome) {
+        let Mode::Arbitrating { .. } = self.mode else {
+            return;
+        };
+        match outcome {
+            ArbiterOutcome::Won { epoch } => {
+                assert!(epoch > self.epoch, "the arbiter moves epochs forward");
+                self.epoch = epoch;
+                self.mode = Mode::Unprotected;
+                self.scheduler.release_all();
+                while let Some((index, _, output)) = self.held.pop_front() {
+                    self.release(output, Some(index));
+                }
+                self.actions.push_back(Action::CloseChannel);
+                self.actions.push_back(Action::Notify(Event::WentLive {
+                    epoch,
+                    replayed_entries: 0,
+                    reissued_disk_requests: 0,
+                    reissued_outputs: 0,
+                }));
+            }
+            ArbiterOutcome::Lost { epoch } => {
+                self.actions
+                    .push_back(Action::Notify(Event::LostRace { epoch }));
+                self.stopped = Some(Stopped::LostRace { epoch });
+            }
+            ArbiterOutcome::Unreachable => {
+                self.actions
+                    .push_back(Action::Notify(Event::ArbiterUnreachable));
+                self.mode = Mode::Arbitrating {
+                    retry_at_ns: Some(now_ns + self.config.arbiter_retry_ms * NS_PER_MS),
+                };
+            }
+        }
+    }
+
+    /// A newer epoch fenced this primary off the storage: stop, as a lost race would.
+    pub fn superseded(&mut self, epoch: u64) {
+        if self.stopped.is_none() {
+            self.actions
+                .push_back(Action::Notify(Event::LostRace { epoch }));
+            self.stopped = Some(Stopped::LostRace { epoch });
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now_ns: u64) {
+        if self.logging() || matches!(self.mode, Mode::Connecting { .. }) {
+            while self.heartbeat_next_ns <= now_ns {
+                self.heartbeat_next_ns += self.config.heartbeat_interval_ms * NS_PER_MS;
+                self.actions
+                    .push_back(Action::Heartbeat(Message::Heartbeat {
+                        pair_id: self.config.pair_id,
+                        epoch: self.epoch,
+                        role: wire::Role::Primary,
+                        sent_ms: now_ns / NS_PER_MS,
+                    }));
+            }
+        }
+        match self.mode {
+            Mode::Connecting { deadline_ns } if now_ns >= deadline_ns => self.peer_failed(now_ns),
+            Mode::Protected if self.detector.failed(now_ns) => {
+                self.actions.push_back(Action::CloseChannel);
+                self.peer_failed(now_ns);
+            }
+            Mode::Arbitrating {
+                retry_at_ns: Some(at),
+            } if now_ns >= at => {
+                self.mode = Mode::Arbitrating { retry_at_ns: None };
+                self.test_and_set();
+            }
+            _ => {}
+        }
+    }
+
+    pub fn handle_net_frame(&mut self, _now_ns: u64, frame: Vec<u8>) {
+        if self.net_frames.len() < self.config.net_frames_queued_max
+            && frame.len() <= crate::abi::NET_FRAME_BYTES_MAX
+        {
+            self.net_frames.push_back(frame);
+        }
+    }
+
+    pub fn handle_storage_done(&mut self, _now_ns: u64, done: StorageDone) {
+        if self.scheduler.completed(done.tag) {
+            self.disk_done.push_back(done);
+        }
+    }
+
+    // ---- the guest ---------------------------------------------------------------------------------------------
+
+    fn flow_controlled(&self) -> bool {
+        self.logging() && self.logged_unacked() >= self.config.log_entries_unacked_max
+    }
+
+    fn logged_unacked(&self) -> usize {
+        (self.log_index_next - 1 - self.acked) as usize
+    }
+
+    pub fn run_guest(&mut self, now_ns: u64, entropy: &mut dyn EntropySource) -> Progress {
+        if self.stopped.is_some()
+            || matches!(
+                self.mode,
+                Mode::Connecting { .. } | Mode::PoweringOff { .. }
+            )
+        {
+            return Progress::Idle;
+        }
+        if self.flow_controlled() {
+            self.stats.stalls += 1;
+            return Progress::Idle;
+        }
+        self.deliver_inputs(now_ns);
+        if self.vm.halted {
+            return Progress::Idle;
+        }
+        let start = self.vm.position();
+        let target = self
+            .vm
+            .guest
+            .counts_instructions()
+            .then_some(start.instructions + self.config.slice_instructions);
+        loop {
+            let exit = match self.vm.guest.run(target) {
+                Ok(exit) => exit,
+                Err(error) => return self.guest_failed(error.to_string()),
+            };
+            if exit == Exit::InstructionLimit {
+                break;
+            }
+            if let Err(error) = self.handle_exit(now_ns, exit, entropy) {
+                return self.guest_failed(error);
+            }
+            if self.vm.halted
+                || self.stopped.is_some()
+                || !matches!(
+                    self.mode,
+                    Mode::Protected | Mode::Arbitrating { .. } | Mode::Unprotected
+                )
+            {
+                break;
+            }
+            self.deliver_inputs(now_ns);
+            if self.vm.position().exits - start.exits >= self.config.slice_exits_max
+                || self.flow_controlled()
+            {
+                break;
+            }
+        }
+        Progress::Ran
+    }
+
+    fn guest_failed(&mut self, reason: String) -> Progress {
+        self.actions.push_back(Action::Notify(Event::GuestStopped {
+            reason: reason.clone(),
+        }));
+        self.stopped = Some(Stopped::GuestFailed(reason));
+        Progress::Idle
+    }
+
+    fn handle_exit(
+        &mut self,
+        now_ns: u64,
+        exit: Exit,
+        entropy: &mut dyn EntropySource,
+    ) -> Result<(), String> {
+        let action = self
+            .vm
+            .platform
+            .handle_exit(exit, &mut self.vm.guest)
+            .map_err(|e| e.to_string())?;
+        match action {
+            ExitAction::Continue => {}
+            ExitAction::NeedsInput(InputKind::Clock) => {
+                let ns = self.guest_clock_ns(now_ns);
+                self.input(now_ns, Input::Clock { ns })?;
+            }
+            ExitAction::NeedsInput(InputKind::Entropy) => {
+                self.input(
+                    now_ns,
+                    Input::Entropy {
+                        value: entropy.next_u32(),
+                    },
+                )?;
+            }
+            ExitAction::Output(output) => self.output(now_ns, output),
+            ExitAction::DiskRead(request) => self.scheduler.submit_read(request.target),
+            ExitAction::Halt => self.vm.halted = true,
+            ExitAction::PowerOff { status } => self.power_off(now_ns, status),
+            ExitAction::Shutdown => self.power_off(now_ns, u32::MAX),
+        }
+        if self.vm.platform.timer_period_us() != self.timer_period_us {
+            self.restart_timer(now_ns);
+        }
+        self.maybe_checkpoint(now_ns).map_err(|e| e.to_string())
+    }
+
+    fn maybe_checkpoint(&mut self, now_ns: u64) -> Result<(), crate::platform::PlatformError> {
+        let position = self.vm.position();
+        if !self.logging()
+            || position.exits - self.exits_at_checkpoint < self.config.checkpoint_interval_exits
+        {
+            return Ok(());
+        }
+        self.exits_at_checkpoint = position.exits;
+        let hash = self.vm.state_hash()?;
+        self.append(now_ns, Entry::Checkpoint { position, hash });
+        Ok(())
+    }
+
+    /// Delivers what arrived from outside at the current position: timer, disk completions, one network frame.
+    fn deliver_inputs(&mut self, now_ns: u64) {
+        if self
+            .timer_deadline_ns
+            .is_some_and(|deadline| now_ns >= deadline)
+        {
+            let period_ns = u64::from(self.timer_period_us) * NS_PER_US;
+            // Expiries that passed while the guest was busy coalesce into one, like a real one-shot rearm.
+            self.timer_deadline_ns = Some(now_ns + period_ns);
+            if let Err(error) = self.input(now_ns, Input::Timer) {
+                self.guest_failed(error);
+                return;
+            }
+        }
+        while let Some(done) = self.disk_done.pop_front() {
+            let input = Input::DiskComplete {
+                tag: done.tag,
+                status: done.status,
+                data: done.data,
+            };
+            if let Err(error) = self.input(now_ns, input) {
+                self.guest_failed(error);
+                return;
+            }
+        }
+        if self.vm.platform.net_rx_ready() {
+            if let Some(frame) = self.net_frames.pop_front() {
+                if let Err(error) = self.input(now_ns, Input::NetReceive { frame }) {
+                    self.guest_failed(error);
+                }
+            }
+        }
+    }
+
+    fn input(&mut self, now_ns: u64, input: Input) -> Result<(), String> {
+        self.vm
+            .platform
+            .apply(&input, &mut self.vm.guest)
+            .map_err(|e| e.to_string())?;
+        if !matches!(input, Input::Clock { .. } | Input::Entropy { .. }) {
+            self.vm.halted = false;
+        }
+        let entry = Entry::Input {
+            position: self.vm.position(),
+            pc: self.vm.guest.pc(),
+            input,
+        };
+        self.append(now_ns, entry);
+        Ok(())
+    }
+
+    fn output(&mut self, now_ns: u64, output: Output) {
+        let entry = Entry::Output {
+            position: self.vm.position(),
+            pc: self.vm.guest.pc(),
+            record: OutputRecord::of(&output),
+        };
+        let index = self.append(now_ns, entry);
+        match (output.kind, output.disk) {
+            (OutputKind::DiskWrite, Some(target)) => {
+                self.scheduler
+                    .submit_write(target, output.bytes, output.seq, index);
+            }
+            _ => match index {
+                Some(index) => self.held.push_back((index, now_ns, output)),
+                None => self.release(output, None),
+            },
+        }
+    }
+
+    fn power_off(&mut self, now_ns: u64, status: u32) {
+        let entry = Entry::Control {
+            position: self.vm.position(),
+            pc: self.vm.guest.pc(),
+            control: Control::PowerOff { status },
+        };
+        match self.append(now_ns, entry) {
+            Some(index) => self.mode = Mode::PoweringOff { status, index },
+            None => {
+                self.actions
+                    .push_back(Action::Notify(Event::PoweredOff { status }));
+                self.stopped = Some(Stopped::PoweredOff { status });
+            }
+        }
+    }
+
+    /// Appends an entry to the log when there is a backup; returns its index.
+    fn append(&mut self, now_ns: u64, entry: Entry) -> Option<LogIndex> {
+        if !self.logging() {
+            return None;
+        }
+        let index = self.log_index_next;
+        self.log_index_next += 1;
+        if self.logged_at_ns.len() < LAG_SAMPLES_MAX {
+            self.logged_at_ns.push_back((index, now_ns));
+        }
+        self.stats.log_entries += 1;
+        self.actions
+            .push_back(Action::Send(Message::Log { index, entry }));
+        Some(index)
+    }
+
+    fn release(&mut self, output: Output, log_index: Option<LogIndex>) {
+        assert_ne!(
+            output.kind,
+            OutputKind::DiskWrite,
+            "disk writes leave through the scheduler"
+        );
+        self.released_seq = Some(
+            self.released_seq
+                .map_or(output.seq, |seq| seq.max(output.seq)),
+        );
+        self.actions
+            .push_back(Action::Release { output, log_index });
+    }
+
+    // ---- outputs to the driver --------------------------------------------------------------------------------
+
+    /// Moves acknowledged outputs and ready disk requests into the action queue.
+    fn flush(&mut self) {
+        while self
+            .held
+            .front()
+            .is_some_and(|(index, _, _)| *index <= self.acked)
+        {
+            let (index, _, output) = self.held.pop_front().expect("front exists");
+            self.release(output, Some(index));
+        }
+        while let Some(request) = self.scheduler.poll_issue() {
+            self.actions.push_back(Action::Storage {
+                epoch: self.epoch,
+                request,
+            });
+        }
+        if self.logging() && self.released_seq > self.released_sent {
+            self.released_sent = self.released_seq;
+            let output_seq = self.released_seq.expect("greater than something");
+            self.actions
+                .push_back(Action::Send(Message::Released { output_seq }));
+        }
+        if let Mode::PoweringOff { status, index } = self.mode {
+            if self.acked >= index
+                && self.held.is_empty()
+                && self.scheduler.is_idle()
+                && self.stopped.is_none()
+            {
+                self.actions
+                    .push_back(Action::Notify(Event::PoweredOff { status }));
+                self.actions.push_back(Action::CloseChannel);
+                self.stopped = Some(Stopped::PoweredOff { status });
+            }
+        }
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        if self.actions.is_empty() {
+            self.flush();
+        }
+        self.actions.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let heartbeat = (self.logging() || matches!(self.mode, Mode::Connecting { .. }))
+            .then_some(self.heartbeat_next_ns);
+        let mode = match self.mode {
+            Mode::Connecting { deadline_ns } => Some(deadline_ns),
+            Mode::Protected => Some(self.detector.deadline_ns()),
+            Mode::Arbitrating { retry_at_ns } => retry_at_ns,
+            _ => None,
+        };
+        [heartbeat, mode, self.timer_deadline_ns]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    pub fn stats(&self, now_ns: u64) -> Stats {
+        let oldest_held = self
+            .held
+            .front()
+            .map(|(_, at, _)| now_ns.saturating_sub(*at))
+            .unwrap_or(0);
+        Stats {
+            acked: self.acked,
+            execution_lag_ns: self
+                .logged_at_ns
+                .front()
+                .map_or(0, |(_, at)| now_ns.saturating_sub(*at)),
+            outputs_held: self.held.len() + self.scheduler.held(),
+            oldest_output_held_ns: oldest_held,
+            ..self.stats
+        }
+    }
+}
