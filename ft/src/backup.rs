@@ -9,9 +9,7 @@ use crate::config::{Config, NS_PER_MS};
 use crate::detector::Detector;
 use crate::guest::{Exit, Guest};
 use crate::log::{Control, Entry, Input, LogIndex, Output, OutputKind, OutputRecord};
-use crate::node::{
-    Action, ArbiterOutcome, Divergence, EntropySource, Event, Progress, Stats, Stopped,
-};
+use crate::node::{Action, ArbiterOutcome, Divergence, EntropySource, Event, Progress, Stats, Stopped};
 use crate::platform::{ExitAction, InputKind};
 use crate::position::Position;
 use crate::primary::{Inheritance, Primary};
@@ -78,9 +76,7 @@ impl<G: Guest> Backup<G> {
         Backup {
             detector: Detector::new(now_ns, config.failure_timeout_ms),
             heartbeat_next_ns: now_ns,
-            mode: Mode::Listening {
-                deadline_ns: now_ns + config.startup_timeout_ms * NS_PER_MS,
-            },
+            mode: Mode::Listening { deadline_ns: now_ns + config.startup_timeout_ms * NS_PER_MS },
             config,
             vm: Vm::new(guest, disk_sectors),
             epoch: 0,
@@ -115,10 +111,7 @@ impl<G: Guest> Backup<G> {
     }
 
     pub fn stats(&self) -> Stats {
-        Stats {
-            acked: self.replayed,
-            ..self.stats
-        }
+        Stats { acked: self.replayed, ..self.stats }
     }
 
     // ---- inputs from the driver -------------------------------------------------------------------------------
@@ -128,11 +121,7 @@ impl<G: Guest> Backup<G> {
             return;
         }
         match message {
-            Message::Hello {
-                pair_id,
-                epoch,
-                image_digest,
-            } => self.handle_hello(now_ns, pair_id, epoch, image_digest),
+            Message::Hello { pair_id, epoch, image_digest } => self.handle_hello(now_ns, pair_id, epoch, image_digest),
             Message::Heartbeat { pair_id, epoch, .. } => {
                 if pair_id == self.config.pair_id && epoch == self.epoch {
                     self.detector.heard(now_ns);
@@ -147,25 +136,15 @@ impl<G: Guest> Backup<G> {
                     self.violation(format!("log index {index} after {}", self.received));
                     return;
                 }
-                assert!(
-                    self.buffer.len() <= self.config.log_entries_buffered_max,
-                    "driver ignored wants_log"
-                );
+                assert!(self.buffer.len() <= self.config.log_entries_buffered_max, "driver ignored wants_log");
                 self.received = index;
                 self.stats.log_entries += 1;
                 self.buffer.push_back((index, entry));
             }
             Message::Released { output_seq } => {
                 self.detector.heard(now_ns);
-                self.released_seq = Some(
-                    self.released_seq
-                        .map_or(output_seq, |seq| seq.max(output_seq)),
-                );
-                while self
-                    .unreleased
-                    .front()
-                    .is_some_and(|output| output.seq <= output_seq)
-                {
+                self.released_seq = Some(self.released_seq.map_or(output_seq, |seq| seq.max(output_seq)));
+                while self.unreleased.front().is_some_and(|output| output.seq <= output_seq) {
                     self.unreleased.pop_front();
                 }
             }
@@ -180,8 +159,7 @@ impl<G: Guest> Backup<G> {
         };
         if pair_id != self.config.pair_id || image_digest != self.config.image_digest {
             // Not our primary: refuse this connection and keep waiting for the right one.
-            self.actions
-                .push_back(Action::Notify(Event::ProtocolViolation(format!(
+            self.actions.push_back(Action::Notify(Event::ProtocolViolation(format!(
                 "hello from pair {pair_id} image {image_digest:#x}, expected pair {} image {:#x}",
                 self.config.pair_id, self.config.image_digest
             ))));
@@ -191,15 +169,12 @@ impl<G: Guest> Backup<G> {
         self.epoch = epoch;
         self.mode = Mode::Replaying;
         self.detector.heard(now_ns);
-        self.actions
-            .push_back(Action::Send(Message::Welcome { pair_id, epoch }));
-        self.actions
-            .push_back(Action::Notify(Event::ChannelUp { epoch }));
+        self.actions.push_back(Action::Send(Message::Welcome { pair_id, epoch }));
+        self.actions.push_back(Action::Notify(Event::ChannelUp { epoch }));
     }
 
     fn violation(&mut self, what: String) {
-        self.actions
-            .push_back(Action::Notify(Event::ProtocolViolation(what)));
+        self.actions.push_back(Action::Notify(Event::ProtocolViolation(what)));
         self.actions.push_back(Action::CloseChannel);
         // The detector then declares the primary failed: a broken channel is as good as a dead primary.
         self.detector = Detector::new(0, self.config.failure_timeout_ms);
@@ -213,42 +188,33 @@ impl<G: Guest> Backup<G> {
 
     fn peer_failed(&mut self, now_ns: u64) {
         let silent_ms = self.detector.silent_ns(now_ns) / NS_PER_MS;
-        self.actions
-            .push_back(Action::Notify(Event::PeerFailed { silent_ms }));
+        self.actions.push_back(Action::Notify(Event::PeerFailed { silent_ms }));
         self.actions.push_back(Action::CloseChannel);
         self.mode = Mode::Arbitrating { retry_at_ns: None };
         self.test_and_set();
     }
 
     fn test_and_set(&mut self) {
-        self.actions
-            .push_back(Action::Notify(Event::TestAndSetStarted {
-                expected_epoch: self.epoch,
-            }));
-        self.actions.push_back(Action::TestAndSet {
-            expected_epoch: self.epoch,
-        });
+        self.actions.push_back(Action::Notify(Event::TestAndSetStarted { expected_epoch: self.epoch }));
+        self.actions.push_back(Action::TestAndSet { expected_epoch: self.epoch });
     }
 
     pub fn handle_timeout(&mut self, now_ns: u64) {
         if matches!(self.mode, Mode::Replaying) {
             while self.heartbeat_next_ns <= now_ns {
                 self.heartbeat_next_ns += self.config.heartbeat_interval_ms * NS_PER_MS;
-                self.actions
-                    .push_back(Action::Heartbeat(Message::Heartbeat {
-                        pair_id: self.config.pair_id,
-                        epoch: self.epoch,
-                        role: wire::Role::Backup,
-                        sent_ms: now_ns / NS_PER_MS,
-                    }));
+                self.actions.push_back(Action::Heartbeat(Message::Heartbeat {
+                    pair_id: self.config.pair_id,
+                    epoch: self.epoch,
+                    role: wire::Role::Backup,
+                    sent_ms: now_ns / NS_PER_MS,
+                }));
             }
         }
         match self.mode {
             Mode::Listening { deadline_ns } if now_ns >= deadline_ns => self.peer_failed(now_ns),
             Mode::Replaying if self.detector.failed(now_ns) => self.peer_failed(now_ns),
-            Mode::Arbitrating {
-                retry_at_ns: Some(at),
-            } if now_ns >= at => {
+            Mode::Arbitrating { retry_at_ns: Some(at) } if now_ns >= at => {
                 self.mode = Mode::Arbitrating { retry_at_ns: None };
                 self.test_and_set();
             }
@@ -263,16 +229,12 @@ impl<G: Guest> Backup<G> {
         match outcome {
             ArbiterOutcome::Won { epoch } => self.mode = Mode::GoingLive { epoch },
             ArbiterOutcome::Lost { epoch } => {
-                self.actions
-                    .push_back(Action::Notify(Event::LostRace { epoch }));
+                self.actions.push_back(Action::Notify(Event::LostRace { epoch }));
                 self.stopped = Some(Stopped::LostRace { epoch });
             }
             ArbiterOutcome::Unreachable => {
-                self.actions
-                    .push_back(Action::Notify(Event::ArbiterUnreachable));
-                self.mode = Mode::Arbitrating {
-                    retry_at_ns: Some(now_ns + self.config.arbiter_retry_ms * NS_PER_MS),
-                };
+                self.actions.push_back(Action::Notify(Event::ArbiterUnreachable));
+                self.mode = Mode::Arbitrating { retry_at_ns: Some(now_ns + self.config.arbiter_retry_ms * NS_PER_MS) };
             }
         }
     }
@@ -294,16 +256,9 @@ impl<G: Guest> Backup<G> {
             }
             match self.step() {
                 Ok(Step::Progressed) => steps += 1,
-                Ok(Step::NeedLog) => {
-                    return if steps > 0 {
-                        Progress::Ran
-                    } else {
-                        Progress::Idle
-                    }
-                }
+                Ok(Step::NeedLog) => return if steps > 0 { Progress::Ran } else { Progress::Idle },
                 Err(divergence) => {
-                    self.actions
-                        .push_back(Action::Notify(Event::Diverged(divergence.clone())));
+                    self.actions.push_back(Action::Notify(Event::Diverged(divergence.clone())));
                     self.actions.push_back(Action::CloseChannel);
                     self.stopped = Some(Stopped::Diverged(divergence));
                     return Progress::Idle;
@@ -313,11 +268,7 @@ impl<G: Guest> Backup<G> {
     }
 
     fn diverged(&self, expected: String, actual: String) -> Divergence {
-        Divergence {
-            position: self.vm.position(),
-            expected,
-            actual,
-        }
+        Divergence { position: self.vm.position(), expected, actual }
     }
 
     fn step(&mut self) -> Result<Step, Divergence> {
@@ -333,16 +284,10 @@ impl<G: Guest> Backup<G> {
             return self.apply_unprompted();
         }
         if logged < position {
-            return Err(self.diverged(
-                format!("{} at {logged}", entry.describe()),
-                "the guest ran past it".into(),
-            ));
+            return Err(self.diverged(format!("{} at {logged}", entry.describe()), "the guest ran past it".into()));
         }
         if self.vm.halted {
-            return Err(self.diverged(
-                format!("{} at {logged}", entry.describe()),
-                "the guest halted here".into(),
-            ));
+            return Err(self.diverged(format!("{} at {logged}", entry.describe()), "the guest halted here".into()));
         }
         let target = self.vm.guest.counts_instructions().then(|| {
             let slice_end = position.instructions + self.config.slice_instructions;
@@ -352,11 +297,7 @@ impl<G: Guest> Backup<G> {
                 slice_end
             }
         });
-        let exit = self
-            .vm
-            .guest
-            .run(target)
-            .map_err(|e| self.diverged("the guest to run".into(), e.to_string()))?;
+        let exit = self.vm.guest.run(target).map_err(|e| self.diverged("the guest to run".into(), e.to_string()))?;
         if exit == Exit::InstructionLimit {
             return Ok(Step::Progressed);
         }
@@ -389,44 +330,24 @@ impl<G: Guest> Backup<G> {
         let pc = self.vm.guest.pc();
         let wanted = describe_expect(&expect);
         match (&expect, &entry) {
-            (
-                Expect::Input(kind),
-                Entry::Input {
-                    position: at,
-                    pc: logged_pc,
-                    input,
-                },
-            ) if *at == position && input_kind(input) == Some(*kind) => {
-                self.vm
-                    .platform
-                    .apply(input, &mut self.vm.guest)
-                    .map_err(|e| self.diverged(wanted, e.to_string()))?;
+            (Expect::Input(kind), Entry::Input { position: at, pc: logged_pc, input })
+                if *at == position && input_kind(input) == Some(*kind) =>
+            {
+                self.vm.platform.apply(input, &mut self.vm.guest).map_err(|e| self.diverged(wanted, e.to_string()))?;
                 if *logged_pc != self.vm.guest.pc() {
-                    return Err(
-                        self.diverged(entry.describe(), format!("pc {:#x}", self.vm.guest.pc()))
-                    );
+                    return Err(self.diverged(entry.describe(), format!("pc {:#x}", self.vm.guest.pc())));
                 }
             }
-            (
-                Expect::Output(output),
-                Entry::Output {
-                    position: at,
-                    pc: logged_pc,
-                    record,
-                },
-            ) if *at == position && *logged_pc == pc && *record == OutputRecord::of(output) => {
+            (Expect::Output(output), Entry::Output { position: at, pc: logged_pc, record })
+                if *at == position && *logged_pc == pc && *record == OutputRecord::of(output) =>
+            {
                 self.keep_output(output.clone());
             }
             (
                 Expect::PowerOff { status },
-                Entry::Control {
-                    position: at,
-                    control: Control::PowerOff { status: s },
-                    ..
-                },
+                Entry::Control { position: at, control: Control::PowerOff { status: s }, .. },
             ) if *at == position && s == status => {
-                self.actions
-                    .push_back(Action::Notify(Event::PoweredOff { status: *status }));
+                self.actions.push_back(Action::Notify(Event::PoweredOff { status: *status }));
                 self.actions.push_back(Action::CloseChannel);
                 self.stopped = Some(Stopped::PoweredOff { status: *status });
             }
@@ -454,32 +375,20 @@ impl<G: Guest> Backup<G> {
                     self.pending_writes.remove(tag);
                 }
                 if *pc != self.vm.guest.pc() {
-                    return Err(
-                        self.diverged(entry.describe(), format!("pc {:#x}", self.vm.guest.pc()))
-                    );
+                    return Err(self.diverged(entry.describe(), format!("pc {:#x}", self.vm.guest.pc())));
                 }
             }
             Entry::Checkpoint { hash, position } => {
-                let actual = self
-                    .vm
-                    .state_hash()
-                    .map_err(|e| self.diverged(entry.describe(), e.to_string()))?;
+                let actual = self.vm.state_hash().map_err(|e| self.diverged(entry.describe(), e.to_string()))?;
                 if actual != *hash {
-                    return Err(self.diverged(
-                        format!("state hash {hash:016x}"),
-                        format!("state hash {actual:016x}"),
-                    ));
+                    return Err(self.diverged(format!("state hash {hash:016x}"), format!("state hash {actual:016x}")));
                 }
-                self.actions.push_back(Action::Notify(Event::Checkpoint {
-                    position: *position,
-                    hash: actual,
-                }));
+                self.actions.push_back(Action::Notify(Event::Checkpoint { position: *position, hash: actual }));
             }
             _ => {
-                return Err(self.diverged(
-                    format!("{} at {}", entry.describe(), entry.position()),
-                    "no exit here".into(),
-                ))
+                return Err(
+                    self.diverged(format!("{} at {}", entry.describe(), entry.position()), "no exit here".into())
+                )
             }
         }
         self.buffer.pop_front();
@@ -492,9 +401,7 @@ impl<G: Guest> Backup<G> {
             (OutputKind::DiskWrite, Some(target)) => {
                 self.pending_writes.insert(target.tag, output);
             }
-            _ if self
-                .released_seq
-                .is_some_and(|released| output.seq <= released) => {}
+            _ if self.released_seq.is_some_and(|released| output.seq <= released) => {}
             _ => {
                 if self.unreleased.len() == UNRELEASED_MAX {
                     self.unreleased.pop_front();
@@ -508,19 +415,14 @@ impl<G: Guest> Backup<G> {
 
     /// Won the race and replayed everything received.
     pub fn ready_to_go_live(&self) -> bool {
-        matches!(self.mode, Mode::GoingLive { .. })
-            && self.buffer.is_empty()
-            && self.stopped.is_none()
+        matches!(self.mode, Mode::GoingLive { .. }) && self.buffer.is_empty() && self.stopped.is_none()
     }
 
     pub fn go_live(self, now_ns: u64, entropy: &mut dyn EntropySource) -> Primary<G> {
         let Mode::GoingLive { epoch } = self.mode else {
             panic!("go_live called before the arbiter was won");
         };
-        assert!(
-            self.buffer.is_empty(),
-            "go-live replays the whole buffer first"
-        );
+        assert!(self.buffer.is_empty(), "go-live replays the whole buffer first");
         let replayed_entries = self.replayed;
         let inheritance = Inheritance {
             clock_latched_ns: self.vm.platform.clock_latched_ns(),
@@ -530,24 +432,14 @@ impl<G: Guest> Backup<G> {
         };
         let reissued_outputs = inheritance.unreleased_outputs.len();
         let reissued_disk_requests = self.vm.platform.disk_in_flight().count();
-        let mut primary =
-            Primary::go_live(self.config, self.vm, epoch, inheritance, now_ns, entropy);
-        primary.notify(Event::WentLive {
-            epoch,
-            replayed_entries,
-            reissued_disk_requests,
-            reissued_outputs,
-        });
-        primary
+        let went_live = Event::WentLive { epoch, replayed_entries, reissued_disk_requests, reissued_outputs };
+        Primary::go_live(self.config, self.vm, epoch, inheritance, now_ns, entropy, went_live)
     }
 
     // ---- outputs to the driver --------------------------------------------------------------------------------
 
     pub fn poll_action(&mut self) -> Option<Action> {
-        if self.actions.is_empty()
-            && (self.received, self.replayed) != self.acked
-            && self.received > self.acked.0
-        {
+        if self.actions.is_empty() && (self.received, self.replayed) != self.acked && self.received > self.acked.0 {
             self.acked = (self.received, self.replayed);
             self.actions.push_back(Action::Send(Message::Ack {
                 received: self.received,
@@ -579,12 +471,7 @@ fn input_kind(input: &Input) -> Option<InputKind> {
 fn describe_expect(expect: &Expect) -> String {
     match expect {
         Expect::Input(kind) => format!("{kind:?} read"),
-        Expect::Output(output) => format!(
-            "output #{} {:?} {} bytes",
-            output.seq,
-            output.kind,
-            output.bytes.len()
-        ),
+        Expect::Output(output) => format!("output #{} {:?} {} bytes", output.seq, output.kind, output.bytes.len()),
         Expect::PowerOff { status } => format!("power-off {status}"),
     }
 }

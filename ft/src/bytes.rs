@@ -11,9 +11,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn with_capacity(capacity_bytes: usize) -> Writer {
-        Writer {
-            bytes: Vec::with_capacity(capacity_bytes),
-        }
+        Writer { bytes: Vec::with_capacity(capacity_bytes) }
     }
     pub fn u8(&mut self, value: u8) {
         self.bytes.push(value);
@@ -29,8 +27,7 @@ impl Writer {
     }
     /// A length-prefixed (u32) byte string.
     pub fn blob(&mut self, value: &[u8]) {
-        let length = u32::try_from(value.len())
-            .expect("blobs are bounded far below 4 GiB by their producers");
+        let length = u32::try_from(value.len()).expect("blobs are bounded far below 4 GiB by their producers");
         self.u32(length);
         self.bytes.extend_from_slice(value);
     }
@@ -60,11 +57,7 @@ impl<'a> Reader<'a> {
     }
     pub fn take(&mut self, length: usize) -> Result<&'a [u8], Truncated> {
         if self.remaining() < length {
-            return Err(Truncated {
-                offset: self.offset,
-                needed: length,
-                available: self.remaining(),
-            });
+            return Err(Truncated { offset: self.offset, needed: length, available: self.remaining() });
         }
         let slice = &self.bytes[self.offset..self.offset + length];
         self.offset += length;
@@ -114,9 +107,6 @@ mod tests {
         assert_eq!(reader.remaining(), 0);
         assert!(reader.u8().is_err());
         let mut lying = Reader::new(&[0xff, 0xff, 0xff, 0xff, 0]);
-        assert!(
-            lying.blob().is_err(),
-            "a length past the end must be an error"
-        );
+        assert!(lying.blob().is_err(), "a length past the end must be an error");
     }
 }

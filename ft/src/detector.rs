@@ -14,10 +14,7 @@ pub struct Detector {
 impl Detector {
     pub fn new(now_ns: u64, failure_timeout_ms: u64) -> Detector {
         assert!(failure_timeout_ms > 0);
-        Detector {
-            last_heard_ns: now_ns,
-            timeout_ns: failure_timeout_ms * NS_PER_MS,
-        }
+        Detector { last_heard_ns: now_ns, timeout_ns: failure_timeout_ms * NS_PER_MS }
     }
 
     pub fn heard(&mut self, now_ns: u64) {

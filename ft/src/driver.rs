@@ -47,11 +47,7 @@ pub trait Host: 'static {
     async fn send_heartbeat(&self, frame: Vec<u8>);
     /// The next heartbeat datagram; `None` when the socket is gone.
     async fn recv_heartbeat(&self) -> Option<Vec<u8>>;
-    fn storage_read(
-        &self,
-        epoch: u64,
-        target: DiskTarget,
-    ) -> impl Future<Output = Result<Vec<u8>, StorageError>>;
+    fn storage_read(&self, epoch: u64, target: DiskTarget) -> impl Future<Output = Result<Vec<u8>, StorageError>>;
     fn storage_write(
         &self,
         epoch: u64,
@@ -114,29 +110,13 @@ where
         let progress = node.run_guest(now_ns, entropy);
         while let Some(action) = node.poll_action() {
             host.observe(now_ns, Observation::Action(&action));
-            perform(
-                &host,
-                &node,
-                action,
-                &mut encoder,
-                &mut channel_out,
-                &mut reader,
-                &done_tx,
-            );
+            perform(&host, &node, action, &mut encoder, &mut channel_out, &mut reader, &done_tx);
         }
         if let Some(stopped) = node.stopped() {
             return stopped.clone();
         }
         let run_again_ns = (progress == Progress::Ran).then(|| now_ns + host.guest_slice_ns());
-        let wake_ns = [run_again_ns, node.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(u64::MAX);
-        let live = matches!(
-            node.role(),
-            crate::node::Role::Primary | crate::node::Role::Unprotected
-        );
+        let wake_ns = [run_again_ns, node.poll_timeout()].into_iter().flatten().min().unwrap_or(u64::MAX);
         let reading = reader.is_some() && node.wants_log();
         tokio::select! {
             read = async { reader.as_mut().expect("guarded by `reading`").read(&mut buffer).await }, if reading => {
@@ -182,7 +162,9 @@ where
                     }
                 }
             }
-            frame = host.recv_frame(), if live && frames_open => match frame {
+            // Frames are read even when not live: a backup drops them, as its hypervisor drops the backup VM's
+            // network input, instead of letting them pile up until it goes live.
+            frame = host.recv_frame(), if frames_open => match frame {
                 Some(frame) => node.handle_net_frame(host.now_ns(), frame),
                 None => frames_open = false,
             },
@@ -244,12 +226,7 @@ fn perform<H: Host, G: Guest, R>(
         }
         Action::Release { output, .. } => host.release(node.epoch(), &output),
         Action::Storage { epoch, request } => {
-            tokio::task::spawn_local(storage_request(
-                host.clone(),
-                epoch,
-                request,
-                done_tx.clone(),
-            ));
+            tokio::task::spawn_local(storage_request(host.clone(), epoch, request, done_tx.clone()));
         }
         Action::TestAndSet { expected_epoch } => {
             let host = host.clone();
@@ -277,19 +254,12 @@ async fn storage_request<H: Host>(
     loop {
         let (target, result) = match &request {
             StorageRequest::Read { target } => (*target, host.storage_read(epoch, *target).await),
-            StorageRequest::Write { target, data, .. } => (
-                *target,
-                host.storage_write(epoch, *target, data.clone())
-                    .await
-                    .map(|()| Vec::new()),
-            ),
+            StorageRequest::Write { target, data, .. } => {
+                (*target, host.storage_write(epoch, *target, data.clone()).await.map(|()| Vec::new()))
+            }
         };
         let done = match result {
-            Ok(data) => StorageDone {
-                tag: target.tag,
-                status: DiskStatus::Ok,
-                data,
-            },
+            Ok(data) => StorageDone { tag: target.tag, status: DiskStatus::Ok, data },
             Err(StorageError::Unreachable) => {
                 host.sleep_until_ns(host.now_ns() + STORAGE_RETRY_NS).await;
                 continue;
@@ -298,11 +268,7 @@ async fn storage_request<H: Host>(
                 let _ = done_tx.send(Completion::Fenced(epoch));
                 return;
             }
-            Err(StorageError::Io(_)) => StorageDone {
-                tag: target.tag,
-                status: DiskStatus::IoError,
-                data: Vec::new(),
-            },
+            Err(StorageError::Io(_)) => StorageDone { tag: target.tag, status: DiskStatus::IoError, data: Vec::new() },
         };
         let _ = done_tx.send(Completion::Storage(done));
         return;

@@ -169,18 +169,9 @@ mod tests {
 
     #[test]
     fn request_round_trips_and_rejects_garbage() {
-        let request = Request {
-            op: Op::Put,
-            client: 7,
-            request: 9,
-            key: 3,
-            value: 0xdead_beef,
-        };
+        let request = Request { op: Op::Put, client: 7, request: 9, key: 3, value: 0xdead_beef };
         assert_eq!(Request::decode(&request.encode()), Ok(request));
-        assert_eq!(
-            Request::decode(&[0u8; 3]),
-            Err(DecodeError::Length(3, REQUEST_BYTES))
-        );
+        assert_eq!(Request::decode(&[0u8; 3]), Err(DecodeError::Length(3, REQUEST_BYTES)));
         let mut bad = request.encode();
         bad[4] = 9;
         assert_eq!(Request::decode(&bad), Err(DecodeError::Op(9)));
@@ -188,15 +179,8 @@ mod tests {
 
     #[test]
     fn response_round_trips() {
-        let response = Response {
-            op: Op::Get,
-            client: 1,
-            status: Status::Ok,
-            request: 2,
-            key: 3,
-            value: 4,
-            version: 5,
-        };
+        let response =
+            Response { op: Op::Get, client: 1, status: Status::Ok, request: 2, key: 3, value: 4, version: 5 };
         assert_eq!(Response::decode(&response.encode()), Ok(response));
     }
 }

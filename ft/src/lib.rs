@@ -20,9 +20,7 @@ pub mod wire;
 
 pub use config::Config;
 pub use guest::{Exit, Guest, GuestError, StateHash};
-pub use node::{
-    Action, ArbiterOutcome, EntropySource, Event, Node, Progress, Role, Stats, Stopped, StorageDone,
-};
+pub use node::{Action, ArbiterOutcome, EntropySource, Event, Node, Progress, Role, Stats, Stopped, StorageDone};
 pub use position::Position;
 #[cfg(feature = "driver")]
 pub mod driver;

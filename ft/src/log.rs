@@ -24,11 +24,7 @@ pub enum Input {
     /// A frame DMA'd into the posted receive buffer, then `VECTOR_NET` raised.
     NetReceive { frame: Vec<u8> },
     /// A disk request finished: read data DMA'd from the bounce buffer into the guest, then `VECTOR_DISK`.
-    DiskComplete {
-        tag: u32,
-        status: DiskStatus,
-        data: Vec<u8>,
-    },
+    DiskComplete { tag: u32, status: DiskStatus, data: Vec<u8> },
 }
 
 /// Which device an output goes to.
@@ -111,7 +107,10 @@ pub enum Entry {
         control: Control,
     },
     /// Hash of guest and device state at `position`, after every earlier entry was applied.
-    Checkpoint { position: Position, hash: StateHash },
+    Checkpoint {
+        position: Position,
+        hash: StateHash,
+    },
 }
 
 impl Entry {
@@ -135,17 +134,11 @@ impl Entry {
                     format!("net receive {} bytes at pc {pc:#x}", frame.len())
                 }
                 Input::DiskComplete { tag, status, data } => {
-                    format!(
-                        "disk completion tag {tag} {status:?} {} bytes at pc {pc:#x}",
-                        data.len()
-                    )
+                    format!("disk completion tag {tag} {status:?} {} bytes at pc {pc:#x}", data.len())
                 }
             },
             Entry::Output { record, pc, .. } => {
-                format!(
-                    "output #{} {:?} {} bytes at pc {pc:#x}",
-                    record.seq, record.kind, record.length_bytes
-                )
+                format!("output #{} {:?} {} bytes at pc {pc:#x}", record.seq, record.kind, record.length_bytes)
             }
             Entry::Control { control, pc, .. } => format!("{control:?} at pc {pc:#x}"),
             Entry::Checkpoint { hash, .. } => format!("checkpoint {hash:016x}"),

@@ -23,10 +23,7 @@ pub enum Action {
     Heartbeat(Message),
     /// Deliver a console line or a network frame to the outside world. `log_index` is the entry that produced it
     /// (none when unprotected), for the Output Rule checker.
-    Release {
-        output: Output,
-        log_index: Option<crate::log::LogIndex>,
-    },
+    Release { output: Output, log_index: Option<crate::log::LogIndex> },
     /// Perform a disk request against shared storage, fenced with `epoch`, and report with
     /// [`Node::handle_storage_done`].
     Storage { epoch: u64, request: StorageRequest },
@@ -60,11 +57,7 @@ pub struct Divergence {
 
 impl std::fmt::Display for Divergence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "divergence at {}: expected {}, actual {}",
-            self.position, self.expected, self.actual
-        )
+        write!(f, "divergence at {}: expected {}, actual {}", self.position, self.expected, self.actual)
     }
 }
 
@@ -102,6 +95,8 @@ pub enum Event {
         position: Position,
         hash: u64,
     },
+    /// Flow control: the primary's guest waits because `unacked` entries are unacknowledged.
+    Stalled { unacked: usize },
 }
 
 /// Why a node stopped for good.
@@ -267,8 +262,7 @@ impl<G: Guest> Node<G> {
                 if let Some(stopped) = backup.take_stopped() {
                     Some(Node::Stopped(stopped))
                 } else if backup.ready_to_go_live() {
-                    let Node::Backup(backup) =
-                        std::mem::replace(self, Node::Stopped(Stopped::LostRace { epoch: 0 }))
+                    let Node::Backup(backup) = std::mem::replace(self, Node::Stopped(Stopped::LostRace { epoch: 0 }))
                     else {
                         unreachable!("matched a backup above")
                     };

@@ -8,9 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A point in a guest's deterministic execution. Ordered by exits, then instructions.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Position {
     /// Guest-initiated exits completed so far.
     pub exits: u64,
@@ -19,10 +17,7 @@ pub struct Position {
 }
 
 impl Position {
-    pub const ZERO: Position = Position {
-        exits: 0,
-        instructions: 0,
-    };
+    pub const ZERO: Position = Position { exits: 0, instructions: 0 };
 }
 
 impl std::fmt::Display for Position {

@@ -9,9 +9,7 @@ use crate::config::{Config, NS_PER_MS, NS_PER_US};
 use crate::detector::Detector;
 use crate::guest::{Exit, Guest};
 use crate::log::{Control, Entry, Input, LogIndex, Output, OutputKind, OutputRecord};
-use crate::node::{
-    Action, ArbiterOutcome, EntropySource, Event, Progress, Stats, Stopped, StorageDone,
-};
+use crate::node::{Action, ArbiterOutcome, EntropySource, Event, Progress, Stats, Stopped, StorageDone};
 use crate::platform::{ExitAction, InputKind};
 use crate::position::Position;
 use crate::storage::Scheduler;
@@ -72,6 +70,8 @@ pub struct Primary<G: Guest> {
     exits_at_checkpoint: u64,
     actions: VecDeque<Action>,
     stats: Stats,
+    /// The guest is held back by flow control (reported once per stall).
+    stalled: bool,
 }
 
 /// Bound on entries kept for the lag estimate; past it the oldest are forgotten (the lag reads low, never high).
@@ -80,18 +80,12 @@ const LAG_SAMPLES_MAX: usize = 1 << 16;
 impl<G: Guest> Primary<G> {
     /// A primary of a new pair at `epoch`; it says hello to the backup and starts the guest once welcomed.
     pub fn new(config: Config, guest: G, disk_sectors: u64, epoch: u64, now_ns: u64) -> Primary<G> {
-        let hello = Message::Hello {
-            pair_id: config.pair_id,
-            epoch,
-            image_digest: config.image_digest,
-        };
+        let hello = Message::Hello { pair_id: config.pair_id, epoch, image_digest: config.image_digest };
         let mut primary = Primary::with_mode(
             config.clone(),
             Vm::new(guest, disk_sectors),
             epoch,
-            Mode::Connecting {
-                deadline_ns: now_ns + config.startup_timeout_ms * NS_PER_MS,
-            },
+            Mode::Connecting { deadline_ns: now_ns + config.startup_timeout_ms * NS_PER_MS },
             now_ns,
         );
         primary.actions.push_back(Action::Send(hello));
@@ -125,6 +119,7 @@ impl<G: Guest> Primary<G> {
             exits_at_checkpoint: 0,
             actions: VecDeque::new(),
             stats: Stats::default(),
+            stalled: false,
         }
     }
 
@@ -137,8 +132,10 @@ impl<G: Guest> Primary<G> {
         inheritance: Inheritance,
         now_ns: u64,
         entropy: &mut dyn EntropySource,
+        went_live: Event,
     ) -> Primary<G> {
         let mut primary = Primary::with_mode(config, vm, epoch, Mode::Unprotected, now_ns);
+        primary.actions.push_back(Action::Notify(went_live));
         primary.clock_origin_ns = now_ns.saturating_sub(inheritance.clock_latched_ns);
         primary.clock_floor_ns = inheritance.clock_latched_ns;
         primary.restart_timer(now_ns);
@@ -149,17 +146,8 @@ impl<G: Guest> Primary<G> {
                 crate::platform::DiskOp::Write => {
                     // The data of an in-flight write is the output the backup regenerated during replay.
                     let tag = Some(request.target.tag);
-                    if let Some(output) = inheritance
-                        .pending_writes
-                        .iter()
-                        .find(|o| o.disk.map(|d| d.tag) == tag)
-                    {
-                        primary.scheduler.submit_write(
-                            request.target,
-                            output.bytes.clone(),
-                            output.seq,
-                            None,
-                        );
+                    if let Some(output) = inheritance.pending_writes.iter().find(|o| o.disk.map(|d| d.tag) == tag) {
+                        primary.scheduler.submit_write(request.target, output.bytes.clone(), output.seq, None);
                     }
                 }
             }
@@ -173,12 +161,9 @@ impl<G: Guest> Primary<G> {
                 let ns = primary.guest_clock_ns(now_ns);
                 primary.input(now_ns, Input::Clock { ns })
             }
-            Some(Expect::Input(InputKind::Entropy)) => primary.input(
-                now_ns,
-                Input::Entropy {
-                    value: entropy.next_u32(),
-                },
-            ),
+            Some(Expect::Input(InputKind::Entropy)) => {
+                primary.input(now_ns, Input::Entropy { value: entropy.next_u32() })
+            }
             Some(Expect::Output(output)) => {
                 primary.output(now_ns, output);
                 Ok(())
@@ -198,10 +183,6 @@ impl<G: Guest> Primary<G> {
         self.epoch
     }
 
-    pub(crate) fn notify(&mut self, event: Event) {
-        self.actions.push_back(Action::Notify(event));
-    }
-
     pub fn position(&self) -> Position {
         self.vm.position()
     }
@@ -215,24 +196,19 @@ impl<G: Guest> Primary<G> {
     }
 
     fn logging(&self) -> bool {
-        matches!(
-            self.mode,
-            Mode::Protected | Mode::Arbitrating { .. } | Mode::PoweringOff { .. }
-        )
+        matches!(self.mode, Mode::Protected | Mode::Arbitrating { .. } | Mode::PoweringOff { .. })
     }
 
     fn guest_clock_ns(&mut self, now_ns: u64) -> u64 {
-        let ns = now_ns
-            .saturating_sub(self.clock_origin_ns)
-            .max(self.clock_floor_ns);
+        let ns = now_ns.saturating_sub(self.clock_origin_ns).max(self.clock_floor_ns);
         self.clock_floor_ns = ns;
         ns
     }
 
     fn restart_timer(&mut self, now_ns: u64) {
         self.timer_period_us = self.vm.platform.timer_period_us();
-        self.timer_deadline_ns = (self.timer_period_us > 0)
-            .then(|| now_ns + u64::from(self.timer_period_us) * NS_PER_US);
+        self.timer_deadline_ns =
+            (self.timer_period_us > 0).then(|| now_ns + u64::from(self.timer_period_us) * NS_PER_US);
     }
 
     // ---- inputs from the driver -------------------------------------------------------------------------------
@@ -240,58 +216,34 @@ impl<G: Guest> Primary<G> {
     pub fn handle_message(&mut self, now_ns: u64, message: Message) {
         self.detector.heard(now_ns);
         match message {
-            Message::Welcome { pair_id, epoch }
-                if pair_id == self.config.pair_id && epoch == self.epoch =>
-            {
+            Message::Welcome { pair_id, epoch } if pair_id == self.config.pair_id && epoch == self.epoch => {
                 if let Mode::Connecting { .. } = self.mode {
                     self.mode = Mode::Protected;
-                    self.actions
-                        .push_back(Action::Notify(Event::ChannelUp { epoch }));
+                    self.actions.push_back(Action::Notify(Event::ChannelUp { epoch }));
                 }
             }
-            Message::Ack {
-                received,
-                replayed,
-                position,
-            } => self.handle_ack(now_ns, received, replayed, position),
+            Message::Ack { received, replayed, position } => self.handle_ack(now_ns, received, replayed, position),
             Message::Heartbeat { pair_id, .. } if pair_id == self.config.pair_id => {}
             other => self.violation(now_ns, format!("unexpected message from backup: {other:?}")),
         }
     }
 
-    fn handle_ack(
-        &mut self,
-        now_ns: u64,
-        received: LogIndex,
-        replayed: LogIndex,
-        position: Position,
-    ) {
+    fn handle_ack(&mut self, now_ns: u64, received: LogIndex, replayed: LogIndex, position: Position) {
         if received >= self.log_index_next || replayed > received || received < self.acked {
-            self.violation(
-                now_ns,
-                format!(
-                    "ack {received}/{replayed} outside the log (next {})",
-                    self.log_index_next
-                ),
-            );
+            self.violation(now_ns, format!("ack {received}/{replayed} outside the log (next {})", self.log_index_next));
             return;
         }
         self.acked = received;
         self.replayed = self.replayed.max(replayed);
         self.backup_position = position;
-        while self
-            .logged_at_ns
-            .front()
-            .is_some_and(|(index, _)| *index <= self.replayed)
-        {
+        while self.logged_at_ns.front().is_some_and(|(index, _)| *index <= self.replayed) {
             self.logged_at_ns.pop_front();
         }
         self.scheduler.acked(self.acked);
     }
 
     fn violation(&mut self, now_ns: u64, what: String) {
-        self.actions
-            .push_back(Action::Notify(Event::ProtocolViolation(what.clone())));
+        self.actions.push_back(Action::Notify(Event::ProtocolViolation(what.clone())));
         self.handle_channel_closed(now_ns, &what);
     }
 
@@ -304,20 +256,14 @@ impl<G: Guest> Primary<G> {
 
     fn peer_failed(&mut self, now_ns: u64) {
         let silent_ms = self.detector.silent_ns(now_ns) / NS_PER_MS;
-        self.actions
-            .push_back(Action::Notify(Event::PeerFailed { silent_ms }));
+        self.actions.push_back(Action::Notify(Event::PeerFailed { silent_ms }));
         self.mode = Mode::Arbitrating { retry_at_ns: None };
         self.test_and_set();
     }
 
     fn test_and_set(&mut self) {
-        self.actions
-            .push_back(Action::Notify(Event::TestAndSetStarted {
-                expected_epoch: self.epoch,
-            }));
-        self.actions.push_back(Action::TestAndSet {
-            expected_epoch: self.epoch,
-        });
+        self.actions.push_back(Action::Notify(Event::TestAndSetStarted { expected_epoch: self.epoch }));
+        self.actions.push_back(Action::TestAndSet { expected_epoch: self.epoch });
     }
 
     pub fn handle_arbiter(&mut self, now_ns: u64, outcome: ArbiterOutcome) {
@@ -329,10 +275,6 @@ impl<G: Guest> Primary<G> {
                 assert!(epoch > self.epoch, "the arbiter moves epochs forward");
                 self.epoch = epoch;
                 self.mode = Mode::Unprotected;
-                self.scheduler.release_all();
-                while let Some((index, _, output)) = self.held.pop_front() {
-                    self.release(output, Some(index));
-                }
                 self.actions.push_back(Action::CloseChannel);
                 self.actions.push_back(Action::Notify(Event::WentLive {
                     epoch,
@@ -340,18 +282,19 @@ impl<G: Guest> Primary<G> {
                     reissued_disk_requests: 0,
                     reissued_outputs: 0,
                 }));
+                // No backup any more: what was held for its acknowledgement goes out now.
+                self.scheduler.release_all();
+                while let Some((_, _, output)) = self.held.pop_front() {
+                    self.release(output, None);
+                }
             }
             ArbiterOutcome::Lost { epoch } => {
-                self.actions
-                    .push_back(Action::Notify(Event::LostRace { epoch }));
+                self.actions.push_back(Action::Notify(Event::LostRace { epoch }));
                 self.stopped = Some(Stopped::LostRace { epoch });
             }
             ArbiterOutcome::Unreachable => {
-                self.actions
-                    .push_back(Action::Notify(Event::ArbiterUnreachable));
-                self.mode = Mode::Arbitrating {
-                    retry_at_ns: Some(now_ns + self.config.arbiter_retry_ms * NS_PER_MS),
-                };
+                self.actions.push_back(Action::Notify(Event::ArbiterUnreachable));
+                self.mode = Mode::Arbitrating { retry_at_ns: Some(now_ns + self.config.arbiter_retry_ms * NS_PER_MS) };
             }
         }
     }
@@ -359,8 +302,7 @@ impl<G: Guest> Primary<G> {
     /// A newer epoch fenced this primary off the storage: stop, as a lost race would.
     pub fn superseded(&mut self, epoch: u64) {
         if self.stopped.is_none() {
-            self.actions
-                .push_back(Action::Notify(Event::LostRace { epoch }));
+            self.actions.push_back(Action::Notify(Event::LostRace { epoch }));
             self.stopped = Some(Stopped::LostRace { epoch });
         }
     }
@@ -369,13 +311,12 @@ impl<G: Guest> Primary<G> {
         if self.logging() || matches!(self.mode, Mode::Connecting { .. }) {
             while self.heartbeat_next_ns <= now_ns {
                 self.heartbeat_next_ns += self.config.heartbeat_interval_ms * NS_PER_MS;
-                self.actions
-                    .push_back(Action::Heartbeat(Message::Heartbeat {
-                        pair_id: self.config.pair_id,
-                        epoch: self.epoch,
-                        role: wire::Role::Primary,
-                        sent_ms: now_ns / NS_PER_MS,
-                    }));
+                self.actions.push_back(Action::Heartbeat(Message::Heartbeat {
+                    pair_id: self.config.pair_id,
+                    epoch: self.epoch,
+                    role: wire::Role::Primary,
+                    sent_ms: now_ns / NS_PER_MS,
+                }));
             }
         }
         match self.mode {
@@ -384,9 +325,7 @@ impl<G: Guest> Primary<G> {
                 self.actions.push_back(Action::CloseChannel);
                 self.peer_failed(now_ns);
             }
-            Mode::Arbitrating {
-                retry_at_ns: Some(at),
-            } if now_ns >= at => {
+            Mode::Arbitrating { retry_at_ns: Some(at) } if now_ns >= at => {
                 self.mode = Mode::Arbitrating { retry_at_ns: None };
                 self.test_and_set();
             }
@@ -395,9 +334,7 @@ impl<G: Guest> Primary<G> {
     }
 
     pub fn handle_net_frame(&mut self, _now_ns: u64, frame: Vec<u8>) {
-        if self.net_frames.len() < self.config.net_frames_queued_max
-            && frame.len() <= crate::abi::NET_FRAME_BYTES_MAX
-        {
+        if self.net_frames.len() < self.config.net_frames_queued_max && frame.len() <= crate::abi::NET_FRAME_BYTES_MAX {
             self.net_frames.push_back(frame);
         }
     }
@@ -419,28 +356,25 @@ impl<G: Guest> Primary<G> {
     }
 
     pub fn run_guest(&mut self, now_ns: u64, entropy: &mut dyn EntropySource) -> Progress {
-        if self.stopped.is_some()
-            || matches!(
-                self.mode,
-                Mode::Connecting { .. } | Mode::PoweringOff { .. }
-            )
-        {
+        if self.stopped.is_some() || matches!(self.mode, Mode::Connecting { .. } | Mode::PoweringOff { .. }) {
             return Progress::Idle;
         }
         if self.flow_controlled() {
-            self.stats.stalls += 1;
+            if !self.stalled {
+                self.stalled = true;
+                self.stats.stalls += 1;
+                let unacked = self.logged_unacked();
+                self.actions.push_back(Action::Notify(Event::Stalled { unacked }));
+            }
             return Progress::Idle;
         }
+        self.stalled = false;
         self.deliver_inputs(now_ns);
         if self.vm.halted {
             return Progress::Idle;
         }
         let start = self.vm.position();
-        let target = self
-            .vm
-            .guest
-            .counts_instructions()
-            .then_some(start.instructions + self.config.slice_instructions);
+        let target = self.vm.guest.counts_instructions().then_some(start.instructions + self.config.slice_instructions);
         loop {
             let exit = match self.vm.guest.run(target) {
                 Ok(exit) => exit,
@@ -454,17 +388,12 @@ impl<G: Guest> Primary<G> {
             }
             if self.vm.halted
                 || self.stopped.is_some()
-                || !matches!(
-                    self.mode,
-                    Mode::Protected | Mode::Arbitrating { .. } | Mode::Unprotected
-                )
+                || !matches!(self.mode, Mode::Protected | Mode::Arbitrating { .. } | Mode::Unprotected)
             {
                 break;
             }
             self.deliver_inputs(now_ns);
-            if self.vm.position().exits - start.exits >= self.config.slice_exits_max
-                || self.flow_controlled()
-            {
+            if self.vm.position().exits - start.exits >= self.config.slice_exits_max || self.flow_controlled() {
                 break;
             }
         }
@@ -472,24 +401,13 @@ impl<G: Guest> Primary<G> {
     }
 
     fn guest_failed(&mut self, reason: String) -> Progress {
-        self.actions.push_back(Action::Notify(Event::GuestStopped {
-            reason: reason.clone(),
-        }));
+        self.actions.push_back(Action::Notify(Event::GuestStopped { reason: reason.clone() }));
         self.stopped = Some(Stopped::GuestFailed(reason));
         Progress::Idle
     }
 
-    fn handle_exit(
-        &mut self,
-        now_ns: u64,
-        exit: Exit,
-        entropy: &mut dyn EntropySource,
-    ) -> Result<(), String> {
-        let action = self
-            .vm
-            .platform
-            .handle_exit(exit, &mut self.vm.guest)
-            .map_err(|e| e.to_string())?;
+    fn handle_exit(&mut self, now_ns: u64, exit: Exit, entropy: &mut dyn EntropySource) -> Result<(), String> {
+        let action = self.vm.platform.handle_exit(exit, &mut self.vm.guest).map_err(|e| e.to_string())?;
         match action {
             ExitAction::Continue => {}
             ExitAction::NeedsInput(InputKind::Clock) => {
@@ -497,12 +415,7 @@ impl<G: Guest> Primary<G> {
                 self.input(now_ns, Input::Clock { ns })?;
             }
             ExitAction::NeedsInput(InputKind::Entropy) => {
-                self.input(
-                    now_ns,
-                    Input::Entropy {
-                        value: entropy.next_u32(),
-                    },
-                )?;
+                self.input(now_ns, Input::Entropy { value: entropy.next_u32() })?;
             }
             ExitAction::Output(output) => self.output(now_ns, output),
             ExitAction::DiskRead(request) => self.scheduler.submit_read(request.target),
@@ -518,9 +431,7 @@ impl<G: Guest> Primary<G> {
 
     fn maybe_checkpoint(&mut self, now_ns: u64) -> Result<(), crate::platform::PlatformError> {
         let position = self.vm.position();
-        if !self.logging()
-            || position.exits - self.exits_at_checkpoint < self.config.checkpoint_interval_exits
-        {
+        if !self.logging() || position.exits - self.exits_at_checkpoint < self.config.checkpoint_interval_exits {
             return Ok(());
         }
         self.exits_at_checkpoint = position.exits;
@@ -531,10 +442,7 @@ impl<G: Guest> Primary<G> {
 
     /// Delivers what arrived from outside at the current position: timer, disk completions, one network frame.
     fn deliver_inputs(&mut self, now_ns: u64) {
-        if self
-            .timer_deadline_ns
-            .is_some_and(|deadline| now_ns >= deadline)
-        {
+        if self.timer_deadline_ns.is_some_and(|deadline| now_ns >= deadline) {
             let period_ns = u64::from(self.timer_period_us) * NS_PER_US;
             // Expiries that passed while the guest was busy coalesce into one, like a real one-shot rearm.
             self.timer_deadline_ns = Some(now_ns + period_ns);
@@ -544,11 +452,7 @@ impl<G: Guest> Primary<G> {
             }
         }
         while let Some(done) = self.disk_done.pop_front() {
-            let input = Input::DiskComplete {
-                tag: done.tag,
-                status: done.status,
-                data: done.data,
-            };
+            let input = Input::DiskComplete { tag: done.tag, status: done.status, data: done.data };
             if let Err(error) = self.input(now_ns, input) {
                 self.guest_failed(error);
                 return;
@@ -564,33 +468,22 @@ impl<G: Guest> Primary<G> {
     }
 
     fn input(&mut self, now_ns: u64, input: Input) -> Result<(), String> {
-        self.vm
-            .platform
-            .apply(&input, &mut self.vm.guest)
-            .map_err(|e| e.to_string())?;
+        self.vm.platform.apply(&input, &mut self.vm.guest).map_err(|e| e.to_string())?;
         if !matches!(input, Input::Clock { .. } | Input::Entropy { .. }) {
             self.vm.halted = false;
         }
-        let entry = Entry::Input {
-            position: self.vm.position(),
-            pc: self.vm.guest.pc(),
-            input,
-        };
+        let entry = Entry::Input { position: self.vm.position(), pc: self.vm.guest.pc(), input };
         self.append(now_ns, entry);
         Ok(())
     }
 
     fn output(&mut self, now_ns: u64, output: Output) {
-        let entry = Entry::Output {
-            position: self.vm.position(),
-            pc: self.vm.guest.pc(),
-            record: OutputRecord::of(&output),
-        };
+        let entry =
+            Entry::Output { position: self.vm.position(), pc: self.vm.guest.pc(), record: OutputRecord::of(&output) };
         let index = self.append(now_ns, entry);
         match (output.kind, output.disk) {
             (OutputKind::DiskWrite, Some(target)) => {
-                self.scheduler
-                    .submit_write(target, output.bytes, output.seq, index);
+                self.scheduler.submit_write(target, output.bytes, output.seq, index);
             }
             _ => match index {
                 Some(index) => self.held.push_back((index, now_ns, output)),
@@ -608,8 +501,7 @@ impl<G: Guest> Primary<G> {
         match self.append(now_ns, entry) {
             Some(index) => self.mode = Mode::PoweringOff { status, index },
             None => {
-                self.actions
-                    .push_back(Action::Notify(Event::PoweredOff { status }));
+                self.actions.push_back(Action::Notify(Event::PoweredOff { status }));
                 self.stopped = Some(Stopped::PoweredOff { status });
             }
         }
@@ -626,57 +518,35 @@ impl<G: Guest> Primary<G> {
             self.logged_at_ns.push_back((index, now_ns));
         }
         self.stats.log_entries += 1;
-        self.actions
-            .push_back(Action::Send(Message::Log { index, entry }));
+        self.actions.push_back(Action::Send(Message::Log { index, entry }));
         Some(index)
     }
 
     fn release(&mut self, output: Output, log_index: Option<LogIndex>) {
-        assert_ne!(
-            output.kind,
-            OutputKind::DiskWrite,
-            "disk writes leave through the scheduler"
-        );
-        self.released_seq = Some(
-            self.released_seq
-                .map_or(output.seq, |seq| seq.max(output.seq)),
-        );
-        self.actions
-            .push_back(Action::Release { output, log_index });
+        assert_ne!(output.kind, OutputKind::DiskWrite, "disk writes leave through the scheduler");
+        self.released_seq = Some(self.released_seq.map_or(output.seq, |seq| seq.max(output.seq)));
+        self.actions.push_back(Action::Release { output, log_index });
     }
 
     // ---- outputs to the driver --------------------------------------------------------------------------------
 
     /// Moves acknowledged outputs and ready disk requests into the action queue.
     fn flush(&mut self) {
-        while self
-            .held
-            .front()
-            .is_some_and(|(index, _, _)| *index <= self.acked)
-        {
+        while self.held.front().is_some_and(|(index, _, _)| *index <= self.acked) {
             let (index, _, output) = self.held.pop_front().expect("front exists");
             self.release(output, Some(index));
         }
         while let Some(request) = self.scheduler.poll_issue() {
-            self.actions.push_back(Action::Storage {
-                epoch: self.epoch,
-                request,
-            });
+            self.actions.push_back(Action::Storage { epoch: self.epoch, request });
         }
         if self.logging() && self.released_seq > self.released_sent {
             self.released_sent = self.released_seq;
             let output_seq = self.released_seq.expect("greater than something");
-            self.actions
-                .push_back(Action::Send(Message::Released { output_seq }));
+            self.actions.push_back(Action::Send(Message::Released { output_seq }));
         }
         if let Mode::PoweringOff { status, index } = self.mode {
-            if self.acked >= index
-                && self.held.is_empty()
-                && self.scheduler.is_idle()
-                && self.stopped.is_none()
-            {
-                self.actions
-                    .push_back(Action::Notify(Event::PoweredOff { status }));
+            if self.acked >= index && self.held.is_empty() && self.scheduler.is_idle() && self.stopped.is_none() {
+                self.actions.push_back(Action::Notify(Event::PoweredOff { status }));
                 self.actions.push_back(Action::CloseChannel);
                 self.stopped = Some(Stopped::PoweredOff { status });
             }
@@ -691,32 +561,22 @@ impl<G: Guest> Primary<G> {
     }
 
     pub fn poll_timeout(&self) -> Option<u64> {
-        let heartbeat = (self.logging() || matches!(self.mode, Mode::Connecting { .. }))
-            .then_some(self.heartbeat_next_ns);
+        let heartbeat =
+            (self.logging() || matches!(self.mode, Mode::Connecting { .. })).then_some(self.heartbeat_next_ns);
         let mode = match self.mode {
             Mode::Connecting { deadline_ns } => Some(deadline_ns),
             Mode::Protected => Some(self.detector.deadline_ns()),
             Mode::Arbitrating { retry_at_ns } => retry_at_ns,
             _ => None,
         };
-        [heartbeat, mode, self.timer_deadline_ns]
-            .into_iter()
-            .flatten()
-            .min()
+        [heartbeat, mode, self.timer_deadline_ns].into_iter().flatten().min()
     }
 
     pub fn stats(&self, now_ns: u64) -> Stats {
-        let oldest_held = self
-            .held
-            .front()
-            .map(|(_, at, _)| now_ns.saturating_sub(*at))
-            .unwrap_or(0);
+        let oldest_held = self.held.front().map(|(_, at, _)| now_ns.saturating_sub(*at)).unwrap_or(0);
         Stats {
             acked: self.acked,
-            execution_lag_ns: self
-                .logged_at_ns
-                .front()
-                .map_or(0, |(_, at)| now_ns.saturating_sub(*at)),
+            execution_lag_ns: self.logged_at_ns.front().map_or(0, |(_, at)| now_ns.saturating_sub(*at)),
             outputs_held: self.held.len() + self.scheduler.held(),
             oldest_output_held_ns: oldest_held,
             ..self.stats

@@ -13,15 +13,8 @@ use crate::platform::DiskOp;
 /// A request for the driver to perform against shared storage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StorageRequest {
-    Read {
-        target: DiskTarget,
-    },
-    Write {
-        target: DiskTarget,
-        data: Vec<u8>,
-        output_seq: u64,
-        log_index: Option<LogIndex>,
-    },
+    Read { target: DiskTarget },
+    Write { target: DiskTarget, data: Vec<u8>, output_seq: u64, log_index: Option<LogIndex> },
 }
 
 #[derive(Debug)]
@@ -61,28 +54,12 @@ impl Scheduler {
         });
     }
 
-    pub fn submit_write(
-        &mut self,
-        target: DiskTarget,
-        data: Vec<u8>,
-        output_seq: u64,
-        held_until: Option<LogIndex>,
-    ) {
-        self.push(Queued {
-            op: DiskOp::Write,
-            target,
-            data,
-            output_seq,
-            log_index: held_until,
-            held_until,
-        });
+    pub fn submit_write(&mut self, target: DiskTarget, data: Vec<u8>, output_seq: u64, held_until: Option<LogIndex>) {
+        self.push(Queued { op: DiskOp::Write, target, data, output_seq, log_index: held_until, held_until });
     }
 
     fn push(&mut self, queued: Queued) {
-        assert!(
-            self.queue.len() < QUEUED_MAX,
-            "more disk requests queued than tags in flight"
-        );
+        assert!(self.queue.len() < QUEUED_MAX, "more disk requests queued than tags in flight");
         self.queue.push_back(queued);
     }
 
@@ -104,10 +81,7 @@ impl Scheduler {
 
     /// Writes still held by the Output Rule.
     pub fn held(&self) -> usize {
-        self.queue
-            .iter()
-            .filter(|queued| queued.held_until.is_some())
-            .count()
+        self.queue.iter().filter(|queued| queued.held_until.is_some()).count()
     }
 
     /// The next request that may be issued: not held, and overlapping nothing issued or queued before it.
@@ -115,35 +89,17 @@ impl Scheduler {
         let ready = (0..self.queue.len()).find(|&i| {
             let candidate = &self.queue[i];
             candidate.held_until.is_none()
-                && !self
-                    .issued
-                    .values()
-                    .any(|busy| overlap(busy, &candidate.target))
-                && !self
-                    .queue
-                    .iter()
-                    .take(i)
-                    .any(|earlier| overlap(&earlier.target, &candidate.target))
+                && !self.issued.values().any(|busy| overlap(busy, &candidate.target))
+                && !self.queue.iter().take(i).any(|earlier| overlap(&earlier.target, &candidate.target))
         })?;
         let queued = self.queue.remove(ready)?;
         self.issued.insert(queued.target.tag, queued.target);
         Some(match queued.op {
-            DiskOp::Read => StorageRequest::Read {
-                target: queued.target,
-            },
+            DiskOp::Read => StorageRequest::Read { target: queued.target },
             DiskOp::Write => {
-                let (target, data, output_seq, log_index) = (
-                    queued.target,
-                    queued.data,
-                    queued.output_seq,
-                    queued.log_index,
-                );
-                StorageRequest::Write {
-                    target,
-                    data,
-                    output_seq,
-                    log_index,
-                }
+                let (target, data, output_seq, log_index) =
+                    (queued.target, queued.data, queued.output_seq, queued.log_index);
+                StorageRequest::Write { target, data, output_seq, log_index }
             }
         })
     }
@@ -163,11 +119,7 @@ mod tests {
     use super::*;
 
     fn target(tag: u32, sector: u64) -> DiskTarget {
-        DiskTarget {
-            tag,
-            sector,
-            sectors: 1,
-        }
+        DiskTarget { tag, sector, sectors: 1 }
     }
 
     #[test]
@@ -176,40 +128,15 @@ mod tests {
         scheduler.submit_write(target(1, 5), vec![1; 512], 0, Some(3));
         scheduler.submit_read(target(2, 5));
         scheduler.submit_read(target(3, 6));
-        assert_eq!(
-            scheduler.poll_issue(),
-            Some(StorageRequest::Read {
-                target: target(3, 6)
-            })
-        );
-        assert_eq!(
-            scheduler.poll_issue(),
-            None,
-            "the write is held and the read of sector 5 is behind it"
-        );
+        assert_eq!(scheduler.poll_issue(), Some(StorageRequest::Read { target: target(3, 6) }));
+        assert_eq!(scheduler.poll_issue(), None, "the write is held and the read of sector 5 is behind it");
         scheduler.acked(2);
-        assert_eq!(
-            scheduler.poll_issue(),
-            None,
-            "index 3 is not acknowledged yet"
-        );
+        assert_eq!(scheduler.poll_issue(), None, "index 3 is not acknowledged yet");
         scheduler.acked(3);
-        assert!(matches!(
-            scheduler.poll_issue(),
-            Some(StorageRequest::Write { .. })
-        ));
-        assert_eq!(
-            scheduler.poll_issue(),
-            None,
-            "the read must wait for the write to complete"
-        );
+        assert!(matches!(scheduler.poll_issue(), Some(StorageRequest::Write { .. })));
+        assert_eq!(scheduler.poll_issue(), None, "the read must wait for the write to complete");
         assert!(scheduler.completed(1));
-        assert_eq!(
-            scheduler.poll_issue(),
-            Some(StorageRequest::Read {
-                target: target(2, 5)
-            })
-        );
+        assert_eq!(scheduler.poll_issue(), Some(StorageRequest::Read { target: target(2, 5) }));
         assert!(!scheduler.completed(99), "a stale completion is refused");
     }
 }

@@ -13,11 +13,7 @@ pub struct Vm<G: Guest> {
 
 impl<G: Guest> Vm<G> {
     pub fn new(guest: G, disk_sectors: u64) -> Vm<G> {
-        Vm {
-            guest,
-            platform: Platform::new(disk_sectors),
-            halted: false,
-        }
+        Vm { guest, platform: Platform::new(disk_sectors), halted: false }
     }
 
     pub fn position(&self) -> Position {

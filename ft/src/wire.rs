@@ -27,31 +27,18 @@ pub enum Role {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// Primary to backup, first on a new channel.
-    Hello {
-        pair_id: u64,
-        epoch: u64,
-        image_digest: u64,
-    },
+    Hello { pair_id: u64, epoch: u64, image_digest: u64 },
     /// Backup to primary: the channel is accepted.
     Welcome { pair_id: u64, epoch: u64 },
     /// Primary to backup: one log entry.
     Log { index: LogIndex, entry: Entry },
     /// Backup to primary: entries up to `received` are buffered, up to `replayed` applied; the backup's guest is
     /// at `position`.
-    Ack {
-        received: LogIndex,
-        replayed: LogIndex,
-        position: Position,
-    },
+    Ack { received: LogIndex, replayed: LogIndex, position: Position },
     /// Primary to backup: outputs up to and including `output_seq` reached the outside world.
     Released { output_seq: u64 },
     /// Liveness, over datagrams.
-    Heartbeat {
-        pair_id: u64,
-        epoch: u64,
-        role: Role,
-        sent_ms: u64,
-    },
+    Heartbeat { pair_id: u64, epoch: u64, role: Role, sent_ms: u64 },
 }
 
 impl Message {
@@ -109,11 +96,7 @@ pub fn encode(message: &Message, seq: u64) -> Vec<u8> {
 
 fn encode_payload(message: &Message, w: &mut Writer) {
     match message {
-        Message::Hello {
-            pair_id,
-            epoch,
-            image_digest,
-        } => {
+        Message::Hello { pair_id, epoch, image_digest } => {
             w.u64(*pair_id);
             w.u64(*epoch);
             w.u64(*image_digest);
@@ -126,22 +109,13 @@ fn encode_payload(message: &Message, w: &mut Writer) {
             w.u64(*index);
             encode_entry(entry, w);
         }
-        Message::Ack {
-            received,
-            replayed,
-            position,
-        } => {
+        Message::Ack { received, replayed, position } => {
             w.u64(*received);
             w.u64(*replayed);
             encode_position(position, w);
         }
         Message::Released { output_seq } => w.u64(*output_seq),
-        Message::Heartbeat {
-            pair_id,
-            epoch,
-            role,
-            sent_ms,
-        } => {
+        Message::Heartbeat { pair_id, epoch, role, sent_ms } => {
             w.u64(*pair_id);
             w.u64(*epoch);
             w.u8(*role as u8);
@@ -157,11 +131,7 @@ fn encode_position(position: &Position, w: &mut Writer) {
 
 fn encode_entry(entry: &Entry, w: &mut Writer) {
     match entry {
-        Entry::Input {
-            position,
-            pc,
-            input,
-        } => {
+        Entry::Input { position, pc, input } => {
             w.u8(1);
             encode_position(position, w);
             w.u64(*pc);
@@ -187,11 +157,7 @@ fn encode_entry(entry: &Entry, w: &mut Writer) {
                 }
             }
         }
-        Entry::Output {
-            position,
-            pc,
-            record,
-        } => {
+        Entry::Output { position, pc, record } => {
             w.u8(2);
             encode_position(position, w);
             w.u64(*pc);
@@ -200,11 +166,7 @@ fn encode_entry(entry: &Entry, w: &mut Writer) {
             w.u32(record.length_bytes);
             w.u64(record.digest);
         }
-        Entry::Control {
-            position,
-            pc,
-            control,
-        } => {
+        Entry::Control { position, pc, control } => {
             w.u8(3);
             encode_position(position, w);
             w.u64(*pc);
@@ -251,10 +213,7 @@ fn check_frame(bytes: &[u8]) -> Result<(u64, u8, &[u8]), WireError> {
     let expected = header.u32()?;
     let payload = header.take(length)?;
     if header.remaining() != 0 {
-        return Err(WireError::Malformed(format!(
-            "{} bytes after the frame",
-            header.remaining()
-        )));
+        return Err(WireError::Malformed(format!("{} bytes after the frame", header.remaining())));
     }
     let actual = crc32c::crc32c_append(crc32c::crc32c(&bytes[..16]), payload);
     if actual != expected {
@@ -266,27 +225,11 @@ fn check_frame(bytes: &[u8]) -> Result<(u64, u8, &[u8]), WireError> {
 fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message, WireError> {
     let mut r = Reader::new(payload);
     let message = match kind {
-        1 => Message::Hello {
-            pair_id: r.u64()?,
-            epoch: r.u64()?,
-            image_digest: r.u64()?,
-        },
-        2 => Message::Welcome {
-            pair_id: r.u64()?,
-            epoch: r.u64()?,
-        },
-        3 => Message::Log {
-            index: r.u64()?,
-            entry: decode_entry(&mut r)?,
-        },
-        4 => Message::Ack {
-            received: r.u64()?,
-            replayed: r.u64()?,
-            position: decode_position(&mut r)?,
-        },
-        5 => Message::Released {
-            output_seq: r.u64()?,
-        },
+        1 => Message::Hello { pair_id: r.u64()?, epoch: r.u64()?, image_digest: r.u64()? },
+        2 => Message::Welcome { pair_id: r.u64()?, epoch: r.u64()? },
+        3 => Message::Log { index: r.u64()?, entry: decode_entry(&mut r)? },
+        4 => Message::Ack { received: r.u64()?, replayed: r.u64()?, position: decode_position(&mut r)? },
+        5 => Message::Released { output_seq: r.u64()? },
         6 => Message::Heartbeat {
             pair_id: r.u64()?,
             epoch: r.u64()?,
@@ -300,19 +243,13 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message, WireError> {
         other => return Err(WireError::UnknownKind(other)),
     };
     if r.remaining() != 0 {
-        return Err(WireError::Malformed(format!(
-            "{} trailing payload bytes",
-            r.remaining()
-        )));
+        return Err(WireError::Malformed(format!("{} trailing payload bytes", r.remaining())));
     }
     Ok(message)
 }
 
 fn decode_position(r: &mut Reader) -> Result<Position, WireError> {
-    Ok(Position {
-        exits: r.u64()?,
-        instructions: r.u64()?,
-    })
+    Ok(Position { exits: r.u64()?, instructions: r.u64()? })
 }
 
 fn decode_entry(r: &mut Reader) -> Result<Entry, WireError> {
@@ -325,27 +262,17 @@ fn decode_entry(r: &mut Reader) -> Result<Entry, WireError> {
                 1 => Input::Clock { ns: r.u64()? },
                 2 => Input::Entropy { value: r.u32()? },
                 3 => Input::Timer,
-                4 => Input::NetReceive {
-                    frame: r.blob()?.to_vec(),
-                },
+                4 => Input::NetReceive { frame: r.blob()?.to_vec() },
                 5 => {
                     let tag = r.u32()?;
                     let status = r.u32()?;
                     let status = DiskStatus::from_u32(status)
                         .ok_or_else(|| WireError::Malformed(format!("disk status {status}")))?;
-                    Input::DiskComplete {
-                        tag,
-                        status,
-                        data: r.blob()?.to_vec(),
-                    }
+                    Input::DiskComplete { tag, status, data: r.blob()?.to_vec() }
                 }
                 other => return Err(WireError::Malformed(format!("input kind {other}"))),
             };
-            Entry::Input {
-                position,
-                pc,
-                input,
-            }
+            Entry::Input { position, pc, input }
         }
         2 => {
             let pc = r.u64()?;
@@ -356,17 +283,8 @@ fn decode_entry(r: &mut Reader) -> Result<Entry, WireError> {
                 3 => OutputKind::DiskWrite,
                 other => return Err(WireError::Malformed(format!("output kind {other}"))),
             };
-            let record = OutputRecord {
-                seq,
-                kind,
-                length_bytes: r.u32()?,
-                digest: r.u64()?,
-            };
-            Entry::Output {
-                position,
-                pc,
-                record,
-            }
+            let record = OutputRecord { seq, kind, length_bytes: r.u32()?, digest: r.u64()? };
+            Entry::Output { position, pc, record }
         }
         3 => {
             let pc = r.u64()?;
@@ -374,16 +292,9 @@ fn decode_entry(r: &mut Reader) -> Result<Entry, WireError> {
                 1 => Control::PowerOff { status: r.u32()? },
                 other => return Err(WireError::Malformed(format!("control kind {other}"))),
             };
-            Entry::Control {
-                position,
-                pc,
-                control,
-            }
+            Entry::Control { position, pc, control }
         }
-        4 => Entry::Checkpoint {
-            position,
-            hash: r.u64()?,
-        },
+        4 => Entry::Checkpoint { position, hash: r.u64()? },
         other => return Err(WireError::Malformed(format!("entry kind {other}"))),
     };
     Ok(entry)
@@ -421,8 +332,7 @@ impl StreamDecoder {
         if magic != MAGIC {
             return Err(WireError::BadMagic(magic));
         }
-        let length =
-            u32::from_le_bytes([available[4], available[5], available[6], available[7]]) as usize;
+        let length = u32::from_le_bytes([available[4], available[5], available[6], available[7]]) as usize;
         if length > PAYLOAD_BYTES_MAX {
             return Err(WireError::Oversized(length));
         }
@@ -431,10 +341,7 @@ impl StreamDecoder {
         }
         let (seq, message) = decode(&available[..HEADER_BYTES + length])?;
         if seq != self.seq_expected {
-            return Err(WireError::OutOfOrder {
-                expected: self.seq_expected,
-                actual: seq,
-            });
+            return Err(WireError::OutOfOrder { expected: self.seq_expected, actual: seq });
         }
         self.seq_expected += 1;
         self.consumed += HEADER_BYTES + length;

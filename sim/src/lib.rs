@@ -1,3 +1,13 @@
-//! The simulated world in which the protocol is tested: a model guest, turmoil hosts, faults and checkers.
+//! The simulated world in which the protocol is tested: a model guest, turmoil hosts (two FT nodes, shared
+//! storage, clients), faults chosen per seed, and checkers for the invariants S1..S6 (docs/architecture.md).
 
+pub mod check;
+pub mod bench;
+pub mod client;
+pub mod faults;
 pub mod model;
+pub mod node_host;
+pub mod scenario;
+pub mod storage_host;
+pub mod sweep;
+pub mod world;

@@ -1,1 +1,103 @@
-fn main() {}
+//! `ftsim`: run one simulated scenario, sweep many, or measure the simulator.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ft_sim::scenario::{self, Report};
+use ft_sim::world::Counts;
+
+#[derive(Parser)]
+#[command(about = "Deterministic simulation of the FT primary/backup protocol")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one seed and print its timeline, ending with `trace-hash=<hex>`.
+    Run {
+        #[arg(long)]
+        seed: u64,
+    },
+    /// Run seeds FROM..FROM+COUNT; exit non-zero on any violation.
+    Sweep {
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        count: u64,
+        /// Stop starting new seeds after this many seconds (the count actually swept is printed).
+        #[arg(long)]
+        time_limit_s: Option<u64>,
+    },
+    /// Measure scenarios per core-second and frame codec throughput.
+    Bench {
+        #[arg(long, default_value_t = 40)]
+        scenarios: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run { seed } => run(seed),
+        Command::Sweep { from, count, time_limit_s } => sweep(from, count, time_limit_s),
+        Command::Bench { scenarios } => {
+            ft_sim::bench::report(scenarios);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn run(seed: u64) -> ExitCode {
+    let report = scenario::run(seed);
+    println!("seed {seed}");
+    for line in &report.trace {
+        println!("{line}");
+    }
+    for violation in &report.violations {
+        println!("VIOLATION {violation}");
+    }
+    println!(
+        "seed {seed}: {} violations, trace-hash={:016x}",
+        report.violations.len(),
+        report.trace_hash
+    );
+    if report.violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        println!("reproduce: {}", report.reproduce());
+        ExitCode::FAILURE
+    }
+}
+
+fn sweep(from: u64, count: u64, time_limit_s: Option<u64>) -> ExitCode {
+    let started = std::time::Instant::now();
+    let mut totals = Counts::default();
+    let mut failing: Vec<Report> = Vec::new();
+    let mut swept = 0;
+    for seed in from..from.saturating_add(count) {
+        if time_limit_s.is_some_and(|limit| started.elapsed().as_secs() >= limit) {
+            break;
+        }
+        let report = scenario::run(seed);
+        ft_sim::sweep::add(&mut totals, &report.counts);
+        swept += 1;
+        if !report.violations.is_empty() {
+            println!("seed {seed}: {} violations: {}", report.violations.len(), report.violations[0]);
+            println!("  reproduce: {}", report.reproduce());
+            failing.push(report);
+        }
+    }
+    println!("events: {totals:?}");
+    let never = ft_sim::sweep::never_happened(&totals);
+    if swept >= ft_sim::sweep::SOMETIMES_SEEDS_MIN && !never.is_empty() {
+        println!("sometimes-assertions never reached in {swept} seeds: {}", never.join(", "));
+    }
+    println!("swept {swept} seeds: {} violations", failing.len());
+    let sometimes_failed = swept >= ft_sim::sweep::SOMETIMES_SEEDS_MIN && !never.is_empty();
+    if failing.is_empty() && !sometimes_failed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -25,9 +25,7 @@ pub struct Console {
 
 impl Console {
     pub fn new() -> Console {
-        Console {
-            uart: Serial::new(NoInterrupt, Vec::new()),
-        }
+        Console { uart: Serial::new(NoInterrupt, Vec::new()) }
     }
 
     pub fn read(&mut self, offset: u8) -> u8 {
@@ -82,8 +80,7 @@ impl Console {
             scratch: registers[8],
             in_buffer: Vec::new(),
         };
-        let uart = Serial::from_state(&state, NoInterrupt, NoEvents, pending)
-            .map_err(|e| format!("{e:?}"))?;
+        let uart = Serial::from_state(&state, NoInterrupt, NoEvents, pending).map_err(|e| format!("{e:?}"))?;
         Ok(Console { uart })
     }
 }

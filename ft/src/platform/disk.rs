@@ -55,18 +55,11 @@ const COMPLETIONS_QUEUED_MAX: usize = 1024;
 
 impl Disk {
     pub fn new(sectors: u64) -> Disk {
-        Disk {
-            sectors,
-            ..Disk::default()
-        }
+        Disk { sectors, ..Disk::default() }
     }
 
     /// Parses the descriptor at `descriptor_gpa` and tracks the request.
-    pub fn submit<G: Guest>(
-        &mut self,
-        guest: &G,
-        descriptor_gpa: u64,
-    ) -> Result<Submitted, GuestError> {
+    pub fn submit<G: Guest>(&mut self, guest: &G, descriptor_gpa: u64) -> Result<Submitted, GuestError> {
         let mut raw = [0u8; abi::DISK_REQUEST_BYTES];
         guest.read_memory(descriptor_gpa, &mut raw)?;
         let mut reader = Reader::new(&raw);
@@ -84,22 +77,12 @@ impl Disk {
         };
         let in_range = sectors > 0
             && sectors <= abi::DISK_REQUEST_SECTORS_MAX
-            && sector
-                .checked_add(u64::from(sectors))
-                .is_some_and(|end| end <= self.sectors);
+            && sector.checked_add(u64::from(sectors)).is_some_and(|end| end <= self.sectors);
         let (Some(op), true, false) = (op, in_range, self.in_flight.contains_key(&tag)) else {
             self.complete(tag, DiskStatus::BadRequest);
             return Ok(Submitted::Rejected);
         };
-        let request = DiskRequest {
-            op,
-            target: DiskTarget {
-                tag,
-                sector,
-                sectors,
-            },
-            buffer_gpa,
-        };
+        let request = DiskRequest { op, target: DiskTarget { tag, sector, sectors }, buffer_gpa };
         self.in_flight.insert(tag, request.clone());
         Ok(Submitted::Accepted(request))
     }
@@ -153,24 +136,12 @@ impl Disk {
             let sector = reader.u64().map_err(err)?;
             let sectors = reader.u32().map_err(err)?;
             let buffer_gpa = reader.u64().map_err(err)?;
-            disk.in_flight.insert(
-                tag,
-                DiskRequest {
-                    op,
-                    target: DiskTarget {
-                        tag,
-                        sector,
-                        sectors,
-                    },
-                    buffer_gpa,
-                },
-            );
+            disk.in_flight.insert(tag, DiskRequest { op, target: DiskTarget { tag, sector, sectors }, buffer_gpa });
         }
         let completed = reader.u32().map_err(err)?;
         for _ in 0..completed.min(COMPLETIONS_QUEUED_MAX as u32) {
             let tag = reader.u32().map_err(err)?;
-            let status =
-                DiskStatus::from_u32(reader.u32().map_err(err)?).ok_or("bad disk status")?;
+            let status = DiskStatus::from_u32(reader.u32().map_err(err)?).ok_or("bad disk status")?;
             disk.completed.push_back((tag, status));
         }
         Ok(disk)

@@ -94,11 +94,7 @@ impl Platform {
     }
 
     /// Handles one guest exit. Deterministic port reads are answered here.
-    pub fn handle_exit<G: Guest>(
-        &mut self,
-        exit: Exit,
-        guest: &mut G,
-    ) -> Result<ExitAction, PlatformError> {
+    pub fn handle_exit<G: Guest>(&mut self, exit: Exit, guest: &mut G) -> Result<ExitAction, PlatformError> {
         match exit {
             Exit::PortOut { port, value, .. } => self.port_out(port, value, guest),
             Exit::PortIn { port, .. } => Ok(self.port_in(port, guest)),
@@ -126,21 +122,12 @@ impl Platform {
         ExitAction::Continue
     }
 
-    fn port_out<G: Guest>(
-        &mut self,
-        port: u16,
-        value: u32,
-        guest: &mut G,
-    ) -> Result<ExitAction, PlatformError> {
+    fn port_out<G: Guest>(&mut self, port: u16, value: u32, guest: &mut G) -> Result<ExitAction, PlatformError> {
         let gpa = u64::from(value);
         match port {
             port if (abi::SERIAL_BASE..abi::SERIAL_BASE + abi::SERIAL_PORTS).contains(&port) => {
-                let line = self
-                    .console
-                    .write((port - abi::SERIAL_BASE) as u8, value as u8);
-                Ok(line.map_or(ExitAction::Continue, |bytes| {
-                    self.output(OutputKind::Console, bytes, None)
-                }))
+                let line = self.console.write((port - abi::SERIAL_BASE) as u8, value as u8);
+                Ok(line.map_or(ExitAction::Continue, |bytes| self.output(OutputKind::Console, bytes, None)))
             }
             abi::CONSOLE_WRITE => {
                 let bytes = read_buffer(guest, gpa, abi::CONSOLE_WRITE_BYTES_MAX)?;
@@ -165,11 +152,7 @@ impl Platform {
         }
     }
 
-    fn disk_submit<G: Guest>(
-        &mut self,
-        gpa: u64,
-        guest: &mut G,
-    ) -> Result<ExitAction, PlatformError> {
+    fn disk_submit<G: Guest>(&mut self, gpa: u64, guest: &mut G) -> Result<ExitAction, PlatformError> {
         match self.disk.submit(guest, gpa)? {
             disk::Submitted::Rejected => {
                 guest.inject_interrupt(abi::VECTOR_DISK)?;
@@ -191,12 +174,7 @@ impl Platform {
     fn output(&mut self, kind: OutputKind, bytes: Vec<u8>, disk: Option<DiskTarget>) -> ExitAction {
         let seq = self.output_seq_next;
         self.output_seq_next += 1;
-        ExitAction::Output(Output {
-            seq,
-            kind,
-            bytes,
-            disk,
-        })
+        ExitAction::Output(Output { seq, kind, bytes, disk })
     }
 
     /// Applies an input: answers a pending port read, or performs DMA and raises the device's interrupt.
@@ -209,22 +187,18 @@ impl Platform {
             Input::Entropy { value } => guest.complete_port_in(*value),
             Input::Timer => guest.inject_interrupt(abi::VECTOR_TIMER)?,
             Input::NetReceive { frame } => {
-                let gpa = self.net_rx_buffer_gpa.take().ok_or_else(|| {
-                    PlatformError::Inconsistent("net receive", "no buffer posted".into())
-                })?;
+                let gpa = self
+                    .net_rx_buffer_gpa
+                    .take()
+                    .ok_or_else(|| PlatformError::Inconsistent("net receive", "no buffer posted".into()))?;
                 if frame.len() > abi::NET_RX_BUFFER_BYTES {
-                    return Err(PlatformError::Inconsistent(
-                        "net receive",
-                        format!("{} bytes", frame.len()),
-                    ));
+                    return Err(PlatformError::Inconsistent("net receive", format!("{} bytes", frame.len())));
                 }
                 guest.write_memory(gpa, &(frame.len() as u32).to_le_bytes())?;
                 guest.write_memory(gpa + abi::BUFFER_HEADER_BYTES, frame)?;
                 guest.inject_interrupt(abi::VECTOR_NET)?;
             }
-            Input::DiskComplete { tag, status, data } => {
-                self.disk_complete(*tag, *status, data, guest)?
-            }
+            Input::DiskComplete { tag, status, data } => self.disk_complete(*tag, *status, data, guest)?,
         }
         Ok(())
     }
@@ -236,15 +210,14 @@ impl Platform {
         data: &[u8],
         guest: &mut G,
     ) -> Result<(), PlatformError> {
-        let request = self.disk.in_flight.remove(&tag).ok_or_else(|| {
-            PlatformError::Inconsistent("disk completion", format!("tag {tag} not in flight"))
-        })?;
+        let request = self
+            .disk
+            .in_flight
+            .remove(&tag)
+            .ok_or_else(|| PlatformError::Inconsistent("disk completion", format!("tag {tag} not in flight")))?;
         if request.op == DiskOp::Read && status == DiskStatus::Ok {
             if data.len() != request.length_bytes() {
-                return Err(PlatformError::Inconsistent(
-                    "disk completion",
-                    format!("{} bytes", data.len()),
-                ));
+                return Err(PlatformError::Inconsistent("disk completion", format!("{} bytes", data.len())));
             }
             // Copy from the bounce buffer only now, at a logged position, so DMA never races guest execution.
             guest.write_memory(request.buffer_gpa, data)?;
@@ -272,9 +245,7 @@ impl Platform {
         let err = |e: crate::bytes::Truncated| e.to_string();
         let version = reader.u32().map_err(err)?;
         if version != STATE_VERSION {
-            return Err(format!(
-                "platform state version {version}, expected {STATE_VERSION}"
-            ));
+            return Err(format!("platform state version {version}, expected {STATE_VERSION}"));
         }
         let console = Console::decode(&mut reader)?;
         let clock_latched_ns = reader.u64().map_err(err)?;
@@ -282,14 +253,7 @@ impl Platform {
         let net_rx_buffer_gpa = Some(reader.u64().map_err(err)?).filter(|gpa| *gpa != u64::MAX);
         let disk = Disk::decode(&mut reader)?;
         let output_seq_next = reader.u64().map_err(err)?;
-        Ok(Platform {
-            console,
-            clock_latched_ns,
-            timer_period_us,
-            net_rx_buffer_gpa,
-            disk,
-            output_seq_next,
-        })
+        Ok(Platform { console, clock_latched_ns, timer_period_us, net_rx_buffer_gpa, disk, output_seq_next })
     }
 
     pub fn state_hash(&self) -> u64 {

@@ -1,0 +1,32 @@
+//! S6 liveness: after the faults heal, exactly one live primary among the nodes still running, and the service
+//! answers again.
+
+use crate::check::Expectations;
+use crate::world::World;
+
+/// Time after healing within which service must have resumed.
+pub const RESUME_WITHIN_NS: u64 = 2_000_000_000;
+
+pub fn check(world: &mut World, expectations: &Expectations) {
+    let live: Vec<_> = world
+        .role
+        .iter()
+        .enumerate()
+        .filter(|(index, role)| {
+            !world.crashed[*index] && matches!(role, Some(ft::Role::Primary) | Some(ft::Role::Unprotected))
+        })
+        .map(|(index, _)| index)
+        .collect();
+    if live.len() != 1 {
+        world.violation("S6 liveness", format!("{} live primaries at the end, expected 1", live.len()));
+    }
+    let deadline_ns = expectations.heal_ns + RESUME_WITHIN_NS;
+    let resumed = if expectations.kv_workload {
+        world.history.iter().any(|op| op.ok && op.completed_ns.is_some_and(|at| at > expectations.heal_ns && at <= deadline_ns))
+    } else {
+        world.releases.iter().any(|r| r.at_ns > expectations.heal_ns && r.at_ns <= deadline_ns)
+    };
+    if !resumed {
+        world.violation("S6 liveness", format!("no service within {} ms of healing", RESUME_WITHIN_NS / 1_000_000));
+    }
+}

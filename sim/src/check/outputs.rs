@@ -1,0 +1,49 @@
+//! S2 output consistency: every copy of an output is identical; each node releases console and network output
+//! in order; and a backup that went live lost none of the outputs it had in its log.
+
+use std::collections::BTreeMap;
+
+use ft::log::OutputKind;
+
+use crate::world::{NodeId, World};
+
+pub fn check(world: &mut World) {
+    let mut first: BTreeMap<u64, (OutputKind, u64)> = BTreeMap::new();
+    let mut problems = Vec::new();
+    let mut duplicates = 0;
+    for release in &world.releases {
+        match first.get(&release.seq) {
+            None => {
+                first.insert(release.seq, (release.kind, release.digest));
+            }
+            Some(&(kind, digest)) => {
+                duplicates += 1;
+                if (kind, digest) != (release.kind, release.digest) {
+                    problems.push(format!("output #{} released twice with different content", release.seq));
+                }
+            }
+        }
+    }
+    for node in NodeId::ALL {
+        let mut last: Option<u64> = None;
+        let streamed = world.releases.iter().filter(|r| r.node == node && r.kind != OutputKind::DiskWrite);
+        for release in streamed {
+            if last.is_some_and(|last| release.seq <= last) {
+                problems.push(format!("{} released output #{} after #{}", node.host(), release.seq, last.unwrap_or(0)));
+            }
+            last = Some(release.seq);
+        }
+    }
+    let backup_live = world.live.values().any(|nodes| nodes.contains(&NodeId::B));
+    if backup_live {
+        for (seq, kind) in &world.logged_outputs {
+            if !first.contains_key(seq) {
+                problems.push(format!("{kind:?} output #{seq} was in the backup's log but never reached the outside"));
+            }
+        }
+    }
+    world.counts.duplicate_outputs += duplicates;
+    for problem in problems {
+        world.violation("S2 output consistency", problem);
+    }
+}

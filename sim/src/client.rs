@@ -1,0 +1,96 @@
+//! Simulated clients of the key-value service. The service address "moves" at failover: a client sends each
+//! request to both FT hosts and only the live primary answers (a backup drops client traffic, as its hypervisor
+//! drops the backup VM's network I/O). Every operation goes into the history checked by `check::history`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ft::kv::{Op, Request, Response, Status};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use turmoil::net::UdpSocket;
+
+use crate::node_host::{now_ns, SERVICE_PORT};
+use crate::world::{ClientOp, NodeId, SharedWorld};
+
+pub const CLIENT_PORT: u16 = 8000;
+/// Attempts of one request before it is recorded as indeterminate.
+const ATTEMPTS_MAX: u32 = 4;
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
+/// Keys the clients use: few, so that operations contend.
+const KEYS_USED: u64 = 8;
+
+pub fn host_name(client: u32) -> String {
+    format!("client-{client}")
+}
+
+pub async fn client_main(client: u32, world: SharedWorld, seed: u64, stop_ns: u64) -> turmoil::Result {
+    let socket = UdpSocket::bind(("0.0.0.0", CLIENT_PORT)).await?;
+    let servers: Vec<SocketAddr> =
+        NodeId::ALL.iter().map(|node| SocketAddr::new(turmoil::lookup(node.host()), SERVICE_PORT)).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (0xc11e_0000 + u64::from(client)));
+    let mut answers: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut counter = 0u64;
+    while now_ns() < stop_ns {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+        counter += 1;
+        let op = if rng.random_bool(0.5) { Op::Put } else { Op::Get };
+        let value = if op == Op::Put { (u64::from(client) << 32) | counter } else { 0 };
+        let request = Request { op, client, request: counter, key: rng.random_range(0..KEYS_USED), value };
+        let index = {
+            let mut world = world.borrow_mut();
+            world.history.push(ClientOp {
+                client,
+                request: counter,
+                op,
+                key: request.key,
+                value,
+                invoked_ns: now_ns(),
+                completed_ns: None,
+                ok: false,
+            });
+            world.history.len() - 1
+        };
+        let bytes = request.encode();
+        'attempts: for _ in 0..ATTEMPTS_MAX {
+            for server in &servers {
+                let _ = socket.try_send_to(&bytes, *server);
+            }
+            let deadline = tokio::time::Instant::now() + ATTEMPT_TIMEOUT;
+            loop {
+                let mut buffer = [0u8; 256];
+                let received = tokio::time::timeout_at(deadline, socket.recv_from(&mut buffer)).await;
+                let Ok(Ok((length, _))) = received else { break };
+                let Ok(response) = Response::decode(&buffer[..length]) else { continue };
+                if response.client != client {
+                    continue;
+                }
+                // A duplicate answer (the new primary re-sent it) must be byte-identical to the first.
+                match answers.get(&response.request) {
+                    Some(first) if first[..] != buffer[..length] => world.borrow_mut().violation(
+                        "S2 output consistency",
+                        format!("client {client} got two different answers to request {}", response.request),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        answers.insert(response.request, buffer[..length].to_vec());
+                    }
+                }
+                if response.request != counter {
+                    continue;
+                }
+                let mut world = world.borrow_mut();
+                let now = now_ns();
+                let record = &mut world.history[index];
+                record.completed_ns = Some(now);
+                record.ok = response.status == Status::Ok;
+                if op == Op::Get {
+                    record.value = response.value;
+                }
+                break 'attempts;
+            }
+        }
+    }
+    std::future::pending().await
+}

@@ -1,0 +1,47 @@
+//! Which program the model guest runs.
+
+use std::fmt;
+
+/// The programs of the model guest. Each is a deterministic function of its inputs (port reads, DMA, interrupt
+/// positions), like a real guest kernel plus application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Workload {
+    /// The key-value service of [`ft::kv`] over the network device, persisting every put to disk before it
+    /// answers. About 240 instructions per request (a 184-instruction request digest included).
+    Kv,
+    /// Timer, clock and entropy heavy: a 1 ms periodic timer, compute chunks of 500 instructions separated by
+    /// `OUT YIELD`, a clock and entropy read on every tick. Runs forever, or powers off after `ticks_max` ticks.
+    Timer { ticks_max: Option<u64> },
+    /// A sieve of Eratosthenes (about 105 000 instructions) that prints its result and powers off.
+    Cpu,
+}
+
+impl Workload {
+    /// The names accepted by [`Workload::from_name`] (`timer:<ticks>` is the finite timer variant).
+    pub const NAMES: [&'static str; 3] = ["kv", "timer", "cpu"];
+
+    /// Parses `kv`, `timer`, `timer:<ticks_max>` or `cpu`.
+    pub fn from_name(name: &str) -> Option<Workload> {
+        match name {
+            "kv" => Some(Workload::Kv),
+            "timer" => Some(Workload::Timer { ticks_max: None }),
+            "cpu" => Some(Workload::Cpu),
+            _ => {
+                let ticks = name.strip_prefix("timer:")?;
+                let ticks_max = ticks.parse::<u64>().ok()?;
+                Some(Workload::Timer { ticks_max: Some(ticks_max) })
+            }
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Workload::Kv => write!(f, "kv"),
+            Workload::Timer { ticks_max: None } => write!(f, "timer"),
+            Workload::Timer { ticks_max: Some(ticks) } => write!(f, "timer:{ticks}"),
+            Workload::Cpu => write!(f, "cpu"),
+        }
+    }
+}
