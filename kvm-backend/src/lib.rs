@@ -1,1 +1,20 @@
-//! KVM guests for the FT protocol (work in progress).
+//! The real machine: a KVM uniprocessor guest implementing [`ft::Guest`], and the corpus of guest programs.
+//!
+//! The guest ABI (ports, descriptors, vectors, boot state) is in docs/guest-abi.md. Devices are not here: the
+//! protocol's platform layer emulates them on top of the port exits, DMA and interrupts of [`KvmGuest`].
+
+pub mod arch;
+pub mod corpus;
+mod error;
+mod guest;
+mod interrupts;
+mod loader;
+mod memory;
+mod snapshot;
+pub mod testkit;
+mod vcpu;
+mod vm;
+
+pub use error::KvmError;
+pub use guest::{KvmConfig, KvmGuest, MEMORY_BYTES_DEFAULT};
+pub use loader::read_image;

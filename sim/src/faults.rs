@@ -28,12 +28,23 @@ pub enum Fault {
     Crash(NodeId),
     /// Crash and immediate restart of the host process (it comes back without its VM).
     Bounce(NodeId),
-    Partition { cut: Cut, duration_ms: u64 },
+    Partition {
+        cut: Cut,
+        duration_ms: u64,
+    },
     /// Hold all messages between the two FT hosts, then release them at once (clogging).
-    Clog { duration_ms: u64 },
+    Clog {
+        duration_ms: u64,
+    },
     /// Lose messages between the two FT hosts at `rate` (breaks TCP connections: turmoil does not retransmit).
-    Loss { rate_percent: u32, duration_ms: u64 },
-    SlowStorage { delay_ms: u64, duration_ms: u64 },
+    Loss {
+        rate_percent: u32,
+        duration_ms: u64,
+    },
+    SlowStorage {
+        delay_ms: u64,
+        duration_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -70,6 +81,10 @@ impl Plan {
             heal_ms: HEAL_MS,
             end_ms: END_MS,
         };
+        if workload != Workload::Kv {
+            // Only the key-value service has clients.
+            plan.clients = 0;
+        }
         // A crash is the single failure of the run; without one, any number of partitions may come and go.
         let crash_run = rng.random_ratio(1, 2);
         let at = |rng: &mut ChaCha8Rng| rng.random_range(300..HEAL_MS - 500);

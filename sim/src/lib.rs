@@ -1,8 +1,8 @@
 //! The simulated world in which the protocol is tested: a model guest, turmoil hosts (two FT nodes, shared
 //! storage, clients), faults chosen per seed, and checkers for the invariants S1..S6 (docs/architecture.md).
 
-pub mod check;
 pub mod bench;
+pub mod check;
 pub mod client;
 pub mod faults;
 pub mod model;

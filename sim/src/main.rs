@@ -57,11 +57,7 @@ fn run(seed: u64) -> ExitCode {
     for violation in &report.violations {
         println!("VIOLATION {violation}");
     }
-    println!(
-        "seed {seed}: {} violations, trace-hash={:016x}",
-        report.violations.len(),
-        report.trace_hash
-    );
+    println!("seed {seed}: {} violations, trace-hash={:016x}", report.violations.len(), report.trace_hash);
     if report.violations.is_empty() {
         ExitCode::SUCCESS
     } else {

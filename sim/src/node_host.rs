@@ -134,7 +134,10 @@ impl Host for SimHost {
                 }
                 world.releases.push(release);
             }
-            Observation::Action(Action::Storage { epoch, request: StorageRequest::Write { output_seq, log_index, data, .. } }) => {
+            Observation::Action(Action::Storage {
+                epoch,
+                request: StorageRequest::Write { output_seq, log_index, data, .. },
+            }) => {
                 let release = Release {
                     at_ns: now_ns,
                     node: self.id,
@@ -223,7 +226,13 @@ fn describe(event: &Event) -> String {
 
 /// The body of a node host. Restarted (bounced) hosts come back without their VM and stay out: bringing them
 /// back as a backup is re-protection, which is not implemented.
-pub async fn node_main(id: NodeId, world: SharedWorld, config: Config, workload: Workload, seed: u64) -> turmoil::Result {
+pub async fn node_main(
+    id: NodeId,
+    world: SharedWorld,
+    config: Config,
+    workload: Workload,
+    seed: u64,
+) -> turmoil::Result {
     let restarted = std::mem::replace(&mut world.borrow_mut().started[id.index()], true);
     if restarted {
         world.borrow_mut().log(id.host(), "restarted without its VM: stays out (re-protection not implemented)");

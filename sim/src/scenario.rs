@@ -83,8 +83,7 @@ fn simulate(seed: u64, plan: &Plan, world: &SharedWorld) -> turmoil::Result {
         sim.host(node.host(), move || node_main(node, world.clone(), config.clone(), workload, seed));
     }
     let clients_stop_ns = plan.end_ms * 1_000_000;
-    let kv = plan.workload == crate::model::Workload::Kv;
-    for client in 1..=plan.clients.min(if kv { u32::MAX } else { 0 }) {
+    for client in 1..=plan.clients {
         let world = world.clone();
         sim.host(client::host_name(client).as_str(), move || client_main(client, world.clone(), seed, clients_stop_ns));
     }

@@ -10,7 +10,12 @@ pub fn on_went_live(world: &mut World, node: NodeId, epoch: u64) {
     if world.arbiter_epoch != epoch || world.arbiter_owner != Some(node) {
         world.violation(
             "S3 one primary per epoch",
-            format!("{} went live in epoch {epoch} but the arbiter holds {} for {:?}", node.host(), world.arbiter_epoch, world.arbiter_owner),
+            format!(
+                "{} went live in epoch {epoch} but the arbiter holds {} for {:?}",
+                node.host(),
+                world.arbiter_epoch,
+                world.arbiter_owner
+            ),
         );
     }
 }

@@ -36,7 +36,10 @@ pub fn check(world: &mut World) {
         if stored != 0 && source.is_none() {
             problems.push(format!("disk holds {stored:#x} for key {key}, which no put wrote"));
         } else if let Some(newer) = superseding(key_puts, source, u64::MAX) {
-            problems.push(format!("disk holds {stored:#x} for key {key}, but acknowledged put {:#x} came later", newer.value));
+            problems.push(format!(
+                "disk holds {stored:#x} for key {key}, but acknowledged put {:#x} came later",
+                newer.value
+            ));
         }
     }
     world.counts.requests_ok += world.history.iter().filter(|op| op.ok).count() as u64;
@@ -48,13 +51,12 @@ pub fn check(world: &mut World) {
 
 /// An acknowledged put that, in real time, follows `source` (or any initial value) and finished before `before_ns`.
 fn superseding<'a>(puts: &[&'a ClientOp], source: Option<&ClientOp>, before_ns: u64) -> Option<&'a ClientOp> {
-    puts.iter()
-        .copied()
-        .filter(|put| put.ok && put.completed_ns.is_some_and(|done| done < before_ns))
-        .find(|put| match source {
+    puts.iter().copied().filter(|put| put.ok && put.completed_ns.is_some_and(|done| done < before_ns)).find(|put| {
+        match source {
             None => true,
             Some(source) => source.completed_ns.is_some_and(|done| done < put.invoked_ns),
-        })
+        }
+    })
 }
 
 fn stored_value(world: &World, key: u64) -> u64 {

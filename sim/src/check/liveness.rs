@@ -22,7 +22,10 @@ pub fn check(world: &mut World, expectations: &Expectations) {
     }
     let deadline_ns = expectations.heal_ns + RESUME_WITHIN_NS;
     let resumed = if expectations.kv_workload {
-        world.history.iter().any(|op| op.ok && op.completed_ns.is_some_and(|at| at > expectations.heal_ns && at <= deadline_ns))
+        world
+            .history
+            .iter()
+            .any(|op| op.ok && op.completed_ns.is_some_and(|at| at > expectations.heal_ns && at <= deadline_ns))
     } else {
         world.releases.iter().any(|r| r.at_ns > expectations.heal_ns && r.at_ns <= deadline_ns)
     };

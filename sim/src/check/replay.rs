@@ -15,6 +15,9 @@ pub fn on_ack(world: &mut World, received: u64, replayed: u64, buffered_max: usi
         world.violation("S4 in-order replay", format!("replayed {replayed} beyond received {received}"));
     }
     if (received - replayed.min(received)) as usize > buffered_max {
-        world.violation("S4 in-order replay", format!("lag of {} entries beyond the buffer bound {buffered_max}", received - replayed));
+        world.violation(
+            "S4 in-order replay",
+            format!("lag of {} entries beyond the buffer bound {buffered_max}", received - replayed),
+        );
     }
 }

@@ -150,6 +150,20 @@ impl ModelGuest {
         }
     }
 
+    /// Runs a program's compute loop several instructions at a time, if it is in one; returns whether it did.
+    /// A run of a single instruction never bursts, so single-stepping checks bursts against plain steps.
+    fn burst(&mut self, target: u64) -> bool {
+        let core = &mut self.core;
+        let instructions_max = target - core.instructions;
+        if instructions_max < 2 {
+            return false;
+        }
+        let burst = program::burst(core.workload, &mut core.registers, &mut self.memory, instructions_max);
+        assert!(burst <= instructions_max);
+        core.instructions += burst;
+        burst > 0
+    }
+
     /// Whether the interrupt controller has work. Only `inject_interrupt` raises vectors, never a program step,
     /// so once this is false it stays false until `run` returns: the loop then skips the interrupt checks.
     fn interrupt_work(&self) -> bool {
@@ -171,6 +185,8 @@ impl Guest for ModelGuest {
                 let exit = self.step_interrupts();
                 interrupt_work = self.interrupt_work();
                 exit
+            } else if self.burst(target) {
+                continue;
             } else {
                 self.step_program()
             };

@@ -307,13 +307,39 @@ fn frame(registers: &mut Registers, memory: &mut Memory) -> Effect {
 
 /// FNV-1a over the frame, one byte per instruction: the compute part of a request.
 fn digest(registers: &mut Registers, memory: &mut Memory) -> Effect {
-    let byte = memory.u8(REQUEST_COPY + registers.step as usize % FRAME_BYTES);
-    registers.r[DIGEST_REGISTER] = (registers.r[DIGEST_REGISTER] ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
+    registers.r[DIGEST_REGISTER] = digest_byte(memory, registers.step, registers.r[DIGEST_REGISTER]);
     registers.step = registers.step.wrapping_add(1);
     if registers.step >= DIGEST_STEPS {
         registers.goto(SAMPLE);
     }
     Effect::Continue
+}
+
+#[inline(always)]
+fn digest_byte(memory: &Memory, step: u32, digest: u64) -> u64 {
+    let byte = memory.u8(REQUEST_COPY + step as usize % FRAME_BYTES);
+    (digest ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
+}
+
+/// Up to `instructions_max` digest instructions at once, exactly as many single steps would run them; returns
+/// how many retired (0 outside the digest).
+pub(crate) fn burst(registers: &mut Registers, memory: &Memory, instructions_max: u64) -> u64 {
+    if registers.label != DIGEST || registers.step >= DIGEST_STEPS {
+        return 0;
+    }
+    let count = u64::from(DIGEST_STEPS - registers.step).min(instructions_max);
+    let mut digest = registers.r[DIGEST_REGISTER];
+    let mut step = registers.step;
+    for _ in 0..count {
+        digest = digest_byte(memory, step, digest);
+        step += 1;
+    }
+    registers.r[DIGEST_REGISTER] = digest;
+    registers.step = step;
+    if registers.step >= DIGEST_STEPS {
+        registers.goto(SAMPLE);
+    }
+    count
 }
 
 /// Reads the clock (both halves) and entropy into the checksum, then dispatches on the op.

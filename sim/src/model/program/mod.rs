@@ -50,6 +50,17 @@ pub(crate) fn step(workload: Workload, registers: &mut Registers, memory: &mut M
     }
 }
 
+/// Runs up to `instructions_max` plain instructions (no exit, no interrupt check) at once where a program has a
+/// tight compute loop; returns how many retired, 0 if the current instruction has no burst form. The caller
+/// guarantees that no interrupt can be taken meanwhile, so the result equals that many single steps.
+pub(crate) fn burst(workload: Workload, registers: &mut Registers, memory: &mut Memory, instructions_max: u64) -> u64 {
+    match workload {
+        Workload::Kv => kv::burst(registers, memory, instructions_max),
+        Workload::Timer { .. } => timer::burst(registers, memory, instructions_max),
+        Workload::Cpu => 0,
+    }
+}
+
 /// Enters the shared wait routine.
 pub(crate) fn wait_for(registers: &mut Registers, events: u32, ret: u32) {
     assert_ne!(events, 0);

@@ -24,6 +24,7 @@ const TIMER_PERIOD_US: u32 = 1_000;
 /// Compute instructions between two `OUT YIELD`s.
 pub(crate) const CHUNK_INSTRUCTIONS: u32 = 500;
 const PRINT_EVERY_TICKS: u64 = 500;
+const COMPUTE_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 // Labels.
 const CHUNK: u32 = BOOT + 1;
@@ -42,6 +43,8 @@ pub(crate) fn step(registers: &mut Registers, memory: &mut Memory, ticks_max: Op
     match registers.label {
         BOOT => {
             memory.set_u64(BUDGET, 1);
+            // A xorshift state of zero stays zero.
+            registers.r[COMPUTE_REGISTER] = COMPUTE_SEED;
             registers.goto(CHUNK);
             out(abi::TIMER_PERIOD_US, TIMER_PERIOD_US)
         }
@@ -68,15 +71,39 @@ fn chunk(registers: &mut Registers, memory: &mut Memory) -> Effect {
         registers.goto(CHECK);
         return out(abi::YIELD, 0);
     }
-    let at = SCRATCH + (registers.step as usize % SCRATCH_WORDS) * 8;
-    let mut value = registers.r[COMPUTE_REGISTER] ^ memory.u64(at);
+    registers.r[COMPUTE_REGISTER] = chunk_word(memory, registers.step, registers.r[COMPUTE_REGISTER]);
+    registers.step = registers.step.wrapping_add(1);
+    Effect::Continue
+}
+
+#[inline(always)]
+fn chunk_word(memory: &mut Memory, step: u32, compute: u64) -> u64 {
+    let at = SCRATCH + (step as usize % SCRATCH_WORDS) * 8;
+    let mut value = compute ^ memory.u64(at);
     value ^= value << 13;
     value ^= value >> 7;
     value ^= value << 17;
-    registers.r[COMPUTE_REGISTER] = value;
     memory.set_u64(at, value);
-    registers.step = registers.step.wrapping_add(1);
-    Effect::Continue
+    value
+}
+
+/// Up to `instructions_max` compute instructions of a chunk at once, exactly as many single steps would run
+/// them; returns how many retired (0 outside a chunk's compute part).
+pub(crate) fn burst(registers: &mut Registers, memory: &mut Memory, instructions_max: u64) -> u64 {
+    if registers.label != CHUNK || registers.step >= CHUNK_INSTRUCTIONS {
+        return 0;
+    }
+    let count = u64::from(CHUNK_INSTRUCTIONS - registers.step).min(instructions_max);
+    let mut compute = registers.r[COMPUTE_REGISTER];
+    let mut step = registers.step;
+    for _ in 0..count {
+        compute = chunk_word(memory, step, compute);
+        step += 1;
+    }
+    registers.r[COMPUTE_REGISTER] = compute;
+    registers.step = step;
+    assert!(registers.step <= CHUNK_INSTRUCTIONS);
+    count
 }
 
 /// After a chunk: serve a tick if one came, else run another chunk or sleep until the next tick.
@@ -117,6 +144,7 @@ fn tick(registers: &mut Registers, memory: &mut Memory, ticks_max: Option<u64>) 
             let digest = memory.u64(DIGEST) ^ registers.r[CLOCK_REGISTER] ^ registers.r[COMPUTE_REGISTER];
             memory.set_u64(DIGEST, mix64(mix64(digest) ^ entropy));
             memory.set_u64(BUDGET, 1 + entropy % 4);
+            registers.r[COMPUTE_REGISTER] ^= entropy << 1 | 1;
             if memory.u64(TICKS).is_multiple_of(PRINT_EVERY_TICKS) {
                 registers.goto(PRINT);
             } else {

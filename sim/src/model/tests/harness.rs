@@ -36,6 +36,8 @@ pub(super) struct Platform {
     pub(super) idle_ns: u64,
     pub(super) clock_latched_ns: u64,
     pub(super) entropy_state: u64,
+    /// Runs the guest one instruction at a time (to compare with long runs).
+    pub(super) single_step: bool,
     /// Every exit with the position after it.
     pub(super) trace: Vec<(Exit, Position)>,
 }
@@ -61,7 +63,10 @@ impl Platform {
         done: impl Fn(&Platform) -> bool,
     ) {
         while !done(self) && self.power_off.is_none() && guest.position().instructions < instructions_max {
-            let target = self.next_timer_instructions(guest).min(instructions_max);
+            let mut target = self.next_timer_instructions(guest).min(instructions_max);
+            if self.single_step {
+                target = target.min(guest.position().instructions + 1);
+            }
             let exit = guest.run(Some(target)).expect("the model guest does not fail");
             if exit != Exit::InstructionLimit {
                 self.trace.push((exit, guest.position()));

@@ -162,3 +162,21 @@ fn reports_every_hundred_requests() {
     let per_request = (guest.position().instructions - start) / 200;
     assert!((200..400).contains(&per_request), "{per_request} instructions per request");
 }
+
+#[test]
+fn single_steps_serve_like_long_runs() {
+    let mut hashes = Vec::new();
+    let mut traces = Vec::new();
+    for single_step in [false, true] {
+        let mut platform = Platform { single_step, ..Platform::new() };
+        let mut guest = boot(&mut platform);
+        for request in 0..20 {
+            let op = if request % 3 == 0 { put(request, request * 7, request) } else { get(request / 2, request) };
+            serve(&mut platform, &mut guest, frame(&op)).unwrap();
+        }
+        hashes.push(guest.state_hash().unwrap());
+        traces.push(platform.trace);
+    }
+    assert_eq!(hashes[0], hashes[1]);
+    assert_eq!(traces[0], traces[1]);
+}

@@ -276,3 +276,24 @@ proptest! {
         let _ = guest.restore(&bytes);
     }
 }
+
+/// Bursts (several compute instructions per call, used when no interrupt can be taken) must equal single steps.
+#[test]
+fn single_steps_and_long_runs_agree() {
+    for workload in [Workload::Kv, Workload::Cpu, Workload::Timer { ticks_max: None }] {
+        let mut stepped = ModelGuest::new(workload);
+        let mut bulk = ModelGuest::new(workload);
+        for checkpoint in (1..=20u64).map(|index| index * 997) {
+            while stepped.position().instructions < checkpoint {
+                let target = stepped.position().instructions + 1;
+                run_to(&mut stepped, target);
+            }
+            run_to(&mut bulk, checkpoint);
+            assert_eq!(stepped.state_hash().unwrap(), bulk.state_hash().unwrap(), "{workload} at {checkpoint}");
+            assert_eq!(stepped.position(), bulk.position());
+            let vector = if checkpoint % 3 == 0 { abi::VECTOR_NET } else { abi::VECTOR_TIMER };
+            stepped.inject_interrupt(vector).unwrap();
+            bulk.inject_interrupt(vector).unwrap();
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Architecture set-up done by the VMM before the first instruction.
+
+pub mod x86_64;

@@ -1,0 +1,46 @@
+//! The guest programs of `corpus/guests/`, compiled from source by build.rs and embedded in this crate.
+
+include!(concat!(env!("OUT_DIR"), "/corpus_guests.rs"));
+
+/// The ELF image of the corpus guest `name` (see [`guest_names`]).
+pub fn guest_elf(name: &str) -> Option<&'static [u8]> {
+    GUESTS.iter().find(|(guest, _)| *guest == name).map(|(_, image)| *image)
+}
+
+/// Names of the corpus guests, sorted: `cpu`, `kv`, `timer`.
+pub fn guest_names() -> impl Iterator<Item = &'static str> {
+    GUESTS.iter().map(|(name, _)| *name)
+}
+
+/// Iterations of the `cpu` guest's loop (`CPU_ITERATIONS` in corpus/guests/cpu/main.c).
+pub const CPU_ITERATIONS: u64 = 1 << 28;
+/// The `cpu` guest yields once per this many iterations (`CPU_YIELD_EVERY`).
+pub const CPU_YIELD_EVERY: u64 = 1 << 21;
+
+/// What the `cpu` guest computes for `iterations` iterations: it prints this for `CPU_ITERATIONS`.
+pub fn cpu_result(iterations: u64) -> u64 {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut accumulator: u64 = 0;
+    for i in 0..iterations {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        accumulator = accumulator.wrapping_add(x.wrapping_mul(i | 1));
+        accumulator = accumulator.rotate_left(5);
+    }
+    accumulator
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_guest_is_built() {
+        let names: Vec<&str> = super::guest_names().collect();
+        assert_eq!(names, ["cpu", "kv", "timer"]);
+        for name in names {
+            let image = super::guest_elf(name).expect("built");
+            assert_eq!(&image[..4], b"\x7fELF", "{name} is an ELF");
+        }
+        assert!(super::guest_elf("nope").is_none());
+    }
+}

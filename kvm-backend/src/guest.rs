@@ -1,0 +1,368 @@
+//! `KvmGuest`: a KVM uniprocessor VM implementing `ft::Guest`.
+//!
+//! Positions are counts of guest-initiated exits (port I/O, HLT, shutdown); the hardware has no performance
+//! counters, so `run` cannot stop at an instruction count. Every returned exit leaves the vCPU at an instruction
+//! boundary with the exiting instruction complete (port writes are finished inside KVM before `run` returns), except
+//! a port read, which completes when `complete_port_in` supplies its value. Interrupts are queued in the guest
+//! (`PendingInterrupts`) and injected only when the architectural state allows it, so the same sequence of calls
+//! gives the same behaviour on a fresh or a restored VM.
+
+use std::path::PathBuf;
+
+use ft::{Exit, Guest, GuestError, Position, StateHash};
+use xxhash_rust::xxh3::Xxh3;
+use zerocopy::IntoBytes;
+
+use crate::arch::x86_64::layout::{LARGE_PAGE_BYTES, MEMORY_BYTES_MAX};
+use crate::arch::x86_64::{cpuid, regs};
+use crate::error::KvmError;
+use crate::interrupts::PendingInterrupts;
+use crate::loader;
+use crate::memory::GuestRam;
+use crate::snapshot::{self, Reader, VcpuState, Writer};
+use crate::vcpu::{self, Event};
+use crate::vm::Vm;
+
+/// Default guest RAM: small, so that hashing and snapshots stay cheap (about 1 ms per MiB to hash here).
+pub const MEMORY_BYTES_DEFAULT: u64 = 16 << 20;
+/// Most consecutive non-guest-initiated exits (interrupt windows, signals) `run` absorbs before reporting an
+/// error: a bound on the loop, far above what a healthy guest produces.
+const INTERNAL_EXITS_MAX: u32 = 1_000_000;
+
+/// How to build a KVM guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvmConfig {
+    /// The KVM device (normally `/dev/kvm`).
+    pub kvm_path: PathBuf,
+    /// Guest RAM in bytes: a multiple of 2 MiB, at most 1 GiB.
+    pub memory_bytes: u64,
+}
+
+impl Default for KvmConfig {
+    fn default() -> KvmConfig {
+        KvmConfig { kvm_path: PathBuf::from("/dev/kvm"), memory_bytes: MEMORY_BYTES_DEFAULT }
+    }
+}
+
+/// A port read that has been reported and not yet answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PendingIn {
+    port: u16,
+    size: u8,
+    /// KVM does not know about this read (the guest was restored from a snapshot taken while it was pending):
+    /// the guest must execute the `IN` again before the answer can be given.
+    reexecute: bool,
+}
+
+/// A KVM guest. Field order matters: the VM (and its memory slot) is dropped before the RAM it maps.
+pub struct KvmGuest {
+    vm: Vm,
+    ram: GuestRam,
+    exits: u64,
+    pending: PendingInterrupts,
+    port_in: Option<PendingIn>,
+    /// Why the guest stopped for good, once it has.
+    shutdown: Option<String>,
+    /// An error found by a method that cannot return one (`complete_port_in`), reported by the next `run`.
+    deferred_error: Option<GuestError>,
+}
+
+fn check_memory_size(bytes: u64) -> Result<usize, KvmError> {
+    let valid = (LARGE_PAGE_BYTES..=MEMORY_BYTES_MAX).contains(&bytes) && bytes.is_multiple_of(LARGE_PAGE_BYTES);
+    match usize::try_from(bytes) {
+        Ok(size) if valid => Ok(size),
+        _ => Err(KvmError::MemorySize(bytes)),
+    }
+}
+
+impl KvmGuest {
+    /// Creates a VM, loads the ELF `image` and sets up long mode so the first `run` starts at its entry point.
+    pub fn new(config: &KvmConfig, image: &[u8]) -> Result<KvmGuest, KvmError> {
+        let guest = KvmGuest::blank(config)?;
+        let entry = loader::load(&guest.ram, image)?;
+        regs::set_up(&guest.vm.vcpu, &guest.ram, entry)?;
+        Ok(guest)
+    }
+
+    /// Creates a VM from a snapshot taken by `KvmGuest::snapshot` (for example on another host).
+    pub fn from_snapshot(config: &KvmConfig, snapshot: &[u8]) -> Result<KvmGuest, GuestError> {
+        let mut guest = KvmGuest::blank(config)?;
+        guest.restore(snapshot)?;
+        Ok(guest)
+    }
+
+    fn blank(config: &KvmConfig) -> Result<KvmGuest, KvmError> {
+        let ram = GuestRam::new(check_memory_size(config.memory_bytes)?)?;
+        let vm = Vm::create(&config.kvm_path, &ram)?;
+        Ok(KvmGuest {
+            vm,
+            ram,
+            exits: 0,
+            pending: PendingInterrupts::default(),
+            port_in: None,
+            shutdown: None,
+            deferred_error: None,
+        })
+    }
+
+    /// Why the guest stopped for good (after `Exit::Shutdown`).
+    pub fn shutdown_reason(&self) -> Option<&str> {
+        self.shutdown.as_deref()
+    }
+
+    /// The general registers, for diagnostics (a faulting guest's stack, for example).
+    pub fn registers(&self) -> Result<kvm_bindings::kvm_regs, GuestError> {
+        Ok(self.vm.vcpu.get_regs().map_err(KvmError::ioctl("KVM_GET_REGS"))?)
+    }
+
+    /// Guest RAM in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.ram.size() as u64
+    }
+
+    /// Injects the head of the queue if the vCPU can take it, and asks for an interrupt window while anything
+    /// else is waiting.
+    fn arm_interrupts(&mut self) -> Result<(), KvmError> {
+        if let Some(vector) = self.pending.head() {
+            if vcpu::ready_for_interrupt(&self.vm.vcpu)? {
+                vcpu::inject(&self.vm.vcpu, vector)?;
+                self.pending.pop();
+            }
+        }
+        vcpu::request_window(&mut self.vm.vcpu, !self.pending.is_empty());
+        Ok(())
+    }
+
+    fn exit(&mut self, exit: Exit) -> Result<Exit, GuestError> {
+        self.exits += 1;
+        Ok(exit)
+    }
+
+    /// Runs to the next guest-initiated exit.
+    fn run_to_exit(&mut self) -> Result<Exit, GuestError> {
+        for _ in 0..INTERNAL_EXITS_MAX {
+            self.arm_interrupts()?;
+            match vcpu::run_once(&mut self.vm.vcpu)? {
+                Event::Out { port, size, value } => {
+                    vcpu::complete_io(&mut self.vm.vcpu)?;
+                    return self.exit(Exit::PortOut { port, size, value });
+                }
+                Event::In { port, size } => {
+                    self.port_in = Some(PendingIn { port, size, reexecute: false });
+                    return self.exit(Exit::PortIn { port, size });
+                }
+                Event::Halt => return self.exit(Exit::Halt),
+                Event::WindowOpen | Event::Interrupted => continue,
+                Event::Fatal(reason) => {
+                    self.shutdown = Some(reason);
+                    return self.exit(Exit::Shutdown);
+                }
+            }
+        }
+        Err(GuestError::Hypervisor(format!("{INTERNAL_EXITS_MAX} exits in a row without a guest-initiated one")))
+    }
+
+    /// Answers a port read: executes the `IN` again first if KVM has not seen it (after a restore), writes the
+    /// value and lets KVM finish the instruction without running anything else.
+    fn answer_port_in(&mut self, pending: PendingIn, value: u32) -> Result<(), KvmError> {
+        if pending.reexecute {
+            // Nothing is injected: the first instruction the vCPU executes is the pending IN itself.
+            vcpu::request_window(&mut self.vm.vcpu, false);
+            let event = vcpu::run_once(&mut self.vm.vcpu)?;
+            if event != (Event::In { port: pending.port, size: pending.size }) {
+                return Err(KvmError::Vcpu(format!("re-executing the pending IN gave {event:?}")));
+            }
+        }
+        vcpu::answer_in(&mut self.vm.vcpu, self.vm.run_size, value)?;
+        vcpu::complete_io(&mut self.vm.vcpu)
+    }
+
+    fn encode_port_in(&self) -> [u8; 4] {
+        match self.port_in {
+            None => [0; 4],
+            Some(pending) => {
+                let [low, high] = pending.port.to_le_bytes();
+                [1, low, high, pending.size]
+            }
+        }
+    }
+}
+
+fn decode_port_in(bytes: &[u8]) -> Result<Option<PendingIn>, GuestError> {
+    match bytes {
+        [0, 0, 0, 0] => Ok(None),
+        [1, low, high, size @ (1 | 2 | 4)] => {
+            Ok(Some(PendingIn { port: u16::from_le_bytes([*low, *high]), size: *size, reexecute: true }))
+        }
+        _ => Err(GuestError::BadSnapshot(format!("bad pending port read {bytes:?}"))),
+    }
+}
+
+fn cpuid_fingerprint() -> u64 {
+    xxhash_rust::xxh3::xxh3_64(cpuid::entries().as_slice().as_bytes())
+}
+
+impl Guest for KvmGuest {
+    fn run(&mut self, instruction_target: Option<u64>) -> Result<Exit, GuestError> {
+        if instruction_target.is_some() {
+            return Err(GuestError::InstructionCountUnsupported);
+        }
+        if let Some(error) = self.deferred_error.take() {
+            return Err(error);
+        }
+        if let Some(pending) = self.port_in {
+            return Err(GuestError::Hypervisor(format!(
+                "run called before complete_port_in answered the read of port {:#x}",
+                pending.port
+            )));
+        }
+        if self.shutdown.is_some() {
+            return Ok(Exit::Shutdown);
+        }
+        self.run_to_exit()
+    }
+
+    fn position(&self) -> Position {
+        Position { exits: self.exits, instructions: 0 }
+    }
+
+    /// RIP, or `u64::MAX` if KVM cannot report it. After a port read exit it is the address of the `IN`;
+    /// after any other exit, of the next instruction.
+    fn pc(&self) -> u64 {
+        self.vm.vcpu.get_regs().map(|regs| regs.rip).unwrap_or(u64::MAX)
+    }
+
+    fn counts_instructions(&self) -> bool {
+        false
+    }
+
+    fn complete_port_in(&mut self, value: u32) {
+        let Some(pending) = self.port_in.take() else {
+            self.deferred_error = Some(GuestError::Hypervisor("complete_port_in without a pending port read".into()));
+            return;
+        };
+        if let Err(error) = self.answer_port_in(pending, value) {
+            self.deferred_error = Some(error.into());
+        }
+    }
+
+    fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestError> {
+        self.ram.read(gpa, buf)
+    }
+
+    fn write_memory(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestError> {
+        self.ram.write(gpa, data)
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) -> Result<(), GuestError> {
+        self.pending.raise(vector);
+        Ok(())
+    }
+
+    /// xxh3 of RAM, general and special registers, the pending interrupts, the pending port read and the exit
+    /// count.
+    fn state_hash(&mut self) -> Result<StateHash, GuestError> {
+        let regs = self.vm.vcpu.get_regs().map_err(KvmError::ioctl("KVM_GET_REGS"))?;
+        let sregs = self.vm.vcpu.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
+        let mut pending = Vec::new();
+        self.pending.encode(&mut pending);
+        let port_in = self.encode_port_in();
+        let mut hasher = Xxh3::new();
+        hasher.update(self.ram.bytes());
+        hasher.update(regs.as_bytes());
+        hasher.update(sregs.as_bytes());
+        hasher.update(&pending);
+        hasher.update(&port_in);
+        hasher.update(&self.exits.to_le_bytes());
+        Ok(hasher.digest())
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<u8>, GuestError> {
+        let vcpu = VcpuState::save(&self.vm.vcpu, &self.vm.msrs)?;
+        let mut writer = Writer::default();
+        writer.u64(self.ram.size() as u64);
+        writer.u64(cpuid_fingerprint());
+        writer.u64(self.exits);
+        writer.section(&self.encode_port_in());
+        let mut pending = Vec::new();
+        self.pending.encode(&mut pending);
+        writer.section(&pending[2..]);
+        writer.section(self.shutdown.as_deref().unwrap_or("").as_bytes());
+        vcpu.encode(&mut writer);
+        let mut memory = Vec::new();
+        self.ram.encode_pages(&mut memory);
+        writer.section(&memory);
+        Ok(snapshot::seal(&writer.payload))
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), GuestError> {
+        let mut reader = Reader::new(snapshot::open(snapshot)?);
+        let memory_bytes = reader.u64("memory size")?;
+        if memory_bytes != self.ram.size() as u64 {
+            return Err(GuestError::BadSnapshot(format!(
+                "snapshot of a guest with {memory_bytes} bytes of RAM, this one has {}",
+                self.ram.size()
+            )));
+        }
+        if reader.u64("cpuid")? != cpuid_fingerprint() {
+            return Err(GuestError::BadSnapshot("taken with a different CPUID table".into()));
+        }
+        let exits = reader.u64("exits")?;
+        let port_in = decode_port_in(reader.section("port read")?)?;
+        let pending =
+            PendingInterrupts::decode(reader.section("pending interrupts")?).map_err(GuestError::BadSnapshot)?;
+        let shutdown = std::str::from_utf8(reader.section("shutdown")?)
+            .map_err(|_| GuestError::BadSnapshot("shutdown reason is not UTF-8".into()))?;
+        let shutdown = (!shutdown.is_empty()).then(|| shutdown.to_string());
+        let vcpu = VcpuState::decode(&mut reader)?;
+        let (bitmap, pages) = self.ram.parse_pages(reader.section("memory")?).map_err(GuestError::BadSnapshot)?;
+        reader.finish()?;
+
+        // Everything is checked; from here on only the hypervisor can fail. A read KVM still waits for would
+        // otherwise be completed into the restored state by the next KVM_RUN.
+        if let Some(stale) = self.port_in.take() {
+            if !stale.reexecute {
+                vcpu::answer_in(&mut self.vm.vcpu, self.vm.run_size, 0)?;
+                vcpu::complete_io(&mut self.vm.vcpu)?;
+            }
+        }
+        self.ram.restore_pages(bitmap, pages)?;
+        vcpu.apply(&self.vm.vcpu)?;
+        self.exits = exits;
+        self.port_in = port_in;
+        self.pending = pending;
+        self.shutdown = shutdown;
+        self.deferred_error = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<KvmGuest>();
+    }
+
+    #[test]
+    fn memory_sizes_are_checked() {
+        assert!(check_memory_size(MEMORY_BYTES_DEFAULT).is_ok());
+        assert!(check_memory_size(LARGE_PAGE_BYTES).is_ok());
+        assert!(check_memory_size(MEMORY_BYTES_MAX).is_ok());
+        for bad in [0, 4096, LARGE_PAGE_BYTES + 4096, MEMORY_BYTES_MAX + LARGE_PAGE_BYTES] {
+            assert!(check_memory_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pending_port_read_round_trips_as_reexecuted() {
+        assert_eq!(decode_port_in(&[0, 0, 0, 0]), Ok(None));
+        assert_eq!(decode_port_in(&[1, 0x10, 0x05, 4]), Ok(Some(PendingIn { port: 0x510, size: 4, reexecute: true })));
+        assert!(decode_port_in(&[1, 0x10, 0x05, 3]).is_err());
+        assert!(decode_port_in(&[2, 0, 0, 0]).is_err());
+        assert!(decode_port_in(&[0, 0, 0]).is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! Guest RAM: one anonymous mapping at guest-physical address 0, with bounds-checked DMA and a byte view for
+//! hashing and snapshots.
+
+use ft::GuestError;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::error::KvmError;
+
+/// Bytes per page in snapshots (zero pages are left out).
+pub(crate) const PAGE_BYTES: usize = 4096;
+
+pub(crate) struct GuestRam {
+    memory: GuestMemoryMmap,
+    size: usize,
+    host_address: *mut u8,
+}
+
+// SAFETY: `host_address` points into the mapping owned by `memory`, which is itself Send + Sync; GuestRam hands
+// out access to it only through `&self`/`&mut self` methods, so moving it to another thread is sound.
+unsafe impl Send for GuestRam {}
+
+impl GuestRam {
+    pub(crate) fn new(size: usize) -> Result<GuestRam, KvmError> {
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size)])
+            .map_err(|error| KvmError::Memory(error.to_string()))?;
+        let host_address =
+            memory.get_host_address(GuestAddress(0)).map_err(|error| KvmError::Memory(error.to_string()))?;
+        Ok(GuestRam { memory, size, host_address })
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    pub(crate) fn host_address(&self) -> u64 {
+        self.host_address as u64
+    }
+
+    pub(crate) fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    fn check(&self, gpa: u64, len: usize) -> Result<(), GuestError> {
+        let end = gpa.checked_add(len as u64);
+        match end {
+            Some(end) if end <= self.size as u64 => Ok(()),
+            _ => Err(GuestError::MemoryOutOfRange { gpa, len }),
+        }
+    }
+
+    pub(crate) fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestError> {
+        self.check(gpa, buf.len())?;
+        self.memory.read_slice(buf, GuestAddress(gpa)).map_err(|_| GuestError::MemoryOutOfRange { gpa, len: buf.len() })
+    }
+
+    pub(crate) fn write(&self, gpa: u64, data: &[u8]) -> Result<(), GuestError> {
+        self.check(gpa, data.len())?;
+        self.memory
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|_| GuestError::MemoryOutOfRange { gpa, len: data.len() })
+    }
+
+    /// All of RAM as bytes. `&mut self` because the view must not overlap a running vCPU or a DMA write: the
+    /// caller (KvmGuest) only runs the vCPU through `&mut self` as well.
+    pub(crate) fn bytes(&mut self) -> &[u8] {
+        // SAFETY: `host_address` is the start of a live mapping of `size` bytes owned by `self.memory`, which
+        // outlives the returned borrow. The vCPU runs only inside `KvmGuest::run(&mut self)` on this thread and
+        // DMA goes through `&self` methods of this struct, so nothing writes the bytes while the borrow lives.
+        unsafe { std::slice::from_raw_parts(self.host_address, self.size) }
+    }
+
+    /// Encodes RAM as a page bitmap (1 = page stored) followed by the stored pages, leaving out zero pages.
+    pub(crate) fn encode_pages(&mut self, out: &mut Vec<u8>) {
+        let bytes = self.bytes();
+        let pages = bytes.len() / PAGE_BYTES;
+        let mut bitmap = vec![0u8; pages.div_ceil(8)];
+        let mut stored = Vec::new();
+        for (index, page) in bytes.chunks_exact(PAGE_BYTES).enumerate() {
+            if page.iter().any(|&byte| byte != 0) {
+                bitmap[index / 8] |= 1 << (index % 8);
+                stored.push(page);
+            }
+        }
+        out.extend_from_slice(&(pages as u64).to_le_bytes());
+        out.extend_from_slice(&bitmap);
+        for page in stored {
+            out.extend_from_slice(page);
+        }
+    }
+
+    /// Checks an encoding made by `encode_pages` against this RAM's size; returns (bitmap, page data).
+    pub(crate) fn parse_pages<'a>(&self, encoded: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), String> {
+        let pages = self.size / PAGE_BYTES;
+        let (count, rest) = encoded.split_at_checked(8).ok_or("memory section truncated")?;
+        let count = u64::from_le_bytes(count.try_into().map_err(|_| "memory section truncated")?);
+        if count != pages as u64 {
+            return Err(format!("snapshot has {count} pages of memory, this guest {pages}"));
+        }
+        let (bitmap, data) = rest.split_at_checked(pages.div_ceil(8)).ok_or("memory bitmap truncated")?;
+        let stored: usize = bitmap.iter().map(|byte| byte.count_ones() as usize).sum();
+        if data.len() != stored * PAGE_BYTES {
+            return Err(format!("memory section holds {} bytes for {stored} pages", data.len()));
+        }
+        Ok((bitmap, data))
+    }
+
+    /// Overwrites all of RAM from a checked page encoding (pages left out become zero).
+    pub(crate) fn restore_pages(&mut self, bitmap: &[u8], data: &[u8]) -> Result<(), GuestError> {
+        let zero = [0u8; PAGE_BYTES];
+        let mut stored = data.chunks_exact(PAGE_BYTES);
+        for index in 0..self.size / PAGE_BYTES {
+            let present = bitmap[index / 8] & (1 << (index % 8)) != 0;
+            let page = if present {
+                stored.next().ok_or_else(|| GuestError::BadSnapshot("memory pages truncated".into()))?
+            } else {
+                &zero[..]
+            };
+            self.write((index * PAGE_BYTES) as u64, page)?;
+        }
+        Ok(())
+    }
+}
