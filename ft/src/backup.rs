@@ -53,6 +53,8 @@ pub struct Backup<G: Guest> {
     mode: Mode,
     stopped: Option<Stopped>,
     detector: Detector,
+    /// Heard from when log arrives or the primary's heartbeat shows nothing is missing (see the primary's).
+    channel_detector: Detector,
     heartbeat_next_ns: u64,
     buffer: VecDeque<(LogIndex, Entry)>,
     received: LogIndex,
@@ -75,6 +77,7 @@ impl<G: Guest> Backup<G> {
     pub fn new(config: Config, guest: G, disk_sectors: u64, now_ns: u64) -> Backup<G> {
         Backup {
             detector: Detector::new(now_ns, config.failure_timeout_ms),
+            channel_detector: Detector::new(now_ns, config.failure_timeout_ms),
             heartbeat_next_ns: now_ns,
             mode: Mode::Listening { deadline_ns: now_ns + config.startup_timeout_ms * NS_PER_MS },
             config,
@@ -102,8 +105,23 @@ impl<G: Guest> Backup<G> {
         self.vm.position()
     }
 
+    /// Digest of guest and device state, as checkpoints compare it.
+    pub fn state_hash(&mut self) -> Result<crate::guest::StateHash, crate::platform::PlatformError> {
+        self.vm.state_hash()
+    }
+
+    /// Entries received and not yet replayed.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
     pub fn take_stopped(&mut self) -> Option<Stopped> {
         self.stopped.take()
+    }
+
+    /// Actions queued and not yet polled (handed over when the node changes state).
+    pub fn take_actions(&mut self) -> VecDeque<Action> {
+        std::mem::take(&mut self.actions)
     }
 
     pub fn wants_log(&self) -> bool {
@@ -122,9 +140,12 @@ impl<G: Guest> Backup<G> {
         }
         match message {
             Message::Hello { pair_id, epoch, image_digest } => self.handle_hello(now_ns, pair_id, epoch, image_digest),
-            Message::Heartbeat { pair_id, epoch, .. } => {
+            Message::Heartbeat { pair_id, epoch, log_index, .. } => {
                 if pair_id == self.config.pair_id && epoch == self.epoch {
                     self.detector.heard(now_ns);
+                    if log_index <= self.received {
+                        self.channel_detector.heard(now_ns);
+                    }
                 }
             }
             _ if matches!(self.mode, Mode::Listening { .. }) => {
@@ -132,6 +153,7 @@ impl<G: Guest> Backup<G> {
             }
             Message::Log { index, entry } => {
                 self.detector.heard(now_ns);
+                self.channel_detector.heard(now_ns);
                 if index != self.received + 1 {
                     self.violation(format!("log index {index} after {}", self.received));
                     return;
@@ -169,6 +191,7 @@ impl<G: Guest> Backup<G> {
         self.epoch = epoch;
         self.mode = Mode::Replaying;
         self.detector.heard(now_ns);
+        self.channel_detector.heard(now_ns);
         self.actions.push_back(Action::Send(Message::Welcome { pair_id, epoch }));
         self.actions.push_back(Action::Notify(Event::ChannelUp { epoch }));
     }
@@ -208,12 +231,15 @@ impl<G: Guest> Backup<G> {
                     epoch: self.epoch,
                     role: wire::Role::Backup,
                     sent_ms: now_ns / NS_PER_MS,
+                    log_index: self.received,
                 }));
             }
         }
         match self.mode {
             Mode::Listening { deadline_ns } if now_ns >= deadline_ns => self.peer_failed(now_ns),
-            Mode::Replaying if self.detector.failed(now_ns) => self.peer_failed(now_ns),
+            Mode::Replaying if self.detector.failed(now_ns) || self.channel_detector.failed(now_ns) => {
+                self.peer_failed(now_ns)
+            }
             Mode::Arbitrating { retry_at_ns: Some(at) } if now_ns >= at => {
                 self.mode = Mode::Arbitrating { retry_at_ns: None };
                 self.test_and_set();
@@ -433,7 +459,9 @@ impl<G: Guest> Backup<G> {
         let reissued_outputs = inheritance.unreleased_outputs.len();
         let reissued_disk_requests = self.vm.platform.disk_in_flight().count();
         let went_live = Event::WentLive { epoch, replayed_entries, reissued_disk_requests, reissued_outputs };
-        Primary::go_live(self.config, self.vm, epoch, inheritance, now_ns, entropy, went_live)
+        let mut pending = self.actions;
+        pending.push_back(Action::Notify(went_live));
+        Primary::go_live(self.config, self.vm, epoch, inheritance, now_ns, entropy, pending)
     }
 
     // ---- outputs to the driver --------------------------------------------------------------------------------
@@ -453,7 +481,9 @@ impl<G: Guest> Backup<G> {
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.mode {
             Mode::Listening { deadline_ns } => Some(deadline_ns),
-            Mode::Replaying => Some(self.heartbeat_next_ns.min(self.detector.deadline_ns())),
+            Mode::Replaying => {
+                Some(self.heartbeat_next_ns.min(self.detector.deadline_ns()).min(self.channel_detector.deadline_ns()))
+            }
             Mode::Arbitrating { retry_at_ns } => retry_at_ns,
             Mode::GoingLive { .. } => None,
         }

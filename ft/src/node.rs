@@ -5,6 +5,8 @@
 //! `poll_timeout` or the next input. Time never goes backwards. Errors caused by the peer are values (reported as
 //! events); misuse by the driver is an `assert!`.
 
+use std::collections::VecDeque;
+
 use crate::abi::DiskStatus;
 use crate::backup::Backup;
 use crate::guest::Guest;
@@ -96,7 +98,9 @@ pub enum Event {
         hash: u64,
     },
     /// Flow control: the primary's guest waits because `unacked` entries are unacknowledged.
-    Stalled { unacked: usize },
+    Stalled {
+        unacked: usize,
+    },
 }
 
 /// Why a node stopped for good.
@@ -157,7 +161,8 @@ pub trait EntropySource {
 pub enum Node<G: Guest> {
     Primary(Box<Primary<G>>),
     Backup(Box<Backup<G>>),
-    Stopped(Stopped),
+    /// Stopped for good; the actions it queued before stopping are still drained.
+    Stopped(Stopped, VecDeque<Action>),
 }
 
 impl<G: Guest> Node<G> {
@@ -166,7 +171,7 @@ impl<G: Guest> Node<G> {
             Node::Primary(primary) if primary.is_protected_or_connecting() => Role::Primary,
             Node::Primary(_) => Role::Unprotected,
             Node::Backup(_) => Role::Backup,
-            Node::Stopped(_) => Role::Stopped,
+            Node::Stopped(..) => Role::Stopped,
         }
     }
 
@@ -174,7 +179,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.epoch(),
             Node::Backup(backup) => backup.epoch(),
-            Node::Stopped(_) => 0,
+            Node::Stopped(..) => 0,
         }
     }
 
@@ -182,7 +187,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.handle_message(now_ns, message),
             Node::Backup(backup) => backup.handle_message(now_ns, message),
-            Node::Stopped(_) => {}
+            Node::Stopped(..) => {}
         }
     }
 
@@ -191,7 +196,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.handle_channel_closed(now_ns, reason),
             Node::Backup(backup) => backup.handle_channel_closed(now_ns, reason),
-            Node::Stopped(_) => {}
+            Node::Stopped(..) => {}
         }
     }
 
@@ -199,7 +204,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.handle_timeout(now_ns),
             Node::Backup(backup) => backup.handle_timeout(now_ns),
-            Node::Stopped(_) => {}
+            Node::Stopped(..) => {}
         }
     }
 
@@ -207,7 +212,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.handle_arbiter(now_ns, outcome),
             Node::Backup(backup) => backup.handle_arbiter(now_ns, outcome),
-            Node::Stopped(_) => {}
+            Node::Stopped(..) => {}
         }
     }
 
@@ -227,14 +232,23 @@ impl<G: Guest> Node<G> {
         self.transition_stopped();
     }
 
+    fn take_actions(&mut self) -> VecDeque<Action> {
+        match self {
+            Node::Primary(primary) => primary.take_actions(),
+            Node::Backup(backup) => backup.take_actions(),
+            Node::Stopped(_, actions) => std::mem::take(actions),
+        }
+    }
+
     fn transition_stopped(&mut self) {
         let stopped = match self {
             Node::Primary(primary) => primary.take_stopped(),
             Node::Backup(backup) => backup.take_stopped(),
-            Node::Stopped(_) => None,
+            Node::Stopped(..) => None,
         };
         if let Some(stopped) = stopped {
-            *self = Node::Stopped(stopped);
+            let actions = self.take_actions();
+            *self = Node::Stopped(stopped, actions);
         }
     }
 
@@ -249,7 +263,7 @@ impl<G: Guest> Node<G> {
         let progress = match self {
             Node::Primary(primary) => primary.run_guest(now_ns, entropy),
             Node::Backup(backup) => backup.run_guest(now_ns),
-            Node::Stopped(_) => Progress::Idle,
+            Node::Stopped(..) => Progress::Idle,
         };
         self.transition(now_ns, entropy);
         progress
@@ -257,12 +271,15 @@ impl<G: Guest> Node<G> {
 
     fn transition(&mut self, now_ns: u64, entropy: &mut dyn EntropySource) {
         let next = match self {
-            Node::Primary(primary) => primary.take_stopped().map(Node::Stopped),
+            Node::Primary(primary) => {
+                primary.take_stopped().map(|stopped| Node::Stopped(stopped, primary.take_actions()))
+            }
             Node::Backup(backup) => {
                 if let Some(stopped) = backup.take_stopped() {
-                    Some(Node::Stopped(stopped))
+                    Some(Node::Stopped(stopped, backup.take_actions()))
                 } else if backup.ready_to_go_live() {
-                    let Node::Backup(backup) = std::mem::replace(self, Node::Stopped(Stopped::LostRace { epoch: 0 }))
+                    let Node::Backup(backup) =
+                        std::mem::replace(self, Node::Stopped(Stopped::LostRace { epoch: 0 }, VecDeque::new()))
                     else {
                         unreachable!("matched a backup above")
                     };
@@ -271,7 +288,7 @@ impl<G: Guest> Node<G> {
                     None
                 }
             }
-            Node::Stopped(_) => None,
+            Node::Stopped(..) => None,
         };
         if let Some(next) = next {
             *self = next;
@@ -283,7 +300,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.poll_action(),
             Node::Backup(backup) => backup.poll_action(),
-            Node::Stopped(_) => None,
+            Node::Stopped(_, actions) => actions.pop_front(),
         }
     }
 
@@ -293,7 +310,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.poll_timeout(),
             Node::Backup(backup) => backup.poll_timeout(),
-            Node::Stopped(_) => None,
+            Node::Stopped(..) => None,
         }
     }
 
@@ -309,13 +326,14 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.stats(now_ns),
             Node::Backup(backup) => backup.stats(),
-            Node::Stopped(_) => Stats::default(),
+            Node::Stopped(..) => Stats::default(),
         }
     }
 
     pub fn stopped(&self) -> Option<&Stopped> {
         match self {
-            Node::Stopped(stopped) => Some(stopped),
+            Node::Stopped(stopped, actions) if actions.is_empty() => Some(stopped),
+            Node::Stopped(..) => None,
             _ => None,
         }
     }
@@ -324,7 +342,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => Some(primary.position()),
             Node::Backup(backup) => Some(backup.position()),
-            Node::Stopped(_) => None,
+            Node::Stopped(..) => None,
         }
     }
 }

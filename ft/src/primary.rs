@@ -49,6 +49,9 @@ pub struct Primary<G: Guest> {
     mode: Mode,
     stopped: Option<Stopped>,
     detector: Detector,
+    /// Heard from when acks arrive or the backup's heartbeat shows it has everything: a live backup behind a
+    /// dead logging channel (a stream that lost data and went quiet) fails this one.
+    channel_detector: Detector,
     heartbeat_next_ns: u64,
     log_index_next: LogIndex,
     acked: LogIndex,
@@ -95,6 +98,7 @@ impl<G: Guest> Primary<G> {
     fn with_mode(config: Config, vm: Vm<G>, epoch: u64, mode: Mode, now_ns: u64) -> Primary<G> {
         Primary {
             detector: Detector::new(now_ns, config.failure_timeout_ms),
+            channel_detector: Detector::new(now_ns, config.failure_timeout_ms),
             heartbeat_next_ns: now_ns,
             timer_period_us: vm.platform.timer_period_us(),
             config,
@@ -132,10 +136,11 @@ impl<G: Guest> Primary<G> {
         inheritance: Inheritance,
         now_ns: u64,
         entropy: &mut dyn EntropySource,
-        went_live: Event,
+        actions: VecDeque<Action>,
     ) -> Primary<G> {
         let mut primary = Primary::with_mode(config, vm, epoch, Mode::Unprotected, now_ns);
-        primary.actions.push_back(Action::Notify(went_live));
+        // The backup's last actions (its final events, the go-live notice) come first.
+        primary.actions = actions;
         primary.clock_origin_ns = now_ns.saturating_sub(inheritance.clock_latched_ns);
         primary.clock_floor_ns = inheritance.clock_latched_ns;
         primary.restart_timer(now_ns);
@@ -187,12 +192,34 @@ impl<G: Guest> Primary<G> {
         self.vm.position()
     }
 
+    /// Digest of guest and device state (what checkpoints carry).
+    pub fn state_hash(&mut self) -> Result<crate::guest::StateHash, crate::platform::PlatformError> {
+        self.vm.state_hash()
+    }
+
+    /// Logs a checkpoint at the current position now, e.g. as the last entry of a recording.
+    pub fn checkpoint_now(&mut self, now_ns: u64) -> Result<(), crate::platform::PlatformError> {
+        if !self.logging() {
+            return Ok(());
+        }
+        let position = self.vm.position();
+        self.exits_at_checkpoint = position.exits;
+        let hash = self.vm.state_hash()?;
+        self.append(now_ns, Entry::Checkpoint { position, hash });
+        Ok(())
+    }
+
     pub fn is_protected_or_connecting(&self) -> bool {
         !matches!(self.mode, Mode::Unprotected)
     }
 
     pub fn take_stopped(&mut self) -> Option<Stopped> {
         self.stopped.take()
+    }
+
+    /// Actions queued and not yet polled (handed over when the node changes state).
+    pub fn take_actions(&mut self) -> VecDeque<Action> {
+        std::mem::take(&mut self.actions)
     }
 
     fn logging(&self) -> bool {
@@ -223,7 +250,12 @@ impl<G: Guest> Primary<G> {
                 }
             }
             Message::Ack { received, replayed, position } => self.handle_ack(now_ns, received, replayed, position),
-            Message::Heartbeat { pair_id, .. } if pair_id == self.config.pair_id => {}
+            Message::Heartbeat { pair_id, .. } if pair_id == self.config.pair_id => {
+                // With nothing awaiting an ack the channel has nothing to prove; otherwise only acks count.
+                if self.logged_unacked() == 0 {
+                    self.channel_detector.heard(now_ns);
+                }
+            }
             other => self.violation(now_ns, format!("unexpected message from backup: {other:?}")),
         }
     }
@@ -233,6 +265,7 @@ impl<G: Guest> Primary<G> {
             self.violation(now_ns, format!("ack {received}/{replayed} outside the log (next {})", self.log_index_next));
             return;
         }
+        self.channel_detector.heard(now_ns);
         self.acked = received;
         self.replayed = self.replayed.max(replayed);
         self.backup_position = position;
@@ -316,12 +349,13 @@ impl<G: Guest> Primary<G> {
                     epoch: self.epoch,
                     role: wire::Role::Primary,
                     sent_ms: now_ns / NS_PER_MS,
+                    log_index: self.log_index_next - 1,
                 }));
             }
         }
         match self.mode {
             Mode::Connecting { deadline_ns } if now_ns >= deadline_ns => self.peer_failed(now_ns),
-            Mode::Protected if self.detector.failed(now_ns) => {
+            Mode::Protected if self.detector.failed(now_ns) || self.channel_detector.failed(now_ns) => {
                 self.actions.push_back(Action::CloseChannel);
                 self.peer_failed(now_ns);
             }
@@ -565,11 +599,17 @@ impl<G: Guest> Primary<G> {
             (self.logging() || matches!(self.mode, Mode::Connecting { .. })).then_some(self.heartbeat_next_ns);
         let mode = match self.mode {
             Mode::Connecting { deadline_ns } => Some(deadline_ns),
-            Mode::Protected => Some(self.detector.deadline_ns()),
+            Mode::Protected => Some(self.detector.deadline_ns().min(self.channel_detector.deadline_ns())),
             Mode::Arbitrating { retry_at_ns } => retry_at_ns,
             _ => None,
         };
-        [heartbeat, mode, self.timer_deadline_ns].into_iter().flatten().min()
+        // The guest's timer matters only while the guest may run; a stalled or waiting guest is woken by the
+        // message that unblocks it, and a past deadline here would spin the driver.
+        let runnable = self.stopped.is_none()
+            && matches!(self.mode, Mode::Protected | Mode::Arbitrating { .. } | Mode::Unprotected)
+            && !self.flow_controlled();
+        let timer = self.timer_deadline_ns.filter(|_| runnable);
+        [heartbeat, mode, timer].into_iter().flatten().min()
     }
 
     pub fn stats(&self, now_ns: u64) -> Stats {

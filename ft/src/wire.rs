@@ -37,8 +37,9 @@ pub enum Message {
     Ack { received: LogIndex, replayed: LogIndex, position: Position },
     /// Primary to backup: outputs up to and including `output_seq` reached the outside world.
     Released { output_seq: u64 },
-    /// Liveness, over datagrams.
-    Heartbeat { pair_id: u64, epoch: u64, role: Role, sent_ms: u64 },
+    /// Liveness, over datagrams. `log_index` is the last entry the primary sent, or the last the backup
+    /// received, so that each side can tell a live peer behind a dead logging channel.
+    Heartbeat { pair_id: u64, epoch: u64, role: Role, sent_ms: u64, log_index: LogIndex },
 }
 
 impl Message {
@@ -115,11 +116,12 @@ fn encode_payload(message: &Message, w: &mut Writer) {
             encode_position(position, w);
         }
         Message::Released { output_seq } => w.u64(*output_seq),
-        Message::Heartbeat { pair_id, epoch, role, sent_ms } => {
+        Message::Heartbeat { pair_id, epoch, role, sent_ms, log_index } => {
             w.u64(*pair_id);
             w.u64(*epoch);
             w.u8(*role as u8);
             w.u64(*sent_ms);
+            w.u64(*log_index);
         }
     }
 }
@@ -239,6 +241,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message, WireError> {
                 other => return Err(WireError::Malformed(format!("role {other}"))),
             },
             sent_ms: r.u64()?,
+            log_index: r.u64()?,
         },
         other => return Err(WireError::UnknownKind(other)),
     };

@@ -52,8 +52,10 @@ pub async fn client_main(client: u32, world: SharedWorld, seed: u64, stop_ns: u6
             });
             world.history.len() - 1
         };
-        let bytes = request.encode();
-        'attempts: for _ in 0..ATTEMPTS_MAX {
+        // Each attempt has its own request id: a retried put may be applied twice and answered twice with
+        // different versions, and only answers to the same id must be identical (FT duplicates).
+        'attempts: for attempt in 0..ATTEMPTS_MAX {
+            let bytes = Request { request: (counter << 3) | u64::from(attempt), ..request }.encode();
             for server in &servers {
                 let _ = socket.try_send_to(&bytes, *server);
             }
@@ -77,7 +79,7 @@ pub async fn client_main(client: u32, world: SharedWorld, seed: u64, stop_ns: u6
                         answers.insert(response.request, buffer[..length].to_vec());
                     }
                 }
-                if response.request != counter {
+                if response.request >> 3 != counter {
                     continue;
                 }
                 let mut world = world.borrow_mut();

@@ -1,0 +1,250 @@
+//! What every VM command needs: the guest image, the KVM device, the disk, the clock and the entropy source.
+//! Wall-clock time and OS randomness live here and nowhere in `ft`.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ft::abi::{self, DiskStatus};
+use ft::log::DiskTarget;
+use ft::storage::StorageRequest;
+use ft::{EntropySource, StorageDone};
+use kvm_backend::{corpus, KvmConfig, KvmError, KvmGuest};
+
+use crate::cli::error::{io_reason, CliError};
+
+/// Disk of a run without `--disk`: sector 0 plus the kv guest's 64 key sectors, with room to spare.
+pub const DISK_SECTORS_DEFAULT: u64 = 128;
+/// Largest disk accepted (`--disk` is read into memory): 1 GiB.
+const DISK_BYTES_MAX: u64 = 1 << 30;
+/// Recordings carry their disk size in the low bits of the pair id, under this tag in the high bits, so that the
+/// log file stays a plain stream of channel frames and replay still knows the disk the guest saw.
+const RECORDING_PAIR_TAG: u64 = 0x4654_5652 << 32; // "FTVR"
+const RECORDING_SECTORS_MASK: u64 = (1 << 32) - 1;
+
+/// A guest program: a corpus guest by name or an ELF file.
+pub struct GuestImage {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+impl GuestImage {
+    /// `spec` is a corpus guest name (`cpu`, `kv`, `timer`) or a path to an ELF file.
+    pub fn resolve(spec: &str) -> Result<GuestImage, CliError> {
+        if let Some(image) = corpus::guest_elf(spec) {
+            return Ok(GuestImage { name: spec.to_string(), bytes: image.to_vec() });
+        }
+        let path = Path::new(spec);
+        if !path.exists() {
+            let names: Vec<&str> = corpus::guest_names().collect();
+            return Err(CliError::Usage(format!(
+                "unknown guest {spec:?}: neither a corpus guest ({}) nor an existing file",
+                names.join(", ")
+            )));
+        }
+        let bytes = kvm_backend::read_image(path)
+            .map_err(|error| CliError::Guest { guest: spec.to_string(), reason: error.to_string() })?;
+        Ok(GuestImage { name: spec.to_string(), bytes })
+    }
+
+    /// Whether this is the corpus key-value service (which idles until it gets requests).
+    pub fn is_kv(&self) -> bool {
+        self.name == "kv"
+    }
+
+    /// What the pair's `image_digest` carries: a backup refuses a primary running another image.
+    pub fn digest(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&self.bytes)
+    }
+}
+
+/// Checks that the KVM device can be opened read-write, with a plain message when it cannot.
+pub fn check_kvm(path: &Path) -> Result<(), CliError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(drop)
+        .map_err(|error| CliError::KvmUnavailable { path: path.display().to_string(), reason: io_reason(&error) })
+}
+
+/// A fresh VM running `image`.
+pub fn new_guest(kvm_path: &Path, image: &GuestImage) -> Result<KvmGuest, CliError> {
+    let config = KvmConfig { kvm_path: kvm_path.to_path_buf(), ..KvmConfig::default() };
+    KvmGuest::new(&config, &image.bytes).map_err(|error| match error {
+        KvmError::Open { path, source } => {
+            CliError::KvmUnavailable { path: path.display().to_string(), reason: source.to_string() }
+        }
+        other => CliError::Guest { guest: image.name.clone(), reason: other.to_string() },
+    })
+}
+
+/// The pair id of a recording with a disk of `disk_sectors` sectors.
+pub fn recording_pair_id(disk_sectors: u64) -> u64 {
+    assert!(disk_sectors <= RECORDING_SECTORS_MASK, "disk size is bounded by DISK_BYTES_MAX");
+    RECORDING_PAIR_TAG | disk_sectors
+}
+
+/// The disk size recorded in a recording's pair id, or None if the pair id is not one of a recording.
+pub fn recording_disk_sectors(pair_id: u64) -> Option<u64> {
+    (pair_id & !RECORDING_SECTORS_MASK == RECORDING_PAIR_TAG).then_some(pair_id & RECORDING_SECTORS_MASK)
+}
+
+/// The shared storage of a single host: an in-memory disk (a copy of `--disk FILE`, never written back).
+pub struct Disk {
+    bytes: Vec<u8>,
+}
+
+impl Disk {
+    pub fn zeroed(sectors: u64) -> Disk {
+        let bytes = usize::try_from(sectors).unwrap_or(0) * abi::SECTOR_BYTES;
+        Disk { bytes: vec![0; bytes] }
+    }
+
+    /// `path`'s contents, or a zeroed default disk.
+    pub fn open(path: Option<&PathBuf>) -> Result<Disk, CliError> {
+        let Some(path) = path else { return Ok(Disk::zeroed(DISK_SECTORS_DEFAULT)) };
+        let what = || format!("disk {}", path.display());
+        let length = std::fs::metadata(path).map_err(|error| CliError::io(what(), &error))?.len();
+        if length == 0 || length % abi::SECTOR_BYTES as u64 != 0 || length > DISK_BYTES_MAX {
+            return Err(CliError::Usage(format!(
+                "{}: {length} bytes; a disk must be a non-empty multiple of {} bytes, at most {DISK_BYTES_MAX}",
+                what(),
+                abi::SECTOR_BYTES
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(|error| CliError::io(what(), &error))?;
+        Ok(Disk { bytes })
+    }
+
+    pub fn sectors(&self) -> u64 {
+        (self.bytes.len() / abi::SECTOR_BYTES) as u64
+    }
+
+    fn range(&self, target: &DiskTarget) -> Option<std::ops::Range<usize>> {
+        let start = usize::try_from(target.sector).ok()?.checked_mul(abi::SECTOR_BYTES)?;
+        let end = start.checked_add(target.sectors as usize * abi::SECTOR_BYTES)?;
+        (end <= self.bytes.len()).then_some(start..end)
+    }
+
+    /// Performs a request at once. The platform has checked the descriptor already; a request outside the disk
+    /// (which it should never issue) fails as an IO error rather than touching anything.
+    pub fn perform(&mut self, request: &StorageRequest) -> StorageDone {
+        let failed = |tag| StorageDone { tag, status: DiskStatus::IoError, data: Vec::new() };
+        match request {
+            StorageRequest::Read { target } => match self.range(target) {
+                Some(range) => StorageDone { tag: target.tag, status: DiskStatus::Ok, data: self.bytes[range].to_vec() },
+                None => failed(target.tag),
+            },
+            StorageRequest::Write { target, data, .. } => match self.range(target) {
+                Some(range) if range.len() == data.len() => {
+                    self.bytes[range].copy_from_slice(data);
+                    StorageDone { tag: target.tag, status: DiskStatus::Ok, data: Vec::new() }
+                }
+                _ => failed(target.tag),
+            },
+        }
+    }
+}
+
+/// Monotonic nanoseconds since the command started.
+pub struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    pub fn start() -> Clock {
+        Clock { start: Instant::now() }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Bytes of OS randomness read at a time.
+const ENTROPY_BUFFER_BYTES: usize = 4096;
+
+/// The guest's `ENTROPY` device on a real host: /dev/urandom, buffered. Every value is logged, so replay never
+/// reads it.
+pub struct OsEntropy {
+    source: Option<File>,
+    buffer: Vec<u8>,
+    used: usize,
+    /// Fallback generator state if /dev/urandom stops working mid-run (the values are logged either way).
+    fallback: u64,
+}
+
+impl OsEntropy {
+    pub fn open() -> Result<OsEntropy, CliError> {
+        let source = File::open("/dev/urandom").map_err(|error| CliError::io("/dev/urandom", &error))?;
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let fallback = since_epoch.as_nanos() as u64 ^ u64::from(std::process::id());
+        Ok(OsEntropy { source: Some(source), buffer: vec![0; ENTROPY_BUFFER_BYTES], used: ENTROPY_BUFFER_BYTES, fallback })
+    }
+
+    fn refill(&mut self) {
+        let ok = self.source.as_mut().is_some_and(|source| source.read_exact(&mut self.buffer).is_ok());
+        if !ok {
+            tracing::warn!("/dev/urandom failed; entropy continues from a time-seeded generator");
+            self.source = None;
+            for chunk in self.buffer.chunks_mut(8) {
+                self.fallback = splitmix(self.fallback);
+                chunk.copy_from_slice(&self.fallback.to_le_bytes()[..chunk.len()]);
+            }
+        }
+        self.used = 0;
+    }
+}
+
+impl EntropySource for OsEntropy {
+    fn next_u32(&mut self) -> u32 {
+        if self.used + 4 > self.buffer.len() {
+            self.refill();
+        }
+        let mut word = [0u8; 4];
+        word.copy_from_slice(&self.buffer[self.used..self.used + 4]);
+        self.used += 4;
+        u32::from_le_bytes(word)
+    }
+}
+
+/// One step of splitmix64: a small, good, seedable generator.
+pub fn splitmix(state: u64) -> u64 {
+    let mut z = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_id_carries_the_disk_size() {
+        for sectors in [1, 128, 1 << 21] {
+            assert_eq!(recording_disk_sectors(recording_pair_id(sectors)), Some(sectors));
+        }
+        assert_eq!(recording_disk_sectors(1), None);
+    }
+
+    #[test]
+    fn disk_refuses_requests_outside_it() {
+        let mut disk = Disk::zeroed(2);
+        let write = StorageRequest::Write {
+            target: DiskTarget { tag: 1, sector: 1, sectors: 1 },
+            data: vec![7; abi::SECTOR_BYTES],
+            output_seq: 0,
+            log_index: None,
+        };
+        assert_eq!(disk.perform(&write).status, DiskStatus::Ok);
+        let read = StorageRequest::Read { target: DiskTarget { tag: 2, sector: 1, sectors: 1 } };
+        assert_eq!(disk.perform(&read).data, vec![7; abi::SECTOR_BYTES]);
+        let beyond = StorageRequest::Read { target: DiskTarget { tag: 3, sector: 2, sectors: 1 } };
+        assert_eq!(disk.perform(&beyond).status, DiskStatus::IoError);
+        let huge = StorageRequest::Read { target: DiskTarget { tag: 4, sector: u64::MAX, sectors: 1 } };
+        assert_eq!(disk.perform(&huge).status, DiskStatus::IoError);
+    }
+}

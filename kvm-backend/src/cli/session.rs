@@ -1,0 +1,338 @@
+//! Runs a guest as a primary on this host, either plain (no backup: nothing logged, outputs released at once) or
+//! recording (the "backup" is a log file: every frame the primary sends on the logging channel is written to it,
+//! and the driver answers as an ideal backup would: `Welcome` at once, and an `Ack` for every entry).
+//!
+//! Both modes run the same `ft::primary::Primary` code on the same devices, so their times compare the cost of
+//! logging and of the Output Rule and nothing else. A plain run is a primary whose backup never came: its channel
+//! is closed at once and it wins the arbiter, which leaves it live and unprotected.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ft::log::{LogIndex, Output, OutputKind};
+use ft::primary::Primary;
+use ft::wire::{Message, StreamEncoder};
+use ft::{Action, ArbiterOutcome, Config, Event, Progress, Stopped, StorageDone};
+use kvm_backend::KvmGuest;
+
+use crate::cli::error::CliError;
+use crate::cli::machine::{self, Clock, Disk, GuestImage, OsEntropy};
+use crate::cli::workload::KvWorkload;
+
+/// Epoch of a recorded pair (a plain run goes live at the next one).
+const EPOCH: u64 = 1;
+/// Longest sleep while the guest waits: short enough to notice `--timeout-ms` promptly.
+const IDLE_SLEEP_MAX: Duration = Duration::from_millis(50);
+/// The log file is a channel to a backup that never fails: the primary's failure detector must not fire while a
+/// slice of a CPU-bound guest runs for a long time between acks.
+const RECORD_FAILURE_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+
+/// What to run and how.
+pub struct SessionOptions {
+    pub kvm_path: PathBuf,
+    pub image: GuestImage,
+    pub disk: Disk,
+    pub workload: Option<KvWorkload>,
+    pub timeout: Option<Duration>,
+    /// Print released console output to stdout as it comes.
+    pub echo_console: bool,
+}
+
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    PoweredOff { status: u32 },
+    /// The workload got every response.
+    WorkloadDone,
+    /// The guest waits for something that will never come (no timer, no frames).
+    Idle,
+    TimedOut,
+}
+
+pub struct SessionResult {
+    pub ending: Ending,
+    pub state_hash: u64,
+    pub exits: u64,
+    /// Released console output.
+    pub console: Vec<u8>,
+    pub responses: u64,
+    pub log_entries: u64,
+    pub log_bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// Where the frames of a recording go.
+struct LogWriter {
+    path: PathBuf,
+    file: BufWriter<File>,
+    encoder: StreamEncoder,
+    bytes: u64,
+}
+
+impl LogWriter {
+    fn create(path: &Path) -> Result<LogWriter, CliError> {
+        let file = File::create(path).map_err(|error| log_error(path, &error))?;
+        Ok(LogWriter { path: path.to_path_buf(), file: BufWriter::new(file), encoder: StreamEncoder::default(), bytes: 0 })
+    }
+
+    fn write(&mut self, message: &Message) -> Result<(), CliError> {
+        let frame = self.encoder.encode(message);
+        self.bytes += frame.len() as u64;
+        self.file.write_all(&frame).map_err(|error| log_error(&self.path, &error))
+    }
+
+    fn finish(mut self) -> Result<u64, CliError> {
+        self.file.flush().map_err(|error| log_error(&self.path, &error))?;
+        self.file.get_ref().sync_data().map_err(|error| log_error(&self.path, &error))?;
+        Ok(self.bytes)
+    }
+}
+
+fn log_error(path: &Path, error: &std::io::Error) -> CliError {
+    CliError::Log { path: path.display().to_string(), what: crate::cli::error::io_reason(error) }
+}
+
+/// The driver's state between the primary and the outside.
+struct Driver {
+    guest_name: String,
+    primary: Box<Primary<KvmGuest>>,
+    clock: Clock,
+    entropy: OsEntropy,
+    disk: Disk,
+    log: Option<LogWriter>,
+    workload: Option<KvWorkload>,
+    echo_console: bool,
+    console: Vec<u8>,
+    /// The fake backup's answers, given to the primary after the actions are drained.
+    welcome: Option<Message>,
+    log_last: LogIndex,
+    acked: LogIndex,
+    storage_done: Vec<StorageDone>,
+    /// Whether the last drain gave the primary anything new to work on.
+    delivered: bool,
+    stopped: Option<Stopped>,
+    log_entries: u64,
+}
+
+/// Runs the guest plainly (`log` = None) or recording into `log`.
+pub fn run(options: SessionOptions, log: Option<&Path>) -> Result<SessionResult, CliError> {
+    machine::check_kvm(&options.kvm_path)?;
+    let guest = machine::new_guest(&options.kvm_path, &options.image)?;
+    let log = log.map(LogWriter::create).transpose()?;
+    let recording = log.is_some();
+    let config = Config {
+        pair_id: machine::recording_pair_id(options.disk.sectors()),
+        image_digest: options.image.digest(),
+        failure_timeout_ms: RECORD_FAILURE_TIMEOUT_MS,
+        ..Config::default()
+    };
+    let clock = Clock::start();
+    let primary = Box::new(Primary::new(config, guest, options.disk.sectors(), EPOCH, clock.now_ns()));
+    let mut driver = Driver {
+        guest_name: options.image.name.clone(),
+        primary,
+        clock,
+        entropy: OsEntropy::open()?,
+        disk: options.disk,
+        log,
+        workload: options.workload,
+        echo_console: options.echo_console,
+        console: Vec::new(),
+        welcome: None,
+        log_last: 0,
+        acked: 0,
+        storage_done: Vec::new(),
+        delivered: false,
+        stopped: None,
+        log_entries: 0,
+    };
+    if !recording {
+        driver.go_unprotected()?;
+    }
+    let started = Instant::now();
+    let ending = driver.run_to_end(options.timeout)?;
+    driver.finish(ending, started)
+}
+
+impl Driver {
+    /// No backup: the channel is gone at once, the arbiter is won, and the primary runs unprotected.
+    fn go_unprotected(&mut self) -> Result<(), CliError> {
+        let now_ns = self.clock.now_ns();
+        self.primary.handle_channel_closed(now_ns, "no backup: a plain run");
+        self.primary.handle_arbiter(now_ns, ArbiterOutcome::Won { epoch: EPOCH + 1 });
+        if self.primary.is_protected_or_connecting() {
+            return Err(CliError::Protocol("the primary did not go live without a backup".into()));
+        }
+        while let Some(action) = self.primary.poll_action() {
+            if let Action::Notify(event) = &action {
+                tracing::debug!(?event, "going unprotected");
+            }
+        }
+        Ok(())
+    }
+
+    fn run_to_end(&mut self, timeout: Option<Duration>) -> Result<Ending, CliError> {
+        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        if let Some(frame) = self.workload.as_mut().and_then(KvWorkload::next_frame) {
+            self.primary.handle_net_frame(self.clock.now_ns(), frame);
+        }
+        loop {
+            let now_ns = self.clock.now_ns();
+            self.primary.handle_timeout(now_ns);
+            let progress = self.primary.run_guest(now_ns, &mut self.entropy);
+            self.drain()?;
+            self.answer();
+            if let Some(stopped) = self.stopped.take() {
+                return match stopped {
+                    Stopped::PoweredOff { status } => Ok(Ending::PoweredOff { status }),
+                    Stopped::GuestFailed(reason) => Err(CliError::Guest { guest: self.guest_name.clone(), reason }),
+                    other => Err(CliError::Protocol(format!("the primary stopped: {other:?}"))),
+                };
+            }
+            if self.workload.as_ref().is_some_and(KvWorkload::done) {
+                return Ok(Ending::WorkloadDone);
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Ok(Ending::TimedOut);
+            }
+            if progress == Progress::Idle && !self.delivered {
+                let Some(wake_ns) = self.primary.poll_timeout() else {
+                    return Ok(Ending::Idle);
+                };
+                let wait = Duration::from_nanos(wake_ns.saturating_sub(self.clock.now_ns())).min(IDLE_SLEEP_MAX);
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+    }
+
+    /// Performs every action the primary asks for.
+    fn drain(&mut self) -> Result<(), CliError> {
+        while let Some(action) = self.primary.poll_action() {
+            match action {
+                Action::Send(message) => self.send(message)?,
+                // Heartbeats are datagrams, not channel traffic: a file has no use for them.
+                Action::Heartbeat(_) | Action::CloseChannel => {}
+                Action::Release { output, .. } => self.release(&output)?,
+                Action::Storage { request, .. } => {
+                    let done = self.disk.perform(&request);
+                    self.storage_done.push(done);
+                }
+                Action::TestAndSet { expected_epoch } => {
+                    return Err(CliError::Protocol(format!("the primary asked the arbiter (epoch {expected_epoch})")));
+                }
+                Action::Notify(event) => self.notify(event)?,
+            }
+        }
+        if let Some(stopped) = self.primary.take_stopped() {
+            self.stopped = Some(stopped);
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, message: Message) -> Result<(), CliError> {
+        let Some(log) = self.log.as_mut() else { return Ok(()) };
+        log.write(&message)?;
+        match message {
+            Message::Hello { pair_id, epoch, .. } => self.welcome = Some(Message::Welcome { pair_id, epoch }),
+            Message::Log { index, .. } => {
+                self.log_last = index;
+                self.log_entries += 1;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, output: &Output) -> Result<(), CliError> {
+        match output.kind {
+            OutputKind::Console => {
+                self.console.extend_from_slice(&output.bytes);
+                if self.echo_console {
+                    let mut stdout = std::io::stdout().lock();
+                    // A closed stdout (a pipe whose reader left) must not stop the guest.
+                    let _ = stdout.write_all(&output.bytes).and_then(|()| stdout.flush());
+                }
+            }
+            OutputKind::NetTransmit => {
+                if let Some(workload) = self.workload.as_mut() {
+                    workload.released(output)?;
+                }
+            }
+            OutputKind::DiskWrite => {}
+        }
+        Ok(())
+    }
+
+    fn notify(&mut self, event: Event) -> Result<(), CliError> {
+        match event {
+            Event::ProtocolViolation(what) => Err(CliError::Protocol(what)),
+            Event::PeerFailed { silent_ms } if self.log.is_some() => {
+                Err(CliError::Protocol(format!("the primary declared its log file failed after {silent_ms} ms")))
+            }
+            event => {
+                tracing::debug!(?event);
+                Ok(())
+            }
+        }
+    }
+
+    /// The fake backup answers, storage completes, and the workload sends its next request.
+    fn answer(&mut self) {
+        self.delivered = false;
+        let now_ns = self.clock.now_ns();
+        if let Some(welcome) = self.welcome.take() {
+            self.primary.handle_message(now_ns, welcome);
+            self.delivered = true;
+        }
+        if self.log_last > self.acked {
+            self.acked = self.log_last;
+            let position = self.primary.position();
+            self.primary.handle_message(now_ns, Message::Ack { received: self.acked, replayed: self.acked, position });
+            self.delivered = true;
+        }
+        for done in self.storage_done.drain(..) {
+            self.primary.handle_storage_done(now_ns, done);
+            self.delivered = true;
+        }
+        if let Some(frame) = self.workload.as_mut().and_then(KvWorkload::next_frame) {
+            self.primary.handle_net_frame(now_ns, frame);
+            self.delivered = true;
+        }
+    }
+
+    /// Ends a recording with a checkpoint of the final state, so that replay verifies it.
+    fn finish(mut self, ending: Ending, started: Instant) -> Result<SessionResult, CliError> {
+        let guest_error = |error: ft::platform::PlatformError| CliError::Guest {
+            guest: self.guest_name.clone(),
+            reason: error.to_string(),
+        };
+        if self.log.is_some() {
+            let now_ns = self.clock.now_ns();
+            self.primary.checkpoint_now(now_ns).map_err(guest_error)?;
+            self.drain()?;
+        }
+        let elapsed = started.elapsed();
+        let state_hash = self.primary.state_hash().map_err(|error| CliError::Guest {
+            guest: self.guest_name.clone(),
+            reason: error.to_string(),
+        })?;
+        let log_bytes = match self.log.take() {
+            Some(log) => log.finish()?,
+            None => 0,
+        };
+        Ok(SessionResult {
+            ending,
+            state_hash,
+            exits: self.primary.position().exits,
+            console: self.console,
+            responses: self.workload.as_ref().map_or(0, KvWorkload::responses),
+            log_entries: self.log_entries,
+            log_bytes,
+            elapsed,
+        })
+    }
+}

@@ -1,0 +1,135 @@
+//! A scripted, seeded client load for the `kv` guest: one request at a time, the next sent when the response to
+//! the previous one has been released (so the Output Rule sits on the critical path of every request).
+
+use ft::kv::{Op, Request, Response, Status, KEYS, PEER_BYTES};
+use ft::log::{Output, OutputKind};
+
+use crate::cli::error::CliError;
+use crate::cli::machine::splitmix;
+
+/// The client's address, prefixed to every request frame (10.0.0.2:8080).
+const PEER: [u8; PEER_BYTES] = [10, 0, 0, 2, 0x1f, 0x90];
+/// The client id in requests.
+const CLIENT: u32 = 1;
+
+pub struct KvWorkload {
+    requests_total: u64,
+    /// Requests sent so far; request ids are 1, 2, ...
+    sent: u64,
+    responses: u64,
+    rng: u64,
+    awaiting: Option<Request>,
+    /// Value last put per key, to check GETs (`None` = unknown: never put in this run).
+    model: Vec<Option<u64>>,
+}
+
+impl KvWorkload {
+    pub fn new(requests_total: u64, seed: u64) -> KvWorkload {
+        KvWorkload {
+            requests_total,
+            sent: 0,
+            responses: 0,
+            rng: seed,
+            awaiting: None,
+            model: vec![None; KEYS as usize],
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng = splitmix(self.rng);
+        self.rng
+    }
+
+    /// The next request frame, if it is time for one (nothing awaiting a response, requests left).
+    pub fn next_frame(&mut self) -> Option<Vec<u8>> {
+        if self.awaiting.is_some() || self.sent == self.requests_total {
+            return None;
+        }
+        self.sent += 1;
+        let op = if self.random() % 2 == 0 { Op::Put } else { Op::Get };
+        let key = self.random() % KEYS;
+        let value = if op == Op::Put { self.random() } else { 0 };
+        let request = Request { op, client: CLIENT, request: self.sent, key, value };
+        self.awaiting = Some(request);
+        let mut frame = PEER.to_vec();
+        frame.extend_from_slice(&request.encode());
+        Some(frame)
+    }
+
+    /// A released output: a network frame is the response to the request awaiting one.
+    pub fn released(&mut self, output: &Output) -> Result<(), CliError> {
+        if output.kind != OutputKind::NetTransmit {
+            return Ok(());
+        }
+        let bad = |what: String| Err(CliError::Protocol(format!("kv response: {what}")));
+        if output.bytes.len() < PEER_BYTES || output.bytes[..PEER_BYTES] != PEER {
+            return bad(format!("frame of {} bytes not addressed to the client", output.bytes.len()));
+        }
+        let response = match Response::decode(&output.bytes[PEER_BYTES..]) {
+            Ok(response) => response,
+            Err(error) => return bad(error.to_string()),
+        };
+        let Some(request) = self.awaiting.take() else {
+            return bad(format!("unsolicited response to request {}", response.request));
+        };
+        if (response.request, response.op, response.key, response.status) != (request.request, request.op, request.key, Status::Ok) {
+            return bad(format!("{response:?} does not answer {request:?}"));
+        }
+        let slot = &mut self.model[request.key as usize];
+        match request.op {
+            Op::Put => *slot = Some(request.value),
+            Op::Get => {
+                if slot.is_some_and(|value| value != response.value) {
+                    return bad(format!("GET {} returned {:#x}, expected {:#x}", request.key, response.value, slot.unwrap_or(0)));
+                }
+            }
+        }
+        self.responses += 1;
+        Ok(())
+    }
+
+    pub fn responses(&self) -> u64 {
+        self.responses
+    }
+
+    /// Every request has been answered.
+    pub fn done(&self) -> bool {
+        self.responses == self.requests_total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn respond(request: &[u8], value: u64) -> Output {
+        let request = Request::decode(&request[PEER_BYTES..]).expect("a request");
+        let response = Response {
+            op: request.op,
+            client: request.client,
+            status: Status::Ok,
+            request: request.request,
+            key: request.key,
+            value: if request.op == Op::Put { request.value } else { value },
+            version: 0,
+        };
+        let mut bytes = PEER.to_vec();
+        bytes.extend_from_slice(&response.encode());
+        Output { seq: 0, kind: OutputKind::NetTransmit, bytes, disk: None }
+    }
+
+    #[test]
+    fn one_request_at_a_time_and_answers_are_checked() {
+        let mut load = KvWorkload::new(3, 7);
+        let first = load.next_frame().expect("first request");
+        assert!(load.next_frame().is_none(), "waits for the response");
+        load.released(&respond(&first, 0)).expect("a good answer");
+        let second = load.next_frame().expect("second request");
+        let mut wrong = respond(&second, 0);
+        wrong.bytes[PEER_BYTES + 16] ^= 1; // request id
+        assert!(load.released(&wrong).is_err());
+        assert_eq!(load.responses(), 1);
+        assert!(!load.done());
+        assert_eq!(KvWorkload::new(3, 7).next_frame(), Some(first), "seeded: the same load every time");
+    }
+}
