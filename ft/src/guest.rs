@@ -82,3 +82,40 @@ pub trait Guest {
     /// Restores a snapshot taken by the same implementation.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), GuestError>;
 }
+
+/// Lets a driver pick the guest at run time (the simulator runs model and KVM guests through the same hosts).
+impl<G: Guest + ?Sized> Guest for Box<G> {
+    fn run(&mut self, instruction_target: Option<u64>) -> Result<Exit, GuestError> {
+        (**self).run(instruction_target)
+    }
+    fn position(&self) -> Position {
+        (**self).position()
+    }
+    fn pc(&self) -> u64 {
+        (**self).pc()
+    }
+    fn counts_instructions(&self) -> bool {
+        (**self).counts_instructions()
+    }
+    fn complete_port_in(&mut self, value: u32) {
+        (**self).complete_port_in(value)
+    }
+    fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestError> {
+        (**self).read_memory(gpa, buf)
+    }
+    fn write_memory(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestError> {
+        (**self).write_memory(gpa, data)
+    }
+    fn inject_interrupt(&mut self, vector: u8) -> Result<(), GuestError> {
+        (**self).inject_interrupt(vector)
+    }
+    fn state_hash(&mut self) -> Result<StateHash, GuestError> {
+        (**self).state_hash()
+    }
+    fn snapshot(&mut self) -> Result<Vec<u8>, GuestError> {
+        (**self).snapshot()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), GuestError> {
+        (**self).restore(snapshot)
+    }
+}

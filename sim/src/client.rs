@@ -21,12 +21,19 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
 /// Keys the clients use: few, so that operations contend.
 const KEYS_USED: u64 = 8;
 
-pub fn host_name(client: u32) -> String {
-    format!("client-{client}")
+/// All clients run as tasks of one host (each host costs simulator time on every tick).
+pub const CLIENTS_HOST: &str = "clients";
+
+/// The body of the clients host: `count` independent clients on ports `CLIENT_PORT + 1..`.
+pub async fn clients_main(count: u32, world: SharedWorld, seed: u64, stop_ns: u64) -> turmoil::Result {
+    for client in 1..=count {
+        tokio::task::spawn_local(client_main(client, world.clone(), seed, stop_ns));
+    }
+    std::future::pending().await
 }
 
 pub async fn client_main(client: u32, world: SharedWorld, seed: u64, stop_ns: u64) -> turmoil::Result {
-    let socket = UdpSocket::bind(("0.0.0.0", CLIENT_PORT)).await?;
+    let socket = UdpSocket::bind(("0.0.0.0", CLIENT_PORT + client as u16)).await?;
     let servers: Vec<SocketAddr> =
         NodeId::ALL.iter().map(|node| SocketAddr::new(turmoil::lookup(node.host()), SERVICE_PORT)).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (0xc11e_0000 + u64::from(client)));

@@ -7,6 +7,7 @@ pub mod client;
 pub mod faults;
 pub mod model;
 pub mod node_host;
+pub mod pair;
 pub mod scenario;
 pub mod storage_host;
 pub mod sweep;

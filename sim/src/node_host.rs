@@ -15,6 +15,14 @@ use turmoil::net::{TcpListener, TcpStream, UdpSocket};
 
 use crate::check;
 use crate::model::{ModelGuest, Workload};
+
+/// Builds the guest a node runs: the model guest, or (in tests that have KVM) a real one.
+pub type GuestFactory = Rc<dyn Fn() -> Box<dyn ft::Guest>>;
+
+/// The factory of the model guest running `workload`.
+pub fn model_guests(workload: Workload) -> GuestFactory {
+    Rc::new(move || Box::new(ModelGuest::new(workload)))
+}
 use crate::storage_host::{self, DISK_SECTORS};
 use crate::world::{NodeId, Release, SharedWorld};
 
@@ -230,7 +238,7 @@ pub async fn node_main(
     id: NodeId,
     world: SharedWorld,
     config: Config,
-    workload: Workload,
+    guests: GuestFactory,
     seed: u64,
 ) -> turmoil::Result {
     let restarted = std::mem::replace(&mut world.borrow_mut().started[id.index()], true);
@@ -249,7 +257,7 @@ pub async fn node_main(
         peer_heartbeat: SocketAddr::new(peer_ip, HEARTBEAT_PORT),
         buffered_max: config.log_entries_buffered_max,
     });
-    let guest = ModelGuest::new(workload);
+    let guest = guests();
     let now = now_ns();
     let (node, channel) = match id {
         NodeId::A => {

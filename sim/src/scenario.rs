@@ -6,9 +6,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use ft::Config;
 
 use crate::check::{self, Expectations};
-use crate::client::{self, client_main};
+use crate::client::{self, clients_main};
 use crate::faults::{Cut, Fault, Plan};
-use crate::node_host::node_main;
+use crate::node_host::{model_guests, node_main, GuestFactory};
 use crate::storage_host::{self, STORAGE_HOST};
 use crate::world::{Counts, NodeId, SharedWorld, World};
 
@@ -43,11 +43,17 @@ pub fn config_for(plan: &Plan) -> Config {
 
 pub fn run(seed: u64) -> Report {
     let plan = Plan::generate(seed);
+    let guests = model_guests(plan.workload);
+    run_plan(seed, plan, guests)
+}
+
+/// Runs a given plan with the given guests (tests pin plans and bring KVM guests this way).
+pub fn run_plan(seed: u64, plan: Plan, guests: GuestFactory) -> Report {
     let world = World::new();
     for line in plan.describe().lines() {
         world.borrow_mut().trace.push(line.to_string());
     }
-    let result = simulate(seed, &plan, &world);
+    let result = simulate(seed, &plan, &world, &guests);
     let mut world = world.borrow_mut();
     world.now_ns = plan.end_ms * 1_000_000;
     if let Err(error) = result {
@@ -66,7 +72,7 @@ pub fn run(seed: u64) -> Report {
     Report { seed, plan, trace: world.trace.clone(), violations: world.violations.clone(), counts, trace_hash }
 }
 
-fn simulate(seed: u64, plan: &Plan, world: &SharedWorld) -> turmoil::Result {
+fn simulate(seed: u64, plan: &Plan, world: &SharedWorld, guests: &GuestFactory) -> turmoil::Result {
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
@@ -79,13 +85,13 @@ fn simulate(seed: u64, plan: &Plan, world: &SharedWorld) -> turmoil::Result {
     sim.host(STORAGE_HOST, move || storage_host::serve(storage_world.clone()));
     let config = config_for(plan);
     for node in NodeId::ALL {
-        let (world, config, workload) = (world.clone(), config.clone(), plan.workload);
-        sim.host(node.host(), move || node_main(node, world.clone(), config.clone(), workload, seed));
+        let (world, config, guests) = (world.clone(), config.clone(), guests.clone());
+        sim.host(node.host(), move || node_main(node, world.clone(), config.clone(), guests.clone(), seed));
     }
     let clients_stop_ns = plan.end_ms * 1_000_000;
-    for client in 1..=plan.clients {
-        let world = world.clone();
-        sim.host(client::host_name(client).as_str(), move || client_main(client, world.clone(), seed, clients_stop_ns));
+    if plan.clients > 0 {
+        let (world, count) = (world.clone(), plan.clients);
+        sim.host(client::CLIENTS_HOST, move || clients_main(count, world.clone(), seed, clients_stop_ns));
     }
     let mut pending = plan.faults.clone();
     pending.reverse();
@@ -129,7 +135,7 @@ fn duration_of(fault: &Fault) -> Option<u64> {
 }
 
 fn pairs(plan: &Plan, cut: Cut) -> Vec<(String, String)> {
-    let clients: Vec<String> = (1..=plan.clients).map(client::host_name).collect();
+    let clients: Vec<String> = if plan.clients > 0 { vec![client::CLIENTS_HOST.to_string()] } else { Vec::new() };
     let to_clients = |node: NodeId| clients.iter().map(|c| (node.host().to_string(), c.clone())).collect::<Vec<_>>();
     match cut {
         Cut::Channel | Cut::OneWay(..) => vec![(NodeId::A.host().into(), NodeId::B.host().into())],

@@ -134,7 +134,9 @@ impl Disk {
         let failed = |tag| StorageDone { tag, status: DiskStatus::IoError, data: Vec::new() };
         match request {
             StorageRequest::Read { target } => match self.range(target) {
-                Some(range) => StorageDone { tag: target.tag, status: DiskStatus::Ok, data: self.bytes[range].to_vec() },
+                Some(range) => {
+                    StorageDone { tag: target.tag, status: DiskStatus::Ok, data: self.bytes[range].to_vec() }
+                }
                 None => failed(target.tag),
             },
             StorageRequest::Write { target, data, .. } => match self.range(target) {
@@ -181,7 +183,12 @@ impl OsEntropy {
         let source = File::open("/dev/urandom").map_err(|error| CliError::io("/dev/urandom", &error))?;
         let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let fallback = since_epoch.as_nanos() as u64 ^ u64::from(std::process::id());
-        Ok(OsEntropy { source: Some(source), buffer: vec![0; ENTROPY_BUFFER_BYTES], used: ENTROPY_BUFFER_BYTES, fallback })
+        Ok(OsEntropy {
+            source: Some(source),
+            buffer: vec![0; ENTROPY_BUFFER_BYTES],
+            used: ENTROPY_BUFFER_BYTES,
+            fallback,
+        })
     }
 
     fn refill(&mut self) {

@@ -11,7 +11,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ft::log::{LogIndex, Output, OutputKind};
+use ft::log::{Entry, LogIndex, Output, OutputKind};
 use ft::primary::Primary;
 use ft::wire::{Message, StreamEncoder};
 use ft::{Action, ArbiterOutcome, Config, Event, Progress, Stopped, StorageDone};
@@ -43,7 +43,9 @@ pub struct SessionOptions {
 /// How a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ending {
-    PoweredOff { status: u32 },
+    PoweredOff {
+        status: u32,
+    },
     /// The workload got every response.
     WorkloadDone,
     /// The guest waits for something that will never come (no timer, no frames).
@@ -74,7 +76,12 @@ struct LogWriter {
 impl LogWriter {
     fn create(path: &Path) -> Result<LogWriter, CliError> {
         let file = File::create(path).map_err(|error| log_error(path, &error))?;
-        Ok(LogWriter { path: path.to_path_buf(), file: BufWriter::new(file), encoder: StreamEncoder::default(), bytes: 0 })
+        Ok(LogWriter {
+            path: path.to_path_buf(),
+            file: BufWriter::new(file),
+            encoder: StreamEncoder::default(),
+            bytes: 0,
+        })
     }
 
     fn write(&mut self, message: &Message) -> Result<(), CliError> {
@@ -84,8 +91,8 @@ impl LogWriter {
     }
 
     fn finish(mut self) -> Result<u64, CliError> {
+        // Flushed, not synced: a recording is not a database, and an fsync would cost more than all the logging.
         self.file.flush().map_err(|error| log_error(&self.path, &error))?;
-        self.file.get_ref().sync_data().map_err(|error| log_error(&self.path, &error))?;
         Ok(self.bytes)
     }
 }
@@ -114,6 +121,8 @@ struct Driver {
     delivered: bool,
     stopped: Option<Stopped>,
     log_entries: u64,
+    /// The hash of the last checkpoint written to the log, and where.
+    last_checkpoint: Option<(u64, u64)>,
 }
 
 /// Runs the guest plainly (`log` = None) or recording into `log`.
@@ -147,6 +156,7 @@ pub fn run(options: SessionOptions, log: Option<&Path>) -> Result<SessionResult,
         delivered: false,
         stopped: None,
         log_entries: 0,
+        last_checkpoint: None,
     };
     if !recording {
         driver.go_unprotected()?;
@@ -187,7 +197,7 @@ impl Driver {
             if let Some(stopped) = self.stopped.take() {
                 return match stopped {
                     Stopped::PoweredOff { status } => Ok(Ending::PoweredOff { status }),
-                    Stopped::GuestFailed(reason) => Err(CliError::Guest { guest: self.guest_name.clone(), reason }),
+                    Stopped::GuestFailed(reason) => Err(self.guest_error(reason)),
                     other => Err(CliError::Protocol(format!("the primary stopped: {other:?}"))),
                 };
             }
@@ -238,9 +248,12 @@ impl Driver {
         log.write(&message)?;
         match message {
             Message::Hello { pair_id, epoch, .. } => self.welcome = Some(Message::Welcome { pair_id, epoch }),
-            Message::Log { index, .. } => {
+            Message::Log { index, entry } => {
                 self.log_last = index;
                 self.log_entries += 1;
+                if let Entry::Checkpoint { position, hash } = entry {
+                    self.last_checkpoint = Some((position.exits, hash));
+                }
             }
             _ => {}
         }
@@ -280,6 +293,10 @@ impl Driver {
         }
     }
 
+    fn guest_error(&self, reason: String) -> CliError {
+        CliError::Guest { guest: self.guest_name.clone(), reason }
+    }
+
     /// The fake backup answers, storage completes, and the workload sends its next request.
     fn answer(&mut self) {
         self.delivered = false;
@@ -306,28 +323,30 @@ impl Driver {
 
     /// Ends a recording with a checkpoint of the final state, so that replay verifies it.
     fn finish(mut self, ending: Ending, started: Instant) -> Result<SessionResult, CliError> {
-        let guest_error = |error: ft::platform::PlatformError| CliError::Guest {
-            guest: self.guest_name.clone(),
-            reason: error.to_string(),
-        };
-        if self.log.is_some() {
+        let exits = self.primary.position().exits;
+        let state_hash = if self.log.is_some() {
             let now_ns = self.clock.now_ns();
-            self.primary.checkpoint_now(now_ns).map_err(guest_error)?;
+            let result = self.primary.checkpoint_now(now_ns);
+            result.map_err(|error| self.guest_error(error.to_string()))?;
             self.drain()?;
-        }
-        let elapsed = started.elapsed();
-        let state_hash = self.primary.state_hash().map_err(|error| CliError::Guest {
-            guest: self.guest_name.clone(),
-            reason: error.to_string(),
-        })?;
+            match self.last_checkpoint {
+                // The hash the log ends with is the final state's: no need to hash all of memory again.
+                Some((at, hash)) if at == exits => hash,
+                _ => return Err(CliError::Protocol("the final checkpoint was not logged".into())),
+            }
+        } else {
+            let result = self.primary.state_hash();
+            result.map_err(|error| self.guest_error(error.to_string()))?
+        };
         let log_bytes = match self.log.take() {
             Some(log) => log.finish()?,
             None => 0,
         };
+        let elapsed = started.elapsed();
         Ok(SessionResult {
             ending,
             state_hash,
-            exits: self.primary.position().exits,
+            exits,
             console: self.console,
             responses: self.workload.as_ref().map_or(0, KvWorkload::responses),
             log_entries: self.log_entries,

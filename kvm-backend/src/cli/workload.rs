@@ -46,7 +46,7 @@ impl KvWorkload {
             return None;
         }
         self.sent += 1;
-        let op = if self.random() % 2 == 0 { Op::Put } else { Op::Get };
+        let op = if self.random().is_multiple_of(2) { Op::Put } else { Op::Get };
         let key = self.random() % KEYS;
         let value = if op == Op::Put { self.random() } else { 0 };
         let request = Request { op, client: CLIENT, request: self.sent, key, value };
@@ -72,7 +72,9 @@ impl KvWorkload {
         let Some(request) = self.awaiting.take() else {
             return bad(format!("unsolicited response to request {}", response.request));
         };
-        if (response.request, response.op, response.key, response.status) != (request.request, request.op, request.key, Status::Ok) {
+        if (response.request, response.op, response.key, response.status)
+            != (request.request, request.op, request.key, Status::Ok)
+        {
             return bad(format!("{response:?} does not answer {request:?}"));
         }
         let slot = &mut self.model[request.key as usize];
@@ -80,7 +82,12 @@ impl KvWorkload {
             Op::Put => *slot = Some(request.value),
             Op::Get => {
                 if slot.is_some_and(|value| value != response.value) {
-                    return bad(format!("GET {} returned {:#x}, expected {:#x}", request.key, response.value, slot.unwrap_or(0)));
+                    return bad(format!(
+                        "GET {} returned {:#x}, expected {:#x}",
+                        request.key,
+                        response.value,
+                        slot.unwrap_or(0)
+                    ));
                 }
             }
         }
