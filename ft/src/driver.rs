@@ -69,7 +69,7 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 enum Completion {
     Storage(StorageDone),
-    Fenced(u64),
+    Fenced(u64, StorageRequest),
     Arbiter(ArbiterOutcome),
     ChannelWriteFailed(String),
 }
@@ -155,7 +155,7 @@ where
                 let now_ns = host.now_ns();
                 match completion.expect("the driver holds a sender") {
                     Completion::Storage(done) => node.handle_storage_done(now_ns, done),
-                    Completion::Fenced(epoch) => node.handle_fenced(now_ns, epoch),
+                    Completion::Fenced(epoch, request) => node.handle_fenced(now_ns, epoch, request),
                     Completion::Arbiter(outcome) => node.handle_arbiter(now_ns, outcome),
                     Completion::ChannelWriteFailed(reason) => {
                         channel_lost(&host, &mut node, &mut reader, &mut channel_out, now_ns, &reason);
@@ -265,7 +265,7 @@ async fn storage_request<H: Host>(
                 continue;
             }
             Err(StorageError::Fenced(epoch)) => {
-                let _ = done_tx.send(Completion::Fenced(epoch));
+                let _ = done_tx.send(Completion::Fenced(epoch, request));
                 return;
             }
             Err(StorageError::Io(_)) => StorageDone { tag: target.tag, status: DiskStatus::IoError, data: Vec::new() },

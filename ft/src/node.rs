@@ -223,11 +223,11 @@ impl<G: Guest> Node<G> {
         }
     }
 
-    /// Storage refused a request because a newer epoch went live: this node has been superseded.
-    pub fn handle_fenced(&mut self, now_ns: u64, epoch: u64) {
+    /// Storage refused `request` because the arbiter is at a newer `epoch`. Either another node went live (this
+    /// one is superseded), or this node's own test-and-set took effect and only its reply was lost.
+    pub fn handle_fenced(&mut self, now_ns: u64, epoch: u64, request: crate::storage::StorageRequest) {
         if let Node::Primary(primary) = self {
-            primary.handle_arbiter(now_ns, ArbiterOutcome::Lost { epoch });
-            primary.superseded(epoch);
+            primary.handle_fenced(now_ns, epoch, request);
         }
         self.transition_stopped();
     }

@@ -332,8 +332,20 @@ impl<G: Guest> Primary<G> {
         }
     }
 
-    /// A newer epoch fenced this primary off the storage: stop, as a lost race would.
-    pub fn superseded(&mut self, epoch: u64) {
+    /// Storage fenced a request at `epoch`. A request issued under this node's previous epoch is sent again. While a test-and-set is under way that may be this node's own win
+    /// whose reply was lost: the request waits and the test-and-set is asked again at once (it is idempotent for
+    /// the winner). Otherwise a newer primary exists and this one stops, as a lost race would.
+    pub fn handle_fenced(&mut self, now_ns: u64, epoch: u64, request: crate::storage::StorageRequest) {
+        if epoch <= self.epoch {
+            // Issued before this node's own epoch moved on: simply send it again under the new epoch.
+            self.scheduler.reissue(request);
+            return;
+        }
+        if let Mode::Arbitrating { .. } = self.mode {
+            self.scheduler.reissue(request);
+            self.mode = Mode::Arbitrating { retry_at_ns: Some(now_ns) };
+            return;
+        }
         if self.stopped.is_none() {
             self.actions.push_back(Action::Notify(Event::LostRace { epoch }));
             self.stopped = Some(Stopped::LostRace { epoch });

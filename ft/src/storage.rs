@@ -104,6 +104,19 @@ impl Scheduler {
         })
     }
 
+    /// Puts an issued request back at the head of the queue (storage refused it; it will go again later).
+    pub fn reissue(&mut self, request: StorageRequest) {
+        let (op, target, data, output_seq, log_index) = match request {
+            StorageRequest::Read { target } => (DiskOp::Read, target, Vec::new(), 0, None),
+            StorageRequest::Write { target, data, output_seq, log_index } => {
+                (DiskOp::Write, target, data, output_seq, log_index)
+            }
+        };
+        if self.issued.remove(&target.tag).is_some() {
+            self.queue.push_front(Queued { op, target, data, output_seq, log_index, held_until: None });
+        }
+    }
+
     /// Storage answered for `tag`; returns false for an answer nobody is waiting for (a stale reply).
     pub fn completed(&mut self, tag: u32) -> bool {
         self.issued.remove(&tag).is_some()

@@ -1,0 +1,168 @@
+//! The configuration of one node of a pair (`ftvm primary --config FILE`, `ftvm backup --config FILE`): TOML,
+//! every key optional in the file, flags override it. Units are in the names. See docs/deployment.md.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::error::CliError;
+
+/// Everything a node needs. Field names are the TOML keys.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This node's name, recorded in the arbiter by the winner of a test-and-set (unique within the pair).
+    pub name: Option<String>,
+    /// A corpus guest (`kv`) or a path to a guest ELF. Primary and backup must run the same image.
+    pub guest: Option<String>,
+    /// Identifies the pair; a backup refuses a primary of another pair.
+    pub pair_id: Option<u64>,
+    /// Backup: where it accepts the logging channel (TCP).
+    pub channel_listen: Option<SocketAddr>,
+    /// Primary: the backup's logging-channel address (TCP).
+    pub channel_peer: Option<SocketAddr>,
+    /// Where this node receives heartbeats (UDP).
+    pub heartbeat_listen: Option<SocketAddr>,
+    /// Where the peer receives heartbeats (UDP).
+    pub heartbeat_peer: Option<SocketAddr>,
+    /// The guest's service (UDP): bound by the live primary only.
+    pub service: Option<SocketAddr>,
+    /// Plain-text status endpoint (`ftvm status --addr`).
+    pub status: Option<SocketAddr>,
+    /// Prometheus text endpoint.
+    pub metrics: Option<SocketAddr>,
+    /// The shared disk image (created zeroed with `disk_sectors` sectors if missing).
+    pub disk: Option<PathBuf>,
+    pub disk_sectors: Option<u64>,
+    /// The arbiter record on shared storage (created at epoch 1 if missing).
+    pub arbiter: Option<PathBuf>,
+    /// The pre-shared key of the pair, hex (at least 16 bytes), or a file holding it in hex.
+    pub key_hex: Option<String>,
+    pub key_file: Option<PathBuf>,
+    pub heartbeat_interval_ms: Option<u64>,
+    pub failure_timeout_ms: Option<u64>,
+    pub startup_timeout_ms: Option<u64>,
+    pub arbiter_retry_ms: Option<u64>,
+    /// A storage request (disk or arbiter) that takes longer than this counts as "storage unreachable".
+    pub storage_timeout_ms: Option<u64>,
+    /// fdatasync the disk image after every write (default true).
+    pub sync_writes: Option<bool>,
+}
+
+/// Defaults of the optional settings.
+pub const DISK_SECTORS_DEFAULT: u64 = 128;
+pub const STORAGE_TIMEOUT_MS_DEFAULT: u64 = 500;
+/// Shortest pre-shared key accepted.
+const KEY_BYTES_MIN: usize = 16;
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<NodeConfig, CliError> {
+        let text = std::fs::read_to_string(path).map_err(|error| CliError::io(format!("config {}", path.display()), &error))?;
+        toml::from_str(&text).map_err(|error| CliError::Usage(format!("config {}: {error}", path.display())))
+    }
+
+    /// `self` with every setting `other` has replacing ours (flags over the file).
+    pub fn overridden_by(self, other: NodeConfig) -> NodeConfig {
+        macro_rules! pick {
+            ($($field:ident),*) => { NodeConfig { $($field: other.$field.or(self.$field)),* } };
+        }
+        pick!(
+            name,
+            guest,
+            pair_id,
+            channel_listen,
+            channel_peer,
+            heartbeat_listen,
+            heartbeat_peer,
+            service,
+            status,
+            metrics,
+            disk,
+            disk_sectors,
+            arbiter,
+            key_hex,
+            key_file,
+            heartbeat_interval_ms,
+            failure_timeout_ms,
+            startup_timeout_ms,
+            arbiter_retry_ms,
+            storage_timeout_ms,
+            sync_writes
+        )
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a config serialises")
+    }
+
+    pub fn required<'a, T>(value: &'a Option<T>, key: &str) -> Result<&'a T, CliError> {
+        value.as_ref().ok_or_else(|| CliError::Usage(format!("config: `{key}` is required")))
+    }
+
+    /// The pre-shared key.
+    pub fn key(&self) -> Result<Vec<u8>, CliError> {
+        let hex = match (&self.key_hex, &self.key_file) {
+            (Some(hex), _) => hex.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|error| CliError::io(format!("key file {}", path.display()), &error))?,
+            (None, None) => return Err(CliError::Usage("config: `key_hex` or `key_file` is required".into())),
+        };
+        let key = decode_hex(hex.trim())
+            .ok_or_else(|| CliError::Usage("config: the key is not hexadecimal".into()))?;
+        if key.len() < KEY_BYTES_MIN {
+            return Err(CliError::Usage(format!("config: the key must have at least {KEY_BYTES_MIN} bytes")));
+        }
+        Ok(key)
+    }
+
+    /// The protocol tunables, from the defaults of `ft::Config` and our timeouts.
+    pub fn protocol(&self, image_digest: u64) -> ft::Config {
+        let defaults = ft::Config::default();
+        ft::Config {
+            pair_id: self.pair_id.unwrap_or(defaults.pair_id),
+            image_digest,
+            heartbeat_interval_ms: self.heartbeat_interval_ms.unwrap_or(defaults.heartbeat_interval_ms),
+            failure_timeout_ms: self.failure_timeout_ms.unwrap_or(defaults.failure_timeout_ms),
+            startup_timeout_ms: self.startup_timeout_ms.unwrap_or(defaults.startup_timeout_ms),
+            arbiter_retry_ms: self.arbiter_retry_ms.unwrap_or(defaults.arbiter_retry_ms),
+            ..defaults
+        }
+    }
+}
+
+pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok()).collect()
+}
+
+pub fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: NodeConfig = toml::from_str("guest = \"kv\"\npair_id = 7\nfailure_timeout_ms = 300\n").unwrap();
+        let flags = NodeConfig { failure_timeout_ms: Some(100), ..NodeConfig::default() };
+        let merged = file.overridden_by(flags);
+        assert_eq!(merged.guest.as_deref(), Some("kv"));
+        assert_eq!(merged.failure_timeout_ms, Some(100));
+        assert_eq!(merged.protocol(1).pair_id, 7);
+        assert!(toml::from_str::<NodeConfig>("gust = \"kv\"").is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn keys_are_hex() {
+        assert_eq!(decode_hex("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(decode_hex("0"), None);
+        assert_eq!(decode_hex("zz"), None);
+        let config = NodeConfig { key_hex: Some("00".repeat(8)), ..NodeConfig::default() };
+        assert!(config.key().is_err(), "too short");
+    }
+}
