@@ -79,7 +79,7 @@ pub enum WireError {
 
 /// Encodes one frame.
 pub fn encode(message: &Message, seq: u64) -> Vec<u8> {
-    let mut writer = Writer::with_capacity(HEADER_BYTES + 64);
+    let mut writer = Writer::with_capacity(HEADER_BYTES + 64 + bulk_bytes(message));
     writer.u16(MAGIC);
     writer.u8(VERSION);
     writer.u8(message.kind());
@@ -93,6 +93,15 @@ pub fn encode(message: &Message, seq: u64) -> Vec<u8> {
     let checksum = crc32c::crc32c_append(crc32c::crc32c(&bytes[..16]), &bytes[HEADER_BYTES..]);
     bytes[16..20].copy_from_slice(&checksum.to_le_bytes());
     bytes
+}
+
+/// Bytes of frame or disk data a message carries, so encoding allocates once.
+fn bulk_bytes(message: &Message) -> usize {
+    match message {
+        Message::Log { entry: Entry::Input { input: Input::NetReceive { frame }, .. }, .. } => frame.len(),
+        Message::Log { entry: Entry::Input { input: Input::DiskComplete { data, .. }, .. }, .. } => data.len(),
+        _ => 0,
+    }
 }
 
 fn encode_payload(message: &Message, w: &mut Writer) {
@@ -317,8 +326,9 @@ impl StreamDecoder {
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
-        if self.consumed > 0 && self.consumed == self.buffer.len() {
-            self.buffer.clear();
+        // Compact once per feed, never per frame: per-frame compaction is quadratic in a large feed.
+        if self.consumed > 0 {
+            self.buffer.drain(..self.consumed);
             self.consumed = 0;
         }
         self.buffer.extend_from_slice(bytes);
@@ -348,10 +358,6 @@ impl StreamDecoder {
         }
         self.seq_expected += 1;
         self.consumed += HEADER_BYTES + length;
-        if self.consumed > (1 << 16) {
-            self.buffer.drain(..self.consumed);
-            self.consumed = 0;
-        }
         Ok(Some(message))
     }
 

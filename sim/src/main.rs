@@ -1,5 +1,6 @@
 //! `ftsim`: run one simulated scenario, sweep many, or measure the simulator.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -50,20 +51,28 @@ fn main() -> ExitCode {
 
 fn run(seed: u64) -> ExitCode {
     let report = scenario::run(seed);
-    println!("seed {seed}");
-    for line in &report.trace {
-        println!("{line}");
-    }
-    for violation in &report.violations {
-        println!("VIOLATION {violation}");
-    }
-    println!("seed {seed}: {} violations, trace-hash={:016x}", report.violations.len(), report.trace_hash);
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = print_run(&mut out, &report);
     if report.violations.is_empty() {
         ExitCode::SUCCESS
     } else {
-        println!("reproduce: {}", report.reproduce());
         ExitCode::FAILURE
     }
+}
+
+fn print_run(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    writeln!(out, "seed {}", report.seed)?;
+    for line in &report.trace {
+        writeln!(out, "{line}")?;
+    }
+    for violation in &report.violations {
+        writeln!(out, "VIOLATION {violation}")?;
+    }
+    if !report.violations.is_empty() {
+        writeln!(out, "reproduce: {}", report.reproduce())?;
+    }
+    writeln!(out, "seed {}: {} violations, trace-hash={:016x}", report.seed, report.violations.len(), report.trace_hash)
 }
 
 fn sweep(from: u64, count: u64, time_limit_s: Option<u64>) -> ExitCode {
