@@ -66,10 +66,11 @@ pub async fn client_main(client: u32, world: SharedWorld, seed: u64, stop_ns: u6
             for server in &servers {
                 let _ = socket.try_send_to(&bytes, *server);
             }
-            let deadline = tokio::time::Instant::now() + ATTEMPT_TIMEOUT;
+            let deadline_ns = now_ns() + ATTEMPT_TIMEOUT.as_nanos() as u64;
             loop {
                 let mut buffer = [0u8; 256];
-                let received = tokio::time::timeout_at(deadline, socket.recv_from(&mut buffer)).await;
+                let remaining = Duration::from_nanos(deadline_ns.saturating_sub(now_ns()));
+                let received = tokio::time::timeout(remaining, socket.recv_from(&mut buffer)).await;
                 let Ok(Ok((length, _))) = received else { break };
                 let Ok(response) = Response::decode(&buffer[..length]) else { continue };
                 if response.client != client {
