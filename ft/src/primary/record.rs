@@ -1,0 +1,199 @@
+//! Running the guest on the primary: every exit is handled by the platform, every input logged with its
+//! position, every output logged and held.
+
+use crate::config::NS_PER_US;
+use crate::guest::{Exit, Guest};
+use crate::log::{Control, Entry, Input, LogIndex, Output, OutputKind, OutputRecord};
+use crate::node::{Action, EntropySource, Event, Progress, Stopped};
+use crate::platform::{ExitAction, InputKind};
+use crate::wire::Message;
+
+use super::{Mode, Primary, LAG_SAMPLES_MAX};
+
+impl<G: Guest> Primary<G> {
+    pub(super) fn flow_controlled(&self) -> bool {
+        self.logging() && self.logged_unacked() >= self.config.log_entries_unacked_max
+    }
+
+    pub(super) fn logged_unacked(&self) -> usize {
+        (self.log_index_next - 1 - self.acked) as usize
+    }
+
+    pub fn run_guest(&mut self, now_ns: u64, entropy: &mut dyn EntropySource) -> Progress {
+        if self.stopped.is_some() || matches!(self.mode, Mode::Connecting { .. } | Mode::PoweringOff { .. }) {
+            return Progress::Idle;
+        }
+        if self.flow_controlled() {
+            if !self.stalled {
+                self.stalled = true;
+                self.stats.stalls += 1;
+                let unacked = self.logged_unacked();
+                self.actions.push_back(Action::Notify(Event::Stalled { unacked }));
+            }
+            return Progress::Idle;
+        }
+        self.stalled = false;
+        self.deliver_inputs(now_ns);
+        if self.vm.halted {
+            return Progress::Idle;
+        }
+        let start = self.vm.position();
+        let target = self.vm.guest.counts_instructions().then_some(start.instructions + self.config.slice_instructions);
+        loop {
+            let exit = match self.vm.guest.run(target) {
+                Ok(exit) => exit,
+                Err(error) => return self.guest_failed(error.to_string()),
+            };
+            if exit == Exit::InstructionLimit {
+                break;
+            }
+            if let Err(error) = self.handle_exit(now_ns, exit, entropy) {
+                return self.guest_failed(error);
+            }
+            if self.vm.halted
+                || self.stopped.is_some()
+                || !matches!(self.mode, Mode::Protected | Mode::Arbitrating { .. } | Mode::Unprotected)
+            {
+                break;
+            }
+            self.deliver_inputs(now_ns);
+            if self.vm.position().exits - start.exits >= self.config.slice_exits_max || self.flow_controlled() {
+                break;
+            }
+        }
+        Progress::Ran
+    }
+
+    pub(super) fn guest_failed(&mut self, reason: String) -> Progress {
+        self.actions.push_back(Action::Notify(Event::GuestStopped { reason: reason.clone() }));
+        self.stopped = Some(Stopped::GuestFailed(reason));
+        Progress::Idle
+    }
+
+    pub(super) fn handle_exit(
+        &mut self,
+        now_ns: u64,
+        exit: Exit,
+        entropy: &mut dyn EntropySource,
+    ) -> Result<(), String> {
+        let action = self.vm.platform.handle_exit(exit, &mut self.vm.guest).map_err(|e| e.to_string())?;
+        match action {
+            ExitAction::Continue => {}
+            ExitAction::NeedsInput(InputKind::Clock) => {
+                let ns = self.guest_clock_ns(now_ns);
+                self.input(now_ns, Input::Clock { ns })?;
+            }
+            ExitAction::NeedsInput(InputKind::Entropy) => {
+                self.input(now_ns, Input::Entropy { value: entropy.next_u32() })?;
+            }
+            ExitAction::Output(output) => self.output(now_ns, output),
+            ExitAction::DiskRead(request) => self.scheduler.submit_read(request.target),
+            ExitAction::Halt => self.vm.halted = true,
+            ExitAction::PowerOff { status } => self.power_off(now_ns, status),
+            ExitAction::Shutdown => self.power_off(now_ns, u32::MAX),
+        }
+        if self.vm.platform.timer_period_us() != self.timer_period_us {
+            self.restart_timer(now_ns);
+        }
+        self.maybe_checkpoint(now_ns).map_err(|e| e.to_string())
+    }
+
+    pub(super) fn maybe_checkpoint(&mut self, now_ns: u64) -> Result<(), crate::platform::PlatformError> {
+        let position = self.vm.position();
+        if !self.logging() || position.exits - self.exits_at_checkpoint < self.config.checkpoint_interval_exits {
+            return Ok(());
+        }
+        self.exits_at_checkpoint = position.exits;
+        let hash = self.vm.state_hash()?;
+        self.append(now_ns, Entry::Checkpoint { position, hash });
+        Ok(())
+    }
+
+    /// Delivers what arrived from outside at the current position: timer, disk completions, one network frame.
+    pub(super) fn deliver_inputs(&mut self, now_ns: u64) {
+        if self.timer_deadline_ns.is_some_and(|deadline| now_ns >= deadline) {
+            let period_ns = u64::from(self.timer_period_us) * NS_PER_US;
+            // Expiries that passed while the guest was busy coalesce into one, like a real one-shot rearm.
+            self.timer_deadline_ns = Some(now_ns + period_ns);
+            if let Err(error) = self.input(now_ns, Input::Timer) {
+                self.guest_failed(error);
+                return;
+            }
+        }
+        while let Some(done) = self.disk_done.pop_front() {
+            let input = Input::DiskComplete { tag: done.tag, status: done.status, data: done.data };
+            if let Err(error) = self.input(now_ns, input) {
+                self.guest_failed(error);
+                return;
+            }
+        }
+        if self.vm.platform.net_rx_ready() {
+            if let Some(frame) = self.net_frames.pop_front() {
+                if let Err(error) = self.input(now_ns, Input::NetReceive { frame }) {
+                    self.guest_failed(error);
+                }
+            }
+        }
+    }
+
+    pub(super) fn input(&mut self, now_ns: u64, input: Input) -> Result<(), String> {
+        self.vm.platform.apply(&input, &mut self.vm.guest).map_err(|e| e.to_string())?;
+        if !matches!(input, Input::Clock { .. } | Input::Entropy { .. }) {
+            self.vm.halted = false;
+        }
+        let entry = Entry::Input { position: self.vm.position(), pc: self.vm.guest.pc(), input };
+        self.append(now_ns, entry);
+        Ok(())
+    }
+
+    pub(super) fn output(&mut self, now_ns: u64, output: Output) {
+        let entry =
+            Entry::Output { position: self.vm.position(), pc: self.vm.guest.pc(), record: OutputRecord::of(&output) };
+        let index = self.append(now_ns, entry);
+        match (output.kind, output.disk) {
+            (OutputKind::DiskWrite, Some(target)) => {
+                self.scheduler.submit_write(target, output.bytes, output.seq, index);
+            }
+            _ => match index {
+                Some(index) => self.held.push_back((index, now_ns, output)),
+                None => self.release(output, None),
+            },
+        }
+    }
+
+    pub(super) fn power_off(&mut self, now_ns: u64, status: u32) {
+        let entry = Entry::Control {
+            position: self.vm.position(),
+            pc: self.vm.guest.pc(),
+            control: Control::PowerOff { status },
+        };
+        match self.append(now_ns, entry) {
+            Some(index) => self.mode = Mode::PoweringOff { status, index },
+            None => {
+                self.actions.push_back(Action::Notify(Event::PoweredOff { status }));
+                self.stopped = Some(Stopped::PoweredOff { status });
+            }
+        }
+    }
+
+    /// Appends an entry to the log when there is a backup; returns its index.
+    pub(super) fn append(&mut self, now_ns: u64, entry: Entry) -> Option<LogIndex> {
+        if !self.logging() {
+            return None;
+        }
+        let index = self.log_index_next;
+        self.log_index_next += 1;
+        if self.logged_at_ns.len() < LAG_SAMPLES_MAX {
+            self.logged_at_ns.push_back((index, now_ns));
+        }
+        self.stats.log_entries += 1;
+        self.actions.push_back(Action::Send(Message::Log { index, entry }));
+        Some(index)
+    }
+
+    pub(super) fn release(&mut self, output: Output, log_index: Option<LogIndex>) {
+        assert_ne!(output.kind, OutputKind::DiskWrite, "disk writes leave through the scheduler");
+        self.released_seq = Some(self.released_seq.map_or(output.seq, |seq| seq.max(output.seq)));
+        self.actions.push_back(Action::Release { output, log_index });
+    }
+}
