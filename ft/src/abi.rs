@@ -38,6 +38,8 @@ pub const DISK_COMPLETION: u16 = 0x534;
 pub const DISK_STATUS: u16 = 0x538;
 /// IN: disk capacity in sectors (low 32 bits).
 pub const DISK_SECTORS: u16 = 0x53c;
+/// Most disk requests in flight at once; a submission beyond it completes at once with `BadRequest`.
+pub const DISK_IN_FLIGHT_MAX: usize = 256;
 /// Returned by [`DISK_COMPLETION`] when nothing has completed.
 pub const DISK_NONE: u32 = u32::MAX;
 

@@ -253,7 +253,15 @@ impl<G: Guest> Backup<G> {
             return;
         };
         match outcome {
-            ArbiterOutcome::Won { epoch } => self.mode = Mode::GoingLive { epoch },
+            ArbiterOutcome::Won { epoch } if epoch > self.epoch => self.mode = Mode::GoingLive { epoch },
+            ArbiterOutcome::Won { epoch } => {
+                // Epochs only move forward: a grant that does not is nonsense, so ask again.
+                self.actions.push_back(Action::Notify(Event::ProtocolViolation(format!(
+                    "arbiter granted epoch {epoch}, not after {}",
+                    self.epoch
+                ))));
+                self.mode = Mode::Arbitrating { retry_at_ns: Some(now_ns + self.config.arbiter_retry_ms * NS_PER_MS) };
+            }
             ArbiterOutcome::Lost { epoch } => {
                 self.actions.push_back(Action::Notify(Event::LostRace { epoch }));
                 self.stopped = Some(Stopped::LostRace { epoch });

@@ -35,8 +35,9 @@ pub struct Scheduler {
     issued: BTreeMap<u32, DiskTarget>,
 }
 
-/// Bounds the queue: the platform already refuses duplicate tags, so this is at most one entry per tag in use.
-const QUEUED_MAX: usize = 4_096;
+/// Bounds the queue: the platform refuses more than `DISK_IN_FLIGHT_MAX` requests in flight, and every queued
+/// request is in flight there.
+const QUEUED_MAX: usize = crate::abi::DISK_IN_FLIGHT_MAX;
 
 fn overlap(a: &DiskTarget, b: &DiskTarget) -> bool {
     a.sector < b.sector + u64::from(b.sectors) && b.sector < a.sector + u64::from(a.sectors)

@@ -78,7 +78,8 @@ impl Disk {
         let in_range = sectors > 0
             && sectors <= abi::DISK_REQUEST_SECTORS_MAX
             && sector.checked_add(u64::from(sectors)).is_some_and(|end| end <= self.sectors);
-        let (Some(op), true, false) = (op, in_range, self.in_flight.contains_key(&tag)) else {
+        let room = self.in_flight.len() < abi::DISK_IN_FLIGHT_MAX;
+        let (Some(op), true, false, true) = (op, in_range, self.in_flight.contains_key(&tag), room) else {
             self.complete(tag, DiskStatus::BadRequest);
             return Ok(Submitted::Rejected);
         };

@@ -240,8 +240,15 @@ impl<G: Guest> Primary<G> {
             return;
         };
         match outcome {
+            ArbiterOutcome::Won { epoch } if epoch <= self.epoch => {
+                // The arbiter answered nonsense (epochs only move forward): ask again rather than trust it.
+                self.actions.push_back(Action::Notify(Event::ProtocolViolation(format!(
+                    "arbiter granted epoch {epoch}, not after {}",
+                    self.epoch
+                ))));
+                self.mode = Mode::Arbitrating { retry_at_ns: Some(now_ns + self.config.arbiter_retry_ms * NS_PER_MS) };
+            }
             ArbiterOutcome::Won { epoch } => {
-                assert!(epoch > self.epoch, "the arbiter moves epochs forward");
                 self.epoch = epoch;
                 self.mode = Mode::Unprotected;
                 self.actions.push_back(Action::CloseChannel);
