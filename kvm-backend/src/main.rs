@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use cli::config::NodeConfig;
 use cli::error::CliError;
 use cli::machine::{Disk, GuestImage};
+use cli::node::StartAs;
 use cli::replay::ReplayOptions;
 use cli::report::ReportOptions;
 use cli::session::{Ending, SessionOptions, SessionResult};
@@ -54,8 +56,141 @@ struct GuestArgs {
     timeout_ms: Option<u64>,
 }
 
+/// `ftvm primary` / `ftvm backup`: a config file, and flags that override it. Every flag is the config key of
+/// the same name (docs/deployment.md has the reference), except `--status-addr` and `--metrics-addr` for the keys
+/// `status` and `metrics`.
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// The node's TOML config (every key can also be given as a flag).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, value_name = "NAME|PATH.elf")]
+    guest: Option<String>,
+    #[arg(long)]
+    pair_id: Option<u64>,
+    #[arg(long, value_name = "ADDR")]
+    channel_listen: Option<std::net::SocketAddr>,
+    #[arg(long, value_name = "ADDR")]
+    channel_peer: Option<std::net::SocketAddr>,
+    #[arg(long, value_name = "ADDR")]
+    heartbeat_listen: Option<std::net::SocketAddr>,
+    #[arg(long, value_name = "ADDR")]
+    heartbeat_peer: Option<std::net::SocketAddr>,
+    #[arg(long, value_name = "ADDR")]
+    service: Option<std::net::SocketAddr>,
+    #[arg(long, value_name = "ADDR")]
+    status_addr: Option<std::net::SocketAddr>,
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    #[arg(long, value_name = "FILE")]
+    disk: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    arbiter: Option<PathBuf>,
+    #[arg(long, value_name = "HEX")]
+    key_hex: Option<String>,
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
+    #[arg(long)]
+    failure_timeout_ms: Option<u64>,
+    #[arg(long)]
+    startup_timeout_ms: Option<u64>,
+    #[arg(long)]
+    storage_timeout_ms: Option<u64>,
+    #[arg(long)]
+    arbiter_retry_ms: Option<u64>,
+    #[arg(long)]
+    disk_sectors: Option<u64>,
+    #[arg(long)]
+    slice_exits_max: Option<u64>,
+    #[arg(long, value_name = "true|false")]
+    sync_writes: Option<bool>,
+    #[arg(long, value_name = "SHELL COMMAND")]
+    go_live_command: Option<String>,
+}
+
+impl NodeArgs {
+    fn config(self) -> Result<NodeConfig, CliError> {
+        let file = match &self.config {
+            Some(path) => NodeConfig::load(path)?,
+            None => NodeConfig::default(),
+        };
+        let flags = NodeConfig {
+            name: self.name,
+            guest: self.guest,
+            pair_id: self.pair_id,
+            channel_listen: self.channel_listen,
+            channel_peer: self.channel_peer,
+            heartbeat_listen: self.heartbeat_listen,
+            heartbeat_peer: self.heartbeat_peer,
+            service: self.service,
+            status: self.status_addr,
+            metrics: self.metrics_addr,
+            disk: self.disk,
+            arbiter: self.arbiter,
+            key_hex: self.key_hex,
+            key_file: self.key_file,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            failure_timeout_ms: self.failure_timeout_ms,
+            startup_timeout_ms: self.startup_timeout_ms,
+            storage_timeout_ms: self.storage_timeout_ms,
+            arbiter_retry_ms: self.arbiter_retry_ms,
+            disk_sectors: self.disk_sectors,
+            slice_exits_max: self.slice_exits_max,
+            sync_writes: self.sync_writes,
+            go_live_command: self.go_live_command,
+        };
+        Ok(file.overridden_by(flags))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the primary of a fault-tolerant pair (connects to its backup, serves clients).
+    Primary(NodeArgs),
+    /// Run the backup of a fault-tolerant pair (replays the primary's log, takes over when it fails).
+    Backup(NodeArgs),
+    /// The whole story on localhost: a pair, a client, kill -9 of the primary, failover, checks.
+    Demo {
+        /// Print a JSON summary instead of the timeline.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 1)]
+        trials: u32,
+        /// Seed of the client load and the kill moments (default: from the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Failure detection timeout of the pair.
+        #[arg(long, default_value_t = 150)]
+        failure_timeout_ms: u64,
+        /// Freeze the primary (SIGSTOP, a silent failure detected by the timeout) instead of kill -9.
+        #[arg(long)]
+        freeze: bool,
+    },
+    /// Failover time, Output Rule latency, log bandwidth and throughput over demo trials and a non-FT baseline.
+    ReportFailover {
+        #[arg(long, default_value_t = 5)]
+        trials: u32,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, default_value_t = 150)]
+        failure_timeout_ms: u64,
+        /// Freeze the primary (SIGSTOP) instead of kill -9.
+        #[arg(long)]
+        freeze: bool,
+    },
+    /// Print the status of a running node.
+    Status {
+        /// The node's status address (`status` in its config).
+        #[arg(long, value_name = "ADDR")]
+        addr: std::net::SocketAddr,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the corpus guests.
     Guests,
     /// Run a guest without fault tolerance: outputs are released at once.
@@ -149,12 +284,52 @@ fn finish_session(result: &SessionResult, args: &GuestArgs) -> Result<(), CliErr
     Ok(())
 }
 
+fn demo_options(
+    kvm_path: PathBuf,
+    trials: u32,
+    seed: Option<u64>,
+    failure_timeout_ms: u64,
+    freeze: bool,
+) -> cli::demo::DemoOptions {
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    cli::demo::DemoOptions { kvm_path, trials, seed, kill_after_ms: (300, 1500), failure_timeout_ms, freeze }
+}
+
 fn execute(cli: Cli) -> Result<(), CliError> {
     let kvm_path = cli
         .kvm_path
         .or_else(|| std::env::var_os("FTVM_KVM_PATH").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(KVM_PATH_DEFAULT));
     match cli.command {
+        Command::Primary(args) => cli::node::run(&kvm_path, args.config()?, StartAs::Primary),
+        Command::Backup(args) => cli::node::run(&kvm_path, args.config()?, StartAs::Backup),
+        Command::Demo { json, trials, seed, failure_timeout_ms, freeze } => {
+            let options = demo_options(kvm_path, trials, seed, failure_timeout_ms, freeze);
+            if cli::demo::run(&options, json)? {
+                Ok(())
+            } else {
+                Err(CliError::CheckFailed(
+                    "demo: lost requests, divergent outputs, split brain or errors (see above)".into(),
+                ))
+            }
+        }
+        Command::ReportFailover { trials, seed, failure_timeout_ms, freeze } => {
+            let options = demo_options(kvm_path, trials, seed, failure_timeout_ms, freeze);
+            if cli::demo::report(&options)? {
+                Ok(())
+            } else {
+                Err(CliError::CheckFailed("report-failover: a trial failed its checks".into()))
+            }
+        }
+        Command::Status { addr, json } => {
+            print!("{}", cli::status::fetch(addr, if json { "/json" } else { "/" })?);
+            if json {
+                println!();
+            }
+            Ok(())
+        }
         Command::Guests => {
             for name in kvm_backend::corpus::guest_names() {
                 println!("{name:<8} {}", describe(name));
@@ -208,7 +383,11 @@ fn execute(cli: Cli) -> Result<(), CliError> {
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FTVM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let cli = Cli::parse();
     match execute(cli) {
         Ok(()) => ExitCode::SUCCESS,

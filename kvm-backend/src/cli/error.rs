@@ -26,6 +26,9 @@ pub enum CliError {
     /// The guest did not finish within `--timeout-ms` (what was recorded is still valid).
     #[error("guest {guest}: no result after {timeout_ms} ms")]
     Timeout { guest: String, timeout_ms: u64 },
+    /// `ftvm demo` or `report-failover` found lost requests, divergent outputs or a split brain.
+    #[error("{0}")]
+    CheckFailed(String),
     /// The protocol core did something the driver does not expect of a pair whose backup is a file.
     #[error("protocol: {0}")]
     Protocol(String),

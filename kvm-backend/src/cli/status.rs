@@ -1,0 +1,308 @@
+//! What a running node tells `ftvm status` and Prometheus: its role, peer, execution lag, log bandwidth and the
+//! outputs it holds. The driver owns the node, so the figures are kept from what it reports through
+//! `Host::observe` (actions and received messages) and from the channel's byte counters.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use ft::log::Entry;
+use ft::wire::Message;
+use ft::{Action, Event};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::cli::auth::ChannelCounters;
+use crate::cli::error::CliError;
+
+/// The figures, as `ftvm status` prints them (JSON with `--json`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Snapshot {
+    pub name: String,
+    /// "primary", "backup", "live, not protected", "stopped", or "starting".
+    pub role: String,
+    pub epoch: u64,
+    pub peer: String,
+    pub channel_up: bool,
+    pub service: String,
+    pub service_bound: bool,
+    pub uptime_ms: u64,
+    pub log_entries_sent: u64,
+    pub log_entries_received: u64,
+    pub log_entries_acked: u64,
+    pub log_entries_replayed: u64,
+    pub channel_bytes_sent: u64,
+    pub channel_bytes_received: u64,
+    /// Log bytes per second since the channel came up.
+    pub log_bandwidth_bytes_per_s: u64,
+    /// How far the backup's replay is behind the primary: age of the oldest entry sent and not yet replayed.
+    pub execution_lag_ms: f64,
+    pub outputs_held: usize,
+    pub oldest_output_held_ms: f64,
+    pub outputs_released: u64,
+    /// How long the Output Rule held outputs (logged until released or issued to disk), over the last
+    /// `HOLDS_KEPT` outputs: the latency FT adds to each output.
+    pub output_hold_p50_us: f64,
+    pub output_hold_p99_us: f64,
+    /// Backup: from receiving a log entry to sending its acknowledgement.
+    pub ack_delay_p50_us: f64,
+    pub ack_delay_p99_us: f64,
+    pub went_live_at_ms: Option<u64>,
+    pub stopped: Option<String>,
+}
+
+/// Kept up to date by the host.
+#[derive(Default)]
+pub struct Board {
+    pub snapshot: Snapshot,
+    channel_up_ns: Option<u64>,
+    /// Log entries sent and not yet replayed by the backup, with when they were sent.
+    unreplayed: VecDeque<(u64, u64)>,
+    /// Outputs logged and not yet released, by output sequence number, with when they were logged.
+    held: BTreeMap<u64, u64>,
+    /// Recent hold times (ns), a ring of `HOLDS_KEPT`.
+    holds: Vec<u64>,
+    holds_next: usize,
+    /// Backup: entries received and not yet acknowledged, with when they arrived; recent ack delays (ns).
+    unacked: VecDeque<(u64, u64)>,
+    ack_delays: Vec<u64>,
+    ack_delays_next: usize,
+}
+
+/// Hold times kept for the percentiles.
+const HOLDS_KEPT: usize = 10_000;
+
+pub type SharedBoard = Rc<RefCell<Board>>;
+
+impl Board {
+    pub fn is_live(&self) -> bool {
+        matches!(self.snapshot.role.as_str(), "primary" | "live, not protected")
+    }
+
+    pub fn observe_action(&mut self, now_ns: u64, action: &Action) {
+        match action {
+            Action::Send(Message::Log { index, entry }) => {
+                self.snapshot.log_entries_sent = *index;
+                self.unreplayed.push_back((*index, now_ns));
+                if let Entry::Output { record, .. } = entry {
+                    self.held.insert(record.seq, now_ns);
+                }
+            }
+            Action::Release { output, .. } => {
+                self.release(now_ns, output.seq);
+                self.snapshot.outputs_released += 1;
+            }
+            Action::Storage { request: ft::storage::StorageRequest::Write { output_seq, .. }, .. } => {
+                self.release(now_ns, *output_seq);
+            }
+            Action::Send(Message::Ack { received, .. }) => {
+                while let Some(&(index, at)) = self.unacked.front() {
+                    if index > *received {
+                        break;
+                    }
+                    self.unacked.pop_front();
+                    Self::keep(&mut self.ack_delays, &mut self.ack_delays_next, now_ns.saturating_sub(at));
+                }
+            }
+            Action::Notify(event) => self.observe_event(now_ns, event),
+            _ => {}
+        }
+    }
+
+    fn release(&mut self, now_ns: u64, seq: u64) {
+        if let Some(logged_ns) = self.held.remove(&seq) {
+            Self::keep(&mut self.holds, &mut self.holds_next, now_ns.saturating_sub(logged_ns));
+        }
+    }
+
+    fn keep(ring: &mut Vec<u64>, next: &mut usize, value: u64) {
+        if ring.len() < HOLDS_KEPT {
+            ring.push(value);
+        } else {
+            ring[*next] = value;
+            *next = (*next + 1) % HOLDS_KEPT;
+        }
+    }
+
+    fn observe_event(&mut self, now_ns: u64, event: &Event) {
+        match event {
+            Event::ChannelUp { epoch } => {
+                self.snapshot.channel_up = true;
+                self.snapshot.epoch = *epoch;
+                self.channel_up_ns = Some(now_ns);
+            }
+            Event::PeerFailed { .. } => self.snapshot.channel_up = false,
+            Event::WentLive { epoch, .. } => {
+                self.snapshot.role = "live, not protected".into();
+                self.snapshot.epoch = *epoch;
+                self.snapshot.channel_up = false;
+                self.snapshot.went_live_at_ms = Some(now_ns / 1_000_000);
+                // Everything held is released or reissued by the new primary.
+                self.held.clear();
+                self.unreplayed.clear();
+            }
+            Event::LostRace { .. } | Event::Diverged(_) | Event::PoweredOff { .. } | Event::GuestStopped { .. } => {
+                self.snapshot.role = "stopped".into();
+            }
+            _ => {}
+        }
+    }
+
+    pub fn observe_received(&mut self, now_ns: u64, message: &Message) {
+        match message {
+            Message::Log { index, .. } => {
+                self.snapshot.log_entries_received = *index;
+                self.unacked.push_back((*index, now_ns));
+            }
+            Message::Ack { received, replayed, .. } => {
+                self.snapshot.log_entries_acked = *received;
+                self.snapshot.log_entries_replayed = *replayed;
+                while self.unreplayed.front().is_some_and(|(index, _)| index <= replayed) {
+                    self.unreplayed.pop_front();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn snapshot(&self, now_ns: u64, counters: &ChannelCounters) -> Snapshot {
+        let mut s = self.snapshot.clone();
+        s.uptime_ms = now_ns / 1_000_000;
+        s.channel_bytes_sent = counters.bytes_sent.get();
+        s.channel_bytes_received = counters.bytes_received.get();
+        if let Some(up) = self.channel_up_ns {
+            let seconds = (now_ns.saturating_sub(up) as f64 / 1e9).max(1e-3);
+            s.log_bandwidth_bytes_per_s = ((s.channel_bytes_sent + s.channel_bytes_received) as f64 / seconds) as u64;
+        }
+        s.execution_lag_ms = self.unreplayed.front().map_or(0.0, |(_, at)| now_ns.saturating_sub(*at) as f64 / 1e6);
+        s.outputs_held = self.held.len();
+        let percentile = |ring: &[u64], p: f64| {
+            let mut sorted = ring.to_vec();
+            sorted.sort_unstable();
+            sorted
+                .get(((sorted.len().saturating_sub(1)) as f64 * p).round() as usize)
+                .map_or(0.0, |ns| *ns as f64 / 1e3)
+        };
+        s.output_hold_p50_us = percentile(&self.holds, 0.5);
+        s.output_hold_p99_us = percentile(&self.holds, 0.99);
+        s.ack_delay_p50_us = percentile(&self.ack_delays, 0.5);
+        s.ack_delay_p99_us = percentile(&self.ack_delays, 0.99);
+        s.oldest_output_held_ms = self.held.values().min().map_or(0.0, |at| now_ns.saturating_sub(*at) as f64 / 1e6);
+        s
+    }
+}
+
+impl Snapshot {
+    pub fn text(&self) -> String {
+        let protected = match self.role.as_str() {
+            "live, not protected" => " (NOT PROTECTED: no backup)",
+            _ => "",
+        };
+        format!(
+            "node: {}\nrole: {}{protected}\nepoch: {}\npeer: {} (logging channel {})\nservice: {}{}\n\
+             execution lag: {:.3} ms\nlog: {} entries sent, {} received, {} acked, {} replayed\n\
+             log bandwidth: {} bytes/s ({} bytes sent, {} received)\noutputs held: {} (oldest {:.3} ms), {} released\n\
+             output rule hold: p50 {:.0} us, p99 {:.0} us\nbackup ack delay: p50 {:.0} us, p99 {:.0} us\n{}",
+            self.name,
+            self.role,
+            self.epoch,
+            self.peer,
+            if self.channel_up { "up" } else { "down" },
+            self.service,
+            if self.service_bound { " (bound)" } else { "" },
+            self.execution_lag_ms,
+            self.log_entries_sent,
+            self.log_entries_received,
+            self.log_entries_acked,
+            self.log_entries_replayed,
+            self.log_bandwidth_bytes_per_s,
+            self.channel_bytes_sent,
+            self.channel_bytes_received,
+            self.outputs_held,
+            self.oldest_output_held_ms,
+            self.outputs_released,
+            self.output_hold_p50_us,
+            self.output_hold_p99_us,
+            self.ack_delay_p50_us,
+            self.ack_delay_p99_us,
+            self.stopped.as_ref().map(|why| format!("stopped: {why}\n")).unwrap_or_default(),
+        )
+    }
+
+    pub fn prometheus(&self) -> String {
+        let role = |name: &str| u8::from(self.role == name);
+        let mut out = String::new();
+        let mut metric = |name: &str, help: &str, value: String| {
+            out.push_str(&format!("# HELP ftvm_{name} {help}\n# TYPE ftvm_{name} gauge\nftvm_{name} {value}\n"));
+        };
+        metric("role_primary", "1 if this node is the protected primary", role("primary").to_string());
+        metric("role_backup", "1 if this node is the backup", role("backup").to_string());
+        metric("role_unprotected", "1 if this node is live without a backup", role("live, not protected").to_string());
+        metric("epoch", "the pair's epoch", self.epoch.to_string());
+        metric("channel_up", "1 while the logging channel is up", u8::from(self.channel_up).to_string());
+        metric("execution_lag_seconds", "backup replay lag", format!("{}", self.execution_lag_ms / 1e3));
+        metric("log_entries_sent", "log entries sent", self.log_entries_sent.to_string());
+        metric("log_entries_received", "log entries received", self.log_entries_received.to_string());
+        metric("channel_bytes_sent", "logging channel bytes sent", self.channel_bytes_sent.to_string());
+        metric("channel_bytes_received", "logging channel bytes received", self.channel_bytes_received.to_string());
+        metric("log_bandwidth_bytes_per_second", "log bandwidth", self.log_bandwidth_bytes_per_s.to_string());
+        metric("outputs_held", "outputs held by the Output Rule", self.outputs_held.to_string());
+        metric(
+            "oldest_output_held_seconds",
+            "age of the oldest held output",
+            format!("{}", self.oldest_output_held_ms / 1e3),
+        );
+        metric("outputs_released", "outputs released", self.outputs_released.to_string());
+        metric("output_hold_p50_seconds", "median Output Rule hold", format!("{}", self.output_hold_p50_us / 1e6));
+        metric("output_hold_p99_seconds", "p99 Output Rule hold", format!("{}", self.output_hold_p99_us / 1e6));
+        out
+    }
+}
+
+/// Renders the figures for a request path: the body and its content type.
+pub type Render = Rc<dyn Fn(&str) -> (String, &'static str)>;
+
+/// Serves `render` over a minimal HTTP/1.0 endpoint (any request gets the figures).
+pub async fn serve(listener: TcpListener, render: Render) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let render = render.clone();
+        tokio::task::spawn_local(async move {
+            let mut request = vec![0u8; 4096];
+            let length = tokio::time::timeout(std::time::Duration::from_millis(500), stream.read(&mut request))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+            let request = String::from_utf8_lossy(&request[..length]).to_string();
+            let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let (body, content_type) = render(&path);
+            let response = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// `ftvm status --addr ADDR`: fetches `path` from a node's status endpoint and returns the body.
+pub fn fetch(addr: SocketAddr, path: &str) -> Result<String, CliError> {
+    use std::io::{Read, Write};
+    let what = || format!("status endpoint {addr}");
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+        .map_err(|error| CliError::io(what(), &error))?;
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .map_err(|error| CliError::io(what(), &error))?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|error| CliError::io(what(), &error))?;
+    match response.split_once("\r\n\r\n") {
+        Some((_, body)) => Ok(body.to_string()),
+        None => Err(CliError::Io { what: what(), reason: "not an HTTP response".into() }),
+    }
+}

@@ -1,0 +1,321 @@
+//! Two hosts: the primary and the backup in two network namespaces joined by veth pairs and a bridge (in a fourth
+//! namespace, the "switch"), the client in a third. The service IP lives on the primary's interface; the primary
+//! dies (its processes are killed and its link goes down, as a host that crashed), the backup goes live, moves the
+//! service IP to its own interface and announces it with a gratuitous ARP (`arping -U`, from iputils-arping); the
+//! client keeps working at the same service IP and no acknowledged put is lost.
+//!
+//! Needs root, `ip netns` and KVM: skipped with a printed reason otherwise (FT_REQUIRE_NETNS=1 and FT_REQUIRE_KVM=1
+//! turn the skips into failures). Without arping the client's neighbour cache is flushed instead (printed).
+//! Namespaces, processes and files are removed on every path.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ft::kv::{Op, Request, Response, Status};
+
+const FTVM: &str = env!("CARGO_BIN_EXE_ftvm");
+const SERVICE: &str = "10.77.0.100:7000";
+
+fn required(variable: &str) -> bool {
+    std::env::var(variable).is_ok_and(|value| value == "1")
+}
+
+fn skip(variable: &str, reason: &str) -> bool {
+    if required(variable) {
+        panic!("{variable}=1 but {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+    false
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip").args(args).output().map_err(|error| format!("ip: {error}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
+    }
+}
+
+/// Four namespaces and the links between them; deleted (with everything in them) on drop.
+struct Network {
+    names: Vec<String>,
+}
+
+impl Network {
+    fn namespace(&self, host: char) -> &str {
+        let index = "SABC".find(host).expect("a host");
+        &self.names[index]
+    }
+
+    fn build() -> Result<Network, String> {
+        let id = std::process::id();
+        let network = Network { names: "SABC".chars().map(|host| format!("ft{host}{id}")).collect() };
+        for name in &network.names {
+            ip(&["netns", "add", name])?;
+            ip(&["-n", name, "link", "set", "lo", "up"])?;
+        }
+        let switch = network.namespace('S').to_string();
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &switch, "link", "set", "br0", "up"])?;
+        for (host, address) in [('A', "10.77.0.1/24"), ('B', "10.77.0.2/24"), ('C', "10.77.0.3/24")] {
+            let port = format!("p{host}");
+            let namespace = network.namespace(host).to_string();
+            ip(&["-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &namespace])?;
+            ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&["-n", &namespace, "addr", "add", address, "dev", "eth0"])?;
+            ip(&["-n", &namespace, "link", "set", "eth0", "up"])?;
+        }
+        Ok(network)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
+/// Child processes, killed on drop; the scratch directory too.
+struct Nodes {
+    dir: PathBuf,
+    children: Vec<(char, Child)>,
+}
+
+impl Nodes {
+    fn start(&mut self, network: &Network, host: char, role: &str) {
+        let log = std::fs::File::create(self.dir.join(format!("{host}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", network.namespace(host), FTVM, role, "--config"])
+            .arg(self.dir.join(format!("{host}.toml")))
+            .env("FTVM_LOG", "info")
+            .env_remove("FTVM_KVM_PATH")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("ip netns exec ftvm starts");
+        self.children.push((host, child));
+    }
+
+    fn kill(&mut self, host: char) {
+        for (h, child) in &mut self.children {
+            if *h == host {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    fn log(&self, host: char) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{host}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::env::var_os("FTVM_KEEP_SCRATCH").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Runs `work` on a thread that has entered network namespace `name` (namespaces are per thread).
+fn in_namespace<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = Path::new("/var/run/netns").join(name);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("the namespace exists");
+        // SAFETY: setns on an open namespace descriptor affects only this thread.
+        let result = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(result, 0, "setns: {}", std::io::Error::last_os_error());
+        work()
+    })
+    .join()
+    .expect("the namespace thread")
+}
+
+fn config(dir: &Path, host: char, storage: &Path, arping: bool) {
+    let (name, me, peer) = if host == 'A' { ("a", "10.77.0.1", "10.77.0.2") } else { ("b", "10.77.0.2", "10.77.0.1") };
+    let (my_hb, peer_hb) = if host == 'A' { (7101, 7201) } else { (7201, 7101) };
+    let channel =
+        if host == 'A' { format!("channel_peer = \"{peer}:7102\"") } else { format!("channel_listen = \"{me}:7102\"") };
+    let garp = if arping { "(arping -U -c 3 -I eth0 10.77.0.100 >/dev/null 2>&1 &)" } else { "true" };
+    let text = format!(
+        "name = \"{name}\"\nguest = \"kv\"\npair_id = 77\n{channel}\nheartbeat_listen = \"{me}:{my_hb}\"\n\
+         heartbeat_peer = \"{peer}:{peer_hb}\"\nservice = \"{SERVICE}\"\nstatus = \"{me}:7110\"\n\
+         disk = \"{}\"\narbiter = \"{}\"\nkey_hex = \"{}\"\nheartbeat_interval_ms = 20\nfailure_timeout_ms = 150\n\
+         startup_timeout_ms = 5000\nstorage_timeout_ms = 500\n\
+         go_live_command = \"ip addr replace 10.77.0.100/24 dev eth0 && {garp}\"\n",
+        storage.join("disk.img").display(),
+        storage.join("arbiter").display(),
+        "ab".repeat(32),
+    );
+    std::fs::write(dir.join(format!("{host}.toml")), text).unwrap();
+}
+
+/// What the client saw: acknowledged puts per key, answers by request id, and when the answers came.
+#[derive(Default)]
+struct History {
+    acked: HashMap<u64, u64>,
+    maybe: HashMap<u64, Vec<u64>>,
+    /// (sent, answered) of every answered put.
+    answered_at: Vec<(Instant, Instant)>,
+    divergent: u64,
+}
+
+/// Puts for `duration`, one at a time, each attempt with its own id.
+fn client_load(duration: Duration, first_id: u64) -> History {
+    let socket = UdpSocket::bind("10.77.0.3:0").expect("client socket in the client namespace");
+    socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let service: SocketAddr = SERVICE.parse().unwrap();
+    let mut history = History::default();
+    let mut answers: HashMap<u64, Vec<u8>> = HashMap::new();
+    let start = Instant::now();
+    let mut id = first_id;
+    while start.elapsed() < duration {
+        id += 1;
+        let key = id % 16;
+        let request = Request { op: Op::Put, client: 3, request: id, key, value: id };
+        let sent = Instant::now();
+        let _ = socket.send_to(&request.encode(), service);
+        let deadline = Instant::now() + Duration::from_millis(40);
+        let mut answered = false;
+        let mut buffer = [0u8; 256];
+        while Instant::now() < deadline {
+            let Ok((length, _)) = socket.recv_from(&mut buffer) else { continue };
+            let Ok(response) = Response::decode(&buffer[..length]) else { continue };
+            let bytes = buffer[..length].to_vec();
+            if let Some(first) = answers.get(&response.request) {
+                history.divergent += u64::from(*first != bytes);
+                continue;
+            }
+            answers.insert(response.request, bytes);
+            if response.request == id && response.status == Status::Ok {
+                history.acked.insert(key, id);
+                history.maybe.remove(&key);
+                history.answered_at.push((sent, Instant::now()));
+                answered = true;
+                break;
+            }
+        }
+        if !answered {
+            history.maybe.entry(key).or_default().push(id);
+        }
+    }
+    history
+}
+
+fn read_key(socket: &UdpSocket, key: u64, id: u64) -> Option<u64> {
+    let service: SocketAddr = SERVICE.parse().unwrap();
+    let mut buffer = [0u8; 256];
+    for attempt in 0..50 {
+        let request = Request { op: Op::Get, client: 4, request: id * 100 + attempt, key, value: 0 };
+        let _ = socket.send_to(&request.encode(), service);
+        let deadline = Instant::now() + Duration::from_millis(100);
+        while Instant::now() < deadline {
+            let Ok((length, _)) = socket.recv_from(&mut buffer) else { continue };
+            if let Ok(response) = Response::decode(&buffer[..length]) {
+                if response.request == request.request {
+                    return Some(response.value);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn two_hosts_in_namespaces_the_service_ip_moves_to_the_backup() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip("FT_REQUIRE_NETNS", "not root: network namespaces need root");
+        return;
+    }
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        skip("FT_REQUIRE_KVM", "/dev/kvm unusable");
+        return;
+    }
+    let network = match Network::build() {
+        Ok(network) => network,
+        Err(error) => {
+            skip("FT_REQUIRE_NETNS", &format!("cannot build the namespaces: {error}"));
+            return;
+        }
+    };
+    // FT_NO_ARPING=1 exercises the fallback where arping is missing.
+    let arping = Command::new("arping").arg("-V").output().is_ok() && std::env::var_os("FT_NO_ARPING").is_none();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("netns-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let storage = dir.join("storage");
+    std::fs::create_dir_all(&storage).unwrap();
+    config(&dir, 'A', &storage, arping);
+    config(&dir, 'B', &storage, arping);
+    let mut nodes = Nodes { dir: dir.clone(), children: Vec::new() };
+    nodes.start(&network, 'B', "backup");
+    nodes.start(&network, 'A', "primary");
+    let start = Instant::now();
+    while !nodes.log('A').contains("ChannelUp") {
+        assert!(start.elapsed() < Duration::from_secs(10), "pair not up:\n{}\n{}", nodes.log('A'), nodes.log('B'));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Load before and through the failover, from the client namespace.
+    let client_ns = network.namespace('C').to_string();
+    let load = std::thread::spawn(move || in_namespace(&client_ns, || client_load(Duration::from_secs(4), 0)));
+    std::thread::sleep(Duration::from_millis(1000));
+    // Host A dies: its processes are killed and its link goes down.
+    let killed_at = Instant::now();
+    nodes.kill('A');
+    ip(&["-n", network.namespace('A'), "link", "set", "eth0", "down"]).unwrap();
+    if !arping {
+        eprintln!("NOTE: arping (iputils-arping) not installed: flushing the client's neighbour cache instead");
+        while !nodes.log('B').contains("WentLive") && killed_at.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ip(&["-n", network.namespace('C'), "neigh", "flush", "all"]).unwrap();
+    }
+    let history = load.join().unwrap();
+    let b_log = nodes.log('B');
+    assert!(b_log.contains("WentLive"), "the backup went live:\n{b_log}");
+    assert!(b_log.contains(&format!("service address {SERVICE} bound")), "the backup took the service IP:\n{b_log}");
+    let after: Vec<Instant> =
+        history.answered_at.iter().filter(|(sent, _)| *sent > killed_at).map(|(_, answered)| *answered).collect();
+    let before = history.answered_at.iter().filter(|(_, answered)| *answered < killed_at).count();
+    assert!(before > 0, "answers before the kill");
+    let first_after = after.first().expect("the client was answered after the failover, at the same service IP");
+    eprintln!(
+        "two hosts: {before} answers before the kill, {} after; first answer {:.1} ms after the kill (arping: {arping})",
+        after.len(),
+        first_after.duration_since(killed_at).as_secs_f64() * 1e3
+    );
+    assert_eq!(history.divergent, 0);
+    // Nothing acknowledged is lost.
+    let client_ns = network.namespace('C').to_string();
+    let acked = history.acked.clone();
+    let maybe = history.maybe.clone();
+    let lost = in_namespace(&client_ns, move || {
+        let socket = UdpSocket::bind("10.77.0.3:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut lost = Vec::new();
+        for (key, value) in &acked {
+            let read = read_key(&socket, *key, 1_000_000 + key);
+            let allowed = read == Some(*value) || read.is_some_and(|v| maybe.get(key).is_some_and(|m| m.contains(&v)));
+            if !allowed {
+                lost.push((*key, *value, read));
+            }
+        }
+        lost
+    });
+    assert!(lost.is_empty(), "acknowledged puts lost (key, acked, read): {lost:?}\n{b_log}");
+    drop(nodes);
+    drop(network);
+}
