@@ -37,16 +37,26 @@ pub enum Observation<'a> {
     ChannelError(&'a str),
 }
 
-/// The environment of one node. Time is read only through `now_ns`; in the simulator it is simulated time.
+/// The node's clock. Time is read only here; in the simulator it is simulated time.
 #[allow(async_fn_in_trait)]
-pub trait Host: 'static {
+pub trait Clock {
     fn now_ns(&self) -> u64;
     /// Simulated CPU time a guest slice takes (0 on real hardware, where running the guest takes real time).
     fn guest_slice_ns(&self) -> u64;
     async fn sleep_until_ns(&self, deadline_ns: u64);
+}
+
+/// The datagram side of the network, for heartbeats. (The logging channel, the ordered reliable side, is any
+/// tokio `AsyncRead + AsyncWrite` stream handed to [`run`].)
+#[allow(async_fn_in_trait)]
+pub trait Datagrams {
     async fn send_heartbeat(&self, frame: Vec<u8>);
     /// The next heartbeat datagram; `None` when the socket is gone.
     async fn recv_heartbeat(&self) -> Option<Vec<u8>>;
+}
+
+/// The shared disk. Requests carry the node's epoch; storage refuses older epochs (fencing).
+pub trait BlockStorage {
     fn storage_read(&self, epoch: u64, target: DiskTarget) -> impl Future<Output = Result<Vec<u8>, StorageError>>;
     fn storage_write(
         &self,
@@ -54,13 +64,33 @@ pub trait Host: 'static {
         target: DiskTarget,
         data: Vec<u8>,
     ) -> impl Future<Output = Result<(), StorageError>>;
+}
+
+/// The atomic test-and-set on shared storage that decides who goes live.
+pub trait Arbiter {
+    /// Moves the record from `expected_epoch` to `expected_epoch + 1` for this node if it is still at
+    /// `expected_epoch` (or already moved for this node: a retry after a lost reply must still win).
     fn test_and_set(&self, expected_epoch: u64) -> impl Future<Output = ArbiterOutcome>;
+}
+
+/// The outside world the guest serves.
+#[allow(async_fn_in_trait)]
+pub trait Outside {
     /// Delivers a released console line or frame.
     fn release(&self, epoch: u64, output: &Output);
-    /// The next frame from the outside for the guest's network device; only awaited while live.
+    /// The next frame from the outside for the guest's network device (dropped by a node that is not live).
     async fn recv_frame(&self) -> Option<Vec<u8>>;
+}
+
+/// Where the driver reports what happens, for timelines, status and checkers.
+pub trait Observer {
     fn observe(&self, now_ns: u64, observation: Observation);
 }
+
+/// Everything a node's environment provides.
+pub trait Host: Clock + Datagrams + BlockStorage + Arbiter + Outside + Observer + 'static {}
+
+impl<T: Clock + Datagrams + BlockStorage + Arbiter + Outside + Observer + 'static> Host for T {}
 
 /// Delay before retrying a storage request that found storage unreachable.
 const STORAGE_RETRY_NS: u64 = 20_000_000;

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
-use ft::driver::{Host, Observation, StorageError};
+use ft::driver::{Arbiter, BlockStorage, Clock, Datagrams, Observation, Observer, Outside, StorageError};
 use ft::log::{DiskTarget, Entry, Output, OutputKind};
 use ft::storage::StorageRequest;
 use ft::wire::Message;
@@ -53,7 +53,7 @@ pub fn now_ns() -> u64 {
     turmoil::sim_elapsed().map_or(0, |elapsed| elapsed.as_nanos() as u64)
 }
 
-impl Host for SimHost {
+impl Clock for SimHost {
     fn now_ns(&self) -> u64 {
         now_ns()
     }
@@ -69,7 +69,9 @@ impl Host for SimHost {
         }
         tokio::time::sleep(Duration::from_nanos(deadline_ns.saturating_sub(now))).await;
     }
+}
 
+impl Datagrams for SimHost {
     async fn send_heartbeat(&self, frame: Vec<u8>) {
         let _ = self.heartbeat.send_to(&frame, self.peer_heartbeat).await;
     }
@@ -80,7 +82,9 @@ impl Host for SimHost {
         buffer.truncate(length);
         Some(buffer)
     }
+}
 
+impl BlockStorage for SimHost {
     async fn storage_read(&self, epoch: u64, target: DiskTarget) -> Result<Vec<u8>, StorageError> {
         storage_host::read(epoch, target).await
     }
@@ -88,11 +92,15 @@ impl Host for SimHost {
     async fn storage_write(&self, epoch: u64, target: DiskTarget, data: Vec<u8>) -> Result<(), StorageError> {
         storage_host::write(epoch, target, data).await
     }
+}
 
+impl Arbiter for SimHost {
     async fn test_and_set(&self, expected_epoch: u64) -> ArbiterOutcome {
         storage_host::test_and_set(expected_epoch, self.id).await
     }
+}
 
+impl Outside for SimHost {
     fn release(&self, _epoch: u64, output: &Output) {
         if output.kind == OutputKind::NetTransmit && output.bytes.len() >= ft::kv::PEER_BYTES {
             let peer = &output.bytes[..ft::kv::PEER_BYTES];
@@ -117,7 +125,9 @@ impl Host for SimHost {
             return Some(frame);
         }
     }
+}
 
+impl Observer for SimHost {
     fn observe(&self, now_ns: u64, observation: Observation) {
         let mut world = self.world.borrow_mut();
         world.now_ns = now_ns;

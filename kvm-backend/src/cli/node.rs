@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ft::driver::{Host, Observation, StorageError};
+use ft::driver::{Arbiter, BlockStorage, Clock, Datagrams, Observation, Observer, Outside, StorageError};
 use ft::log::{DiskTarget, Output, OutputKind};
 use ft::{Action, ArbiterOutcome, Event, Node};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -88,7 +88,7 @@ impl NetHost {
     }
 }
 
-impl Host for NetHost {
+impl Clock for NetHost {
     fn now_ns(&self) -> u64 {
         self.now()
     }
@@ -110,7 +110,9 @@ impl Host for NetHost {
         }
         tokio::time::sleep(Duration::from_nanos(deadline_ns - now)).await;
     }
+}
 
+impl Datagrams for NetHost {
     async fn send_heartbeat(&self, frame: Vec<u8>) {
         let datagram = auth::seal_heartbeat(&self.key, self.pair_id, frame);
         let _ = self.heartbeat.send_to(&datagram, self.peer_heartbeat).await;
@@ -135,7 +137,9 @@ impl Host for NetHost {
             }
         }
     }
+}
 
+impl BlockStorage for NetHost {
     async fn storage_read(&self, epoch: u64, target: DiskTarget) -> Result<Vec<u8>, StorageError> {
         self.blocking(move |storage| storage.read(epoch, target)).await.unwrap_or(Err(StorageError::Unreachable))
     }
@@ -145,7 +149,9 @@ impl Host for NetHost {
             .await
             .unwrap_or(Err(StorageError::Unreachable))
     }
+}
 
+impl Arbiter for NetHost {
     async fn test_and_set(&self, expected_epoch: u64) -> ArbiterOutcome {
         let me = self.name.clone();
         match self.blocking(move |storage| storage.test_and_set(expected_epoch, &me)).await {
@@ -163,7 +169,9 @@ impl Host for NetHost {
             }
         }
     }
+}
 
+impl Outside for NetHost {
     fn release(&self, _epoch: u64, output: &Output) {
         match output.kind {
             OutputKind::NetTransmit if output.bytes.len() >= ft::kv::PEER_BYTES => {
@@ -201,7 +209,9 @@ impl Host for NetHost {
             return Some(frame);
         }
     }
+}
 
+impl Observer for NetHost {
     fn observe(&self, _now_ns: u64, observation: Observation) {
         // The clock now, not the driver's `now_ns` (taken before the guest slice that produced the action): the
         // hold and ack-delay figures measure when things really happen.
