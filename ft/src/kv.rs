@@ -8,6 +8,22 @@
 
 /// Bytes of the peer address that prefixes every frame.
 pub const PEER_BYTES: usize = 6;
+/// The frame the guest's network device carries for a datagram `payload` that came from `from`.
+pub fn frame_from_datagram(from: std::net::SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(PEER_BYTES + payload.len());
+    frame.extend_from_slice(&from.ip().octets());
+    frame.extend_from_slice(&from.port().to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Where a frame the guest transmitted goes, and its payload; `None` for a frame too short to carry a peer.
+pub fn datagram_from_frame(frame: &[u8]) -> Option<(std::net::SocketAddrV4, &[u8])> {
+    let (peer, payload) = (frame.get(..PEER_BYTES)?, frame.get(PEER_BYTES..)?);
+    let ip = std::net::Ipv4Addr::new(peer[0], peer[1], peer[2], peer[3]);
+    Some((std::net::SocketAddrV4::new(ip, u16::from_be_bytes([peer[4], peer[5]])), payload))
+}
+
 /// Bytes of an encoded request.
 pub const REQUEST_BYTES: usize = 40;
 /// Bytes of an encoded response.
@@ -175,6 +191,14 @@ mod tests {
         let mut bad = request.encode();
         bad[4] = 9;
         assert_eq!(Request::decode(&bad), Err(DecodeError::Op(9)));
+    }
+
+    #[test]
+    fn frames_carry_the_peer() {
+        let peer = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 1, 2, 3), 8080);
+        let frame = frame_from_datagram(peer, b"payload");
+        assert_eq!(datagram_from_frame(&frame), Some((peer, &b"payload"[..])));
+        assert_eq!(datagram_from_frame(&frame[..3]), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A simulated FT host: runs one protocol node over turmoil sockets and reports to the world.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -102,14 +102,12 @@ impl Arbiter for SimHost {
 
 impl Outside for SimHost {
     fn release(&self, _epoch: u64, output: &Output) {
-        if output.kind == OutputKind::NetTransmit && output.bytes.len() >= ft::kv::PEER_BYTES {
-            let peer = &output.bytes[..ft::kv::PEER_BYTES];
-            let ip = Ipv4Addr::new(peer[0], peer[1], peer[2], peer[3]);
-            let port = u16::from_be_bytes([peer[4], peer[5]]);
-            let payload = output.bytes[ft::kv::PEER_BYTES..].to_vec();
-            let target = SocketAddr::new(IpAddr::V4(ip), port);
+        if output.kind != OutputKind::NetTransmit {
+            return;
+        }
+        if let Some((target, payload)) = ft::kv::datagram_from_frame(&output.bytes) {
             // try_send_to: a datagram to a partitioned client is simply lost, as on a real network.
-            let _ = self.service.try_send_to(&payload, target);
+            let _ = self.service.try_send_to(payload, SocketAddr::V4(target));
         }
     }
 
@@ -117,12 +115,8 @@ impl Outside for SimHost {
         let mut buffer = vec![0u8; ft::abi::NET_FRAME_BYTES_MAX];
         loop {
             let (length, from) = self.service.recv_from(&mut buffer).await.ok()?;
-            let IpAddr::V4(ip) = from.ip() else { continue };
-            let mut frame = Vec::with_capacity(ft::kv::PEER_BYTES + length);
-            frame.extend_from_slice(&ip.octets());
-            frame.extend_from_slice(&from.port().to_be_bytes());
-            frame.extend_from_slice(&buffer[..length]);
-            return Some(frame);
+            let SocketAddr::V4(from) = from else { continue };
+            return Some(ft::kv::frame_from_datagram(from, &buffer[..length]));
         }
     }
 }

@@ -4,7 +4,7 @@
 //! service address, bound by the live primary only.
 
 use std::cell::RefCell;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -174,13 +174,11 @@ impl Arbiter for NetHost {
 impl Outside for NetHost {
     fn release(&self, _epoch: u64, output: &Output) {
         match output.kind {
-            OutputKind::NetTransmit if output.bytes.len() >= ft::kv::PEER_BYTES => {
-                let peer = &output.bytes[..ft::kv::PEER_BYTES];
-                let ip = Ipv4Addr::new(peer[0], peer[1], peer[2], peer[3]);
-                let port = u16::from_be_bytes([peer[4], peer[5]]);
-                let target = SocketAddr::new(IpAddr::V4(ip), port);
-                if let Some(socket) = self.service.borrow().as_ref() {
-                    let _ = socket.try_send_to(&output.bytes[ft::kv::PEER_BYTES..], target);
+            OutputKind::NetTransmit => {
+                if let (Some((target, payload)), Some(socket)) =
+                    (ft::kv::datagram_from_frame(&output.bytes), self.service.borrow().as_ref())
+                {
+                    let _ = socket.try_send_to(payload, SocketAddr::V4(target));
                 }
             }
             OutputKind::Console => {
@@ -201,12 +199,8 @@ impl Outside for NetHost {
                 continue;
             };
             let (length, from) = socket.recv_from(&mut buffer).await.ok()?;
-            let IpAddr::V4(ip) = from.ip() else { continue };
-            let mut frame = Vec::with_capacity(ft::kv::PEER_BYTES + length);
-            frame.extend_from_slice(&ip.octets());
-            frame.extend_from_slice(&from.port().to_be_bytes());
-            frame.extend_from_slice(&buffer[..length]);
-            return Some(frame);
+            let SocketAddr::V4(from) = from else { continue };
+            return Some(ft::kv::frame_from_datagram(from, &buffer[..length]));
         }
     }
 }
