@@ -68,6 +68,9 @@ struct NodeArgs {
     name: Option<String>,
     #[arg(long, value_name = "NAME|PATH.elf")]
     guest: Option<String>,
+    /// `kvm` (default) or `model` (the model guest, without KVM).
+    #[arg(long, value_name = "kvm|model")]
+    machine: Option<String>,
     #[arg(long)]
     pair_id: Option<u64>,
     #[arg(long, value_name = "ADDR")]
@@ -121,6 +124,7 @@ impl NodeArgs {
         let flags = NodeConfig {
             name: self.name,
             guest: self.guest,
+            machine: self.machine,
             pair_id: self.pair_id,
             channel_listen: self.channel_listen,
             channel_peer: self.channel_peer,
@@ -294,7 +298,8 @@ fn demo_options(
     let seed = seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     });
-    cli::demo::DemoOptions { kvm_path, trials, seed, kill_after_ms: (300, 1500), failure_timeout_ms, freeze }
+    let machine = cli::machine::demo_machine(&kvm_path);
+    cli::demo::DemoOptions { machine, trials, seed, kill_after_ms: (300, 1500), failure_timeout_ms, freeze }
 }
 
 fn execute(cli: Cli) -> Result<(), CliError> {

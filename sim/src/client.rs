@@ -1,6 +1,7 @@
-//! Simulated clients of the key-value service. The service address "moves" at failover: a client sends each
-//! request to both FT hosts and only the live primary answers (a backup drops client traffic, as its hypervisor
-//! drops the backup VM's network I/O). Every operation goes into the history checked by `check::history`.
+//! Simulated clients of the key-value service. The service address moves at failover: a client sends each
+//! attempt to the host that holds the address at that moment (`World::service_owner`, the simulator's stand-in
+//! for the gratuitous ARP), and a backup drops any client traffic, as its hypervisor drops the backup VM's
+//! network I/O. Every operation goes into the history checked by `check::history`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -63,8 +64,13 @@ pub async fn client_main(client: u32, world: SharedWorld, seed: u64, stop_ns: u6
         // different versions, and only answers to the same id must be identical (FT duplicates).
         'attempts: for attempt in 0..ATTEMPTS_MAX {
             let bytes = Request { request: (counter << 3) | u64::from(attempt), ..request }.encode();
-            for server in &servers {
-                let _ = socket.try_send_to(&bytes, *server);
+            // Like a real client of a moving service address, send to whoever holds it now; a request in flight
+            // at failover is lost with the old primary and retried (a new attempt id), never delivered twice.
+            let owner = world.borrow().service_owner();
+            for (node, server) in NodeId::ALL.iter().zip(&servers) {
+                if owner.is_none_or(|owner| owner == *node) {
+                    let _ = socket.try_send_to(&bytes, *server);
+                }
             }
             let deadline_ns = now_ns() + ATTEMPT_TIMEOUT.as_nanos() as u64;
             loop {

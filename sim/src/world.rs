@@ -113,6 +113,18 @@ impl World {
         Rc::new(RefCell::new(world))
     }
 
+    /// The node that holds the service address: the live primary of the newest epoch (as a gratuitous ARP would
+    /// announce it). `None` while nobody is known to be live.
+    pub fn service_owner(&self) -> Option<NodeId> {
+        NodeId::ALL
+            .into_iter()
+            .filter(|node| {
+                !self.crashed[node.index()]
+                    && matches!(self.role[node.index()], Some(ft::Role::Primary) | Some(ft::Role::Unprotected))
+            })
+            .max_by_key(|node| self.role_epoch[node.index()])
+    }
+
     /// Adds a timeline line stamped with simulated time.
     pub fn log(&mut self, who: &str, what: impl AsRef<str>) {
         let line = format!("{:>8.3}s {who:<8} {}", self.now_ns as f64 / 1e9, what.as_ref());

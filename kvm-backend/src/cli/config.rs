@@ -16,6 +16,9 @@ pub struct NodeConfig {
     pub name: Option<String>,
     /// A corpus guest (`kv`) or a path to a guest ELF. Primary and backup must run the same image.
     pub guest: Option<String>,
+    /// `kvm` (the default) or `model`: the deterministic model guest of corpus/model running the same workload,
+    /// for machines without a usable /dev/kvm (what `ftvm demo` falls back to).
+    pub machine: Option<String>,
     /// Identifies the pair; a backup refuses a primary of another pair.
     pub pair_id: Option<u64>,
     /// Backup: where it accepts the logging channel (TCP).
@@ -80,6 +83,7 @@ impl NodeConfig {
         pick!(
             name,
             guest,
+            machine,
             pair_id,
             channel_listen,
             channel_peer,

@@ -30,7 +30,8 @@ const AFTER_FAILOVER: Duration = Duration::from_millis(400);
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
-    pub kvm_path: PathBuf,
+    /// KVM if usable, else the model guest.
+    pub machine: machine::MachineKind,
     pub trials: u32,
     pub seed: u64,
     /// Kill the primary between these many milliseconds after the load starts.
@@ -159,7 +160,7 @@ pub struct PairConfigs {
     pub b: NodeConfig,
 }
 
-pub fn localhost_pair(dir: &Path, seed: u64, failure_timeout_ms: u64) -> PairConfigs {
+pub fn localhost_pair(dir: &Path, seed: u64, failure_timeout_ms: u64, machine: &machine::MachineKind) -> PairConfigs {
     let mut key = Vec::new();
     let mut state =
         seed ^ SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
@@ -170,6 +171,7 @@ pub fn localhost_pair(dir: &Path, seed: u64, failure_timeout_ms: u64) -> PairCon
     let (channel, hb_a, hb_b, service) = (free_tcp(), free_udp(), free_udp(), free_udp());
     let base = NodeConfig {
         guest: Some("kv".into()),
+        machine: Some(machine.config_value().into()),
         pair_id: Some(seed | 1),
         service: Some(service),
         disk: Some(dir.join("disk.img")),
@@ -420,7 +422,7 @@ fn second_of_day(time: SystemTime) -> f64 {
 pub fn trial(options: &DemoOptions, index: u32) -> Result<Trial, CliError> {
     let mut scratch = Scratch::new("demo")?;
     let seed = splitmix(options.seed ^ u64::from(index));
-    let configs = localhost_pair(&scratch.dir, seed, options.failure_timeout_ms);
+    let configs = localhost_pair(&scratch.dir, seed, options.failure_timeout_ms, &options.machine);
     let a_path = write_config(&scratch.dir, "a", &configs.a)?;
     let b_path = write_config(&scratch.dir, "b", &configs.b)?;
     let mut out = Trial::default();
@@ -430,7 +432,10 @@ pub fn trial(options: &DemoOptions, index: u32) -> Result<Trial, CliError> {
     let b_pid = scratch.spawn("b", "backup", &b_path)?;
     out.timeline.push((at(Instant::now()), format!("backup b started (pid {b_pid}), waiting for its primary")));
     let a_pid = scratch.spawn("a", "primary", &a_path)?;
-    out.timeline.push((at(Instant::now()), format!("primary a started (pid {a_pid}), guest kv on KVM")));
+    out.timeline.push((
+        at(Instant::now()),
+        format!("primary a started (pid {a_pid}), guest kv {}", options.machine.describe()),
+    ));
     let protected = wait_for(Duration::from_secs(10), || {
         status_json(configs.a.status).is_some_and(|s| s["channel_up"] == true && s["service_bound"] == true)
     });
@@ -564,9 +569,9 @@ pub fn trial(options: &DemoOptions, index: u32) -> Result<Trial, CliError> {
 
 /// A primary alone (no backup: outputs released at once), for the non-FT baseline: latencies (µs) and requests
 /// per second over `duration`.
-pub fn baseline(duration: Duration, seed: u64) -> Result<(Vec<f64>, f64), CliError> {
+pub fn baseline(duration: Duration, seed: u64, machine: &machine::MachineKind) -> Result<(Vec<f64>, f64), CliError> {
     let mut scratch = Scratch::new("baseline")?;
-    let mut configs = localhost_pair(&scratch.dir, seed, 150);
+    let mut configs = localhost_pair(&scratch.dir, seed, 150, machine);
     configs.a.startup_timeout_ms = Some(100);
     let a_path = write_config(&scratch.dir, "a", &configs.a)?;
     scratch.spawn("a", "primary", &a_path)?;
@@ -591,7 +596,7 @@ pub fn baseline(duration: Duration, seed: u64) -> Result<(Vec<f64>, f64), CliErr
 
 #[derive(Serialize)]
 struct Summary {
-    guest: &'static str,
+    guest: String,
     trials: u32,
     failover_ms: Option<f64>,
     failover_ms_all: Vec<Option<f64>>,
@@ -606,11 +611,10 @@ struct Summary {
 
 /// `ftvm demo`.
 pub fn run(options: &DemoOptions, json: bool) -> Result<bool, CliError> {
-    machine::check_kvm(&options.kvm_path)?;
     if !json {
         println!(
-            "ftvm demo: backup and primary as child processes on localhost, guest `kv` on KVM ({})",
-            options.kvm_path.display()
+            "ftvm demo: backup and primary as child processes on localhost, guest `kv` {}",
+            options.machine.describe()
         );
     }
     let mut trials = Vec::new();
@@ -640,7 +644,10 @@ pub fn run(options: &DemoOptions, json: bool) -> Result<bool, CliError> {
     let mut failovers: Vec<f64> = trials.iter().filter_map(|t| t.failover_ms).collect();
     failovers.sort_by(f64::total_cmp);
     let summary = Summary {
-        guest: "kv (KVM)",
+        guest: match options.machine {
+            machine::MachineKind::Kvm => "kv (KVM)".to_string(),
+            machine::MachineKind::Model { .. } => "kv (model guest, no KVM)".to_string(),
+        },
         trials: options.trials,
         failover_ms: failovers.get(failovers.len() / 2).copied(),
         failover_ms_all: trials.iter().map(|t| t.failover_ms).collect(),
@@ -677,7 +684,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// `ftvm report-failover`: the figures of `trials` demo trials and a non-FT baseline.
 pub fn report(options: &DemoOptions) -> Result<bool, CliError> {
-    machine::check_kvm(&options.kvm_path)?;
     let mut trials = Vec::new();
     for index in 0..options.trials {
         let result = trial(options, index)?;
@@ -690,7 +696,7 @@ pub fn report(options: &DemoOptions) -> Result<bool, CliError> {
         );
         trials.push(result);
     }
-    let (mut plain, plain_rps) = baseline(Duration::from_secs(2), options.seed)?;
+    let (mut plain, plain_rps) = baseline(Duration::from_secs(2), options.seed, &options.machine)?;
     plain.sort_by(f64::total_cmp);
     let mut failovers: Vec<f64> = trials.iter().filter_map(|t| t.failover_ms).collect();
     failovers.sort_by(f64::total_cmp);

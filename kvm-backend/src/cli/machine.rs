@@ -80,6 +80,61 @@ pub fn new_guest(kvm_path: &Path, image: &GuestImage) -> Result<KvmGuest, CliErr
     })
 }
 
+/// Which machine a node runs its guest on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MachineKind {
+    Kvm,
+    /// The deterministic model guest (corpus/model), with the reason KVM was not used.
+    Model {
+        why: String,
+    },
+}
+
+impl MachineKind {
+    /// The `machine` config value.
+    pub fn config_value(&self) -> &'static str {
+        match self {
+            MachineKind::Kvm => "kvm",
+            MachineKind::Model { .. } => "model",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            MachineKind::Kvm => "on KVM".into(),
+            MachineKind::Model { why } => format!("on the model guest over real sockets ({why})"),
+        }
+    }
+}
+
+/// KVM where it is usable, else the model guest: what `ftvm demo` runs.
+pub fn demo_machine(kvm_path: &Path) -> MachineKind {
+    match check_kvm(kvm_path) {
+        Ok(()) => MachineKind::Kvm,
+        Err(CliError::KvmUnavailable { path, reason }) => {
+            MachineKind::Model { why: format!("no usable KVM: {path}: {reason}") }
+        }
+        Err(error) => MachineKind::Model { why: format!("no usable KVM: {error}") },
+    }
+}
+
+/// The guest of a `primary`/`backup` node: a KVM VM, or the model guest running the same corpus workload.
+pub fn new_node_guest(
+    kvm_path: &Path,
+    image: &GuestImage,
+    machine: Option<&str>,
+) -> Result<Box<dyn ft::Guest>, CliError> {
+    match machine.unwrap_or("kvm") {
+        "kvm" => Ok(Box::new(new_guest(kvm_path, image)?)),
+        "model" => model_guest::ModelGuest::from_name(&image.name)
+            .map(|guest| Box::new(guest) as Box<dyn ft::Guest>)
+            .ok_or_else(|| {
+                CliError::Usage(format!("the model guest has no workload {:?} (it has kv, timer, cpu)", image.name))
+            }),
+        other => Err(CliError::Usage(format!("machine {other:?}: expected kvm or model"))),
+    }
+}
+
 /// The pair id of a recording with a disk of `disk_sectors` sectors.
 pub fn recording_pair_id(disk_sectors: u64) -> u64 {
     assert!(disk_sectors <= RECORDING_SECTORS_MASK, "disk size is bounded by DISK_BYTES_MAX");

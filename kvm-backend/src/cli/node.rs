@@ -245,7 +245,9 @@ fn run_go_live_command(name: &str, command: &str) {
 pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(), CliError> {
     let guest_spec = NodeConfig::required(&config.guest, "guest")?.clone();
     let image = GuestImage::resolve(&guest_spec)?;
-    machine::check_kvm(kvm_path)?;
+    if config.machine.as_deref() != Some("model") {
+        machine::check_kvm(kvm_path)?;
+    }
     let key = config.key()?;
     let storage = Arc::new(SharedStorage {
         disk: NodeConfig::required(&config.disk, "disk")?.clone(),
@@ -321,7 +323,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
             counters: Rc::new(ChannelCounters::default()),
         });
         serve_status(&host, config.status, config.metrics).await?;
-        let guest = machine::new_guest(kvm_path, &image)?;
+        let guest = machine::new_node_guest(kvm_path, &image, config.machine.as_deref())?;
         let mut entropy = OsEntropy::open()?;
         let startup = Duration::from_millis(protocol.startup_timeout_ms);
         let (node, channel) = match start_as {

@@ -155,7 +155,7 @@ impl Platform {
             }
             abi::CLOCK_HI => (self.clock_latched_ns >> 32) as u32,
             abi::ENTROPY => {
-                self.entropy_state = crate::model::mix64(self.entropy_state.wrapping_add(1));
+                self.entropy_state = crate::mix64(self.entropy_state.wrapping_add(1));
                 self.entropy_state as u32
             }
             abi::DISK_COMPLETION => match self.completions.pop_front() {
