@@ -2,6 +2,10 @@
 //! exit, refuse damaged logs cleanly, and explain a missing KVM device. Each guest is recorded once per test
 //! process and the recordings are shared (and copied before tampering).
 
+mod common;
+
+use common::kvm_usable;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -15,20 +19,6 @@ const KV_REQUESTS: &str = "60";
 /// Lines of ftvm's own results on stdout (everything else is the guest's console).
 const RESULT_KEYS: [&str; 8] =
     ["state-hash=", "exits=", "powered-off=", "responses=", "log-entries=", "log-bytes=", "checkpoints=", "idle="];
-
-/// Whether /dev/kvm is usable; if not, the test is skipped (or fails with FT_REQUIRE_KVM=1).
-fn kvm_usable() -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
-        Ok(_) => true,
-        Err(error) => {
-            if std::env::var("FT_REQUIRE_KVM").is_ok_and(|value| value == "1") {
-                panic!("KVM is required (FT_REQUIRE_KVM=1) but /dev/kvm is unusable: {error}");
-            }
-            eprintln!("SKIPPED: /dev/kvm unusable here: {error}");
-            false
-        }
-    }
-}
 
 fn ftvm(args: &[&str]) -> Output {
     Command::new(FTVM).args(args).env_remove("FTVM_KVM_PATH").output().expect("ftvm starts")

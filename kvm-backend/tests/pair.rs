@@ -3,6 +3,10 @@
 //! shared storage away. Every test kills its processes and removes its files on every path (guards), and skips
 //! with a printed reason where /dev/kvm is unusable (fails instead with FT_REQUIRE_KVM=1).
 
+mod common;
+
+use common::kvm_usable;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,19 +17,6 @@ use std::time::{Duration, Instant};
 use ft::kv::{Op, Request, Response, Status};
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm");
-
-fn kvm_usable() -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
-        Ok(_) => true,
-        Err(error) => {
-            if std::env::var("FT_REQUIRE_KVM").is_ok_and(|value| value == "1") {
-                panic!("KVM is required (FT_REQUIRE_KVM=1) but /dev/kvm is unusable: {error}");
-            }
-            eprintln!("SKIPPED: /dev/kvm unusable here: {error}");
-            false
-        }
-    }
-}
 
 fn free_tcp() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()

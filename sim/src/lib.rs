@@ -1,6 +1,15 @@
 //! The simulated world in which the protocol is tested: a model guest, turmoil hosts (two FT nodes, shared
 //! storage, clients), faults chosen per seed, and checkers for the invariants S1..S6 (docs/architecture.md).
 
+/// `println!` that ignores a closed stdout (`ftsim ... | head`): a reader leaving early is not an error.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 pub mod bench;
 pub mod check;
 pub mod client;
@@ -10,6 +19,7 @@ pub use model_guest as model;
 pub mod node_host;
 pub mod pair;
 pub mod scenario;
+pub mod stopwatch;
 pub mod storage_host;
 pub mod sweep;
 pub mod world;

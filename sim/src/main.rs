@@ -76,29 +76,29 @@ fn print_run(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
 }
 
 fn sweep(from: u64, count: u64, time_limit_s: Option<u64>) -> ExitCode {
-    let started = std::time::Instant::now();
+    let started = ft_sim::stopwatch::Stopwatch::start();
     let mut totals = Counts::default();
     let mut failing: Vec<Report> = Vec::new();
     let mut swept = 0;
     for seed in from..from.saturating_add(count) {
-        if time_limit_s.is_some_and(|limit| started.elapsed().as_secs() >= limit) {
+        if time_limit_s.is_some_and(|limit| started.elapsed_s() >= limit as f64) {
             break;
         }
         let report = scenario::run(seed);
         ft_sim::sweep::add(&mut totals, &report.counts);
         swept += 1;
         if !report.violations.is_empty() {
-            println!("seed {seed}: {} violations: {}", report.violations.len(), report.violations[0]);
-            println!("  reproduce: {}", report.reproduce());
+            ft_sim::say!("seed {seed}: {} violations: {}", report.violations.len(), report.violations[0]);
+            ft_sim::say!("  reproduce: {}", report.reproduce());
             failing.push(report);
         }
     }
-    println!("events: {totals:?}");
+    ft_sim::say!("events: {totals:?}");
     let never = ft_sim::sweep::never_happened(&totals);
     if swept >= ft_sim::sweep::SOMETIMES_SEEDS_MIN && !never.is_empty() {
-        println!("sometimes-assertions never reached in {swept} seeds: {}", never.join(", "));
+        ft_sim::say!("sometimes-assertions never reached in {swept} seeds: {}", never.join(", "));
     }
-    println!("swept {swept} seeds: {} violations", failing.len());
+    ft_sim::say!("swept {swept} seeds: {} violations", failing.len());
     let sometimes_failed = swept >= ft_sim::sweep::SOMETIMES_SEEDS_MIN && !never.is_empty();
     if failing.is_empty() && !sometimes_failed {
         ExitCode::SUCCESS

@@ -12,6 +12,20 @@ fn kvm_required() -> bool {
     std::env::var("FT_REQUIRE_KVM").is_ok_and(|value| value == "1")
 }
 
+/// Whether /dev/kvm can be opened read-write; if not, the calling test skips (or fails with FT_REQUIRE_KVM=1).
+pub fn kvm_usable() -> bool {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => true,
+        Err(error) => {
+            if kvm_required() {
+                panic!("KVM is required (FT_REQUIRE_KVM=1) but /dev/kvm is unusable: {error}");
+            }
+            eprintln!("SKIPPED: /dev/kvm unusable here: {error}");
+            false
+        }
+    }
+}
+
 /// A fresh guest running corpus program `name`, or None (test skipped) when KVM is not usable here.
 pub fn guest(name: &str) -> Option<KvmGuest> {
     let image = corpus::guest_elf(name).expect("corpus guest exists");
