@@ -9,7 +9,7 @@ use crate::config::{Config, NS_PER_MS};
 use crate::detector::Detector;
 use crate::guest::{Exit, Guest};
 use crate::log::{Control, Entry, Input, LogIndex, Output, OutputKind, OutputRecord};
-use crate::node::{Action, ArbiterOutcome, Divergence, EntropySource, Event, Progress, Stats, Stopped};
+use crate::node::{Action, ArbiterOutcome, Divergence, EntropySource, Event, FailureCause, Progress, Stats, Stopped};
 use crate::platform::{ExitAction, InputKind};
 use crate::position::Position;
 use crate::primary::{Inheritance, Primary};
@@ -39,6 +39,9 @@ enum Mode {
     GoingLive {
         epoch: u64,
     },
+    /// The primary said goodbye (its guest powered off cleanly) and closed the channel: replay up to the
+    /// power-off and stop. Nobody goes live.
+    Draining,
 }
 
 enum Step {
@@ -56,6 +59,12 @@ pub struct Backup<G: Guest> {
     /// Heard from when log arrives or the primary's heartbeat shows nothing is missing (see the primary's).
     channel_detector: Detector,
     heartbeat_next_ns: u64,
+    /// `sent_ms` of the last primary heartbeat accepted: a heartbeat not newer than it is a replay.
+    heartbeat_heard_ms: Option<u64>,
+    /// The primary's `Goodbye`: its guest powered off and everything it produced has left.
+    goodbye: Option<u32>,
+    /// Replay reached the guest's power-off entry (with this status): the guest runs no further.
+    powered_off: Option<u32>,
     buffer: VecDeque<(LogIndex, Entry)>,
     received: LogIndex,
     replayed: LogIndex,
@@ -72,13 +81,22 @@ pub struct Backup<G: Guest> {
 
 /// Bound on unconfirmed outputs kept for go-live; the primary's unacked-log bound keeps the real number far lower.
 const UNRELEASED_MAX: usize = 1 << 16;
+/// While entries wait for replay, the backup acknowledges replay progress (for the primary's execution lag)
+/// at least every this many replayed entries; receipt is acknowledged at once, as the Output Rule needs.
+const REPLAY_ACK_ENTRIES: u64 = 64;
 
 impl<G: Guest> Backup<G> {
     pub fn new(config: Config, guest: G, disk_sectors: u64, now_ns: u64) -> Backup<G> {
+        if let Err(error) = config.validate() {
+            panic!("the driver must validate the config first: {error}");
+        }
         Backup {
             detector: Detector::new(now_ns, config.failure_timeout_ms),
             channel_detector: Detector::new(now_ns, config.failure_timeout_ms),
             heartbeat_next_ns: now_ns,
+            heartbeat_heard_ms: None,
+            goodbye: None,
+            powered_off: None,
             mode: Mode::Listening { deadline_ns: now_ns + config.startup_timeout_ms * NS_PER_MS },
             config,
             vm: Vm::new(guest, disk_sectors),
@@ -135,34 +153,19 @@ impl<G: Guest> Backup<G> {
     // ---- inputs from the driver -------------------------------------------------------------------------------
 
     pub fn handle_message(&mut self, now_ns: u64, message: Message) {
-        if self.stopped.is_some() || matches!(self.mode, Mode::GoingLive { .. }) {
+        if self.stopped.is_some() || matches!(self.mode, Mode::GoingLive { .. } | Mode::Draining) {
             return;
         }
         match message {
             Message::Hello { pair_id, epoch, image_digest } => self.handle_hello(now_ns, pair_id, epoch, image_digest),
-            Message::Heartbeat { pair_id, epoch, log_index, .. } => {
-                if pair_id == self.config.pair_id && epoch == self.epoch {
-                    self.detector.heard(now_ns);
-                    if log_index <= self.received {
-                        self.channel_detector.heard(now_ns);
-                    }
-                }
+            Message::Heartbeat { pair_id, epoch, role, sent_ms, log_index } => {
+                self.handle_heartbeat(now_ns, pair_id, epoch, role, sent_ms, log_index)
             }
             _ if matches!(self.mode, Mode::Listening { .. }) => {
-                self.violation("log traffic before a hello".into());
+                self.violation(now_ns, "log traffic before a hello".into());
             }
-            Message::Log { index, entry } => {
-                self.detector.heard(now_ns);
-                self.channel_detector.heard(now_ns);
-                if index != self.received + 1 {
-                    self.violation(format!("log index {index} after {}", self.received));
-                    return;
-                }
-                assert!(self.buffer.len() <= self.config.log_entries_buffered_max, "driver ignored wants_log");
-                self.received = index;
-                self.stats.log_entries += 1;
-                self.buffer.push_back((index, entry));
-            }
+            _ if self.goodbye.is_some() => self.violation(now_ns, "traffic after the primary's goodbye".into()),
+            Message::Log { index, entry } => self.handle_log(now_ns, index, entry),
             Message::Released { output_seq } => {
                 self.detector.heard(now_ns);
                 self.released_seq = Some(self.released_seq.map_or(output_seq, |seq| seq.max(output_seq)));
@@ -170,13 +173,62 @@ impl<G: Guest> Backup<G> {
                     self.unreleased.pop_front();
                 }
             }
-            other => self.violation(format!("unexpected message from primary: {other:?}")),
+            Message::Goodbye { status } => {
+                self.detector.heard(now_ns);
+                self.goodbye = Some(status);
+                self.check_power_off();
+            }
+            other => self.violation(now_ns, format!("unexpected message from primary: {other:?}")),
+        }
+    }
+
+    fn handle_log(&mut self, now_ns: u64, index: LogIndex, entry: Entry) {
+        self.detector.heard(now_ns);
+        self.channel_detector.heard(now_ns);
+        if index != self.received + 1 {
+            self.violation(now_ns, format!("log index {index} after {}", self.received));
+            return;
+        }
+        // The driver stops reading while `wants_log` is false, so only a misbehaving peer (or driver) gets here:
+        // a protocol error, never a panic, and nothing of the entry is kept.
+        let bound = self.config.log_entries_buffered_max;
+        if self.buffer.len() >= bound {
+            self.violation(now_ns, format!("log entry {index} beyond the buffer bound of {bound} entries"));
+            return;
+        }
+        self.received = index;
+        self.stats.log_entries += 1;
+        self.buffer.push_back((index, entry));
+        assert!(self.buffer.len() <= bound);
+    }
+
+    /// Only a heartbeat of this pair's primary, in this epoch, newer than the last one counts: reflected,
+    /// replayed or stale heartbeats are no sign that the primary lives. A bad one is ignored, never an error.
+    fn handle_heartbeat(
+        &mut self,
+        now_ns: u64,
+        pair_id: u64,
+        epoch: u64,
+        role: wire::Role,
+        sent_ms: u64,
+        log_index: LogIndex,
+    ) {
+        let ours = pair_id == self.config.pair_id && epoch == self.epoch && role == wire::Role::Primary;
+        let fresh = self.heartbeat_heard_ms.is_none_or(|heard| sent_ms > heard);
+        if !ours || !fresh || self.mode != Mode::Replaying {
+            self.stats.heartbeats_ignored += 1;
+            return;
+        }
+        self.heartbeat_heard_ms = Some(sent_ms);
+        self.detector.heard(now_ns);
+        if log_index <= self.received {
+            self.channel_detector.heard(now_ns);
         }
     }
 
     fn handle_hello(&mut self, now_ns: u64, pair_id: u64, epoch: u64, image_digest: u64) {
         let Mode::Listening { .. } = self.mode else {
-            self.violation("a second hello".into());
+            self.violation(now_ns, "a second hello".into());
             return;
         };
         if pair_id != self.config.pair_id || image_digest != self.config.image_digest {
@@ -196,22 +248,33 @@ impl<G: Guest> Backup<G> {
         self.actions.push_back(Action::Notify(Event::ChannelUp { epoch }));
     }
 
-    fn violation(&mut self, what: String) {
-        self.actions.push_back(Action::Notify(Event::ProtocolViolation(what)));
+    /// The primary broke the protocol: the channel is dropped and, once paired, the primary is failed at once
+    /// (a broken channel is as good as a dead primary).
+    fn violation(&mut self, now_ns: u64, what: String) {
+        self.actions.push_back(Action::Notify(Event::ProtocolViolation(what.clone())));
         self.actions.push_back(Action::CloseChannel);
-        // The detector then declares the primary failed: a broken channel is as good as a dead primary.
-        self.detector = Detector::new(0, self.config.failure_timeout_ms);
-    }
-
-    pub fn handle_channel_closed(&mut self, now_ns: u64, _reason: &str) {
-        if let Mode::Replaying = self.mode {
-            self.peer_failed(now_ns);
+        if self.mode == Mode::Replaying {
+            self.peer_failed(now_ns, FailureCause::ProtocolViolation(what));
         }
     }
 
-    fn peer_failed(&mut self, now_ns: u64) {
+    /// The channel closed, reset or failed a check. After the primary's goodbye that is the end of a clean
+    /// power-off; otherwise the primary is failed at once, without waiting for the failure timeout.
+    pub fn handle_channel_closed(&mut self, now_ns: u64, reason: &str) {
+        if self.mode != Mode::Replaying {
+            return;
+        }
+        if self.goodbye.is_some() {
+            self.mode = Mode::Draining;
+            self.check_power_off();
+        } else {
+            self.peer_failed(now_ns, FailureCause::ChannelLost(reason.to_string()));
+        }
+    }
+
+    fn peer_failed(&mut self, now_ns: u64, cause: FailureCause) {
         let silent_ms = self.detector.silent_ns(now_ns) / NS_PER_MS;
-        self.actions.push_back(Action::Notify(Event::PeerFailed { silent_ms }));
+        self.actions.push_back(Action::Notify(Event::PeerFailed { silent_ms, cause }));
         self.actions.push_back(Action::CloseChannel);
         self.mode = Mode::Arbitrating { retry_at_ns: None };
         self.test_and_set();
@@ -223,22 +286,25 @@ impl<G: Guest> Backup<G> {
     }
 
     pub fn handle_timeout(&mut self, now_ns: u64) {
-        if matches!(self.mode, Mode::Replaying) {
-            while self.heartbeat_next_ns <= now_ns {
-                self.heartbeat_next_ns += self.config.heartbeat_interval_ms * NS_PER_MS;
-                self.actions.push_back(Action::Heartbeat(Message::Heartbeat {
-                    pair_id: self.config.pair_id,
-                    epoch: self.epoch,
-                    role: wire::Role::Backup,
-                    sent_ms: now_ns / NS_PER_MS,
-                    log_index: self.received,
-                }));
-            }
+        // One heartbeat per interval however late this call (a burst would carry equal `sent_ms` values).
+        if self.mode == Mode::Replaying && self.heartbeat_next_ns <= now_ns {
+            self.heartbeat_next_ns = now_ns + self.config.heartbeat_interval_ms * NS_PER_MS;
+            self.actions.push_back(Action::Heartbeat(Message::Heartbeat {
+                pair_id: self.config.pair_id,
+                epoch: self.epoch,
+                role: wire::Role::Backup,
+                sent_ms: now_ns / NS_PER_MS,
+                log_index: self.received,
+            }));
         }
         match self.mode {
-            Mode::Listening { deadline_ns } if now_ns >= deadline_ns => self.peer_failed(now_ns),
+            Mode::Listening { deadline_ns } if now_ns >= deadline_ns => {
+                self.peer_failed(now_ns, FailureCause::NeverConnected)
+            }
             Mode::Replaying if self.detector.failed(now_ns) || self.channel_detector.failed(now_ns) => {
-                self.peer_failed(now_ns)
+                let cause =
+                    if self.detector.failed(now_ns) { FailureCause::Silent } else { FailureCause::ChannelStalled };
+                self.peer_failed(now_ns, cause)
             }
             Mode::Arbitrating { retry_at_ns: Some(at) } if now_ns >= at => {
                 self.mode = Mode::Arbitrating { retry_at_ns: None };
@@ -317,6 +383,9 @@ impl<G: Guest> Backup<G> {
         if logged == position {
             return self.apply_unprompted();
         }
+        if self.powered_off.is_some() {
+            return Err(self.diverged(format!("{} at {logged}", entry.describe()), "the guest powered off".into()));
+        }
         if logged < position {
             return Err(self.diverged(format!("{} at {logged}", entry.describe()), "the guest ran past it".into()));
         }
@@ -380,11 +449,7 @@ impl<G: Guest> Backup<G> {
             (
                 Expect::PowerOff { status },
                 Entry::Control { position: at, control: Control::PowerOff { status: s }, .. },
-            ) if *at == position && s == status => {
-                self.actions.push_back(Action::Notify(Event::PoweredOff { status: *status }));
-                self.actions.push_back(Action::CloseChannel);
-                self.stopped = Some(Stopped::PoweredOff { status: *status });
-            }
+            ) if *at == position && s == status => self.powered_off = Some(*status),
             _ => {
                 let logged = format!("{} at {}", entry.describe(), entry.position());
                 return Err(self.diverged(logged, format!("{wanted} at pc {pc:#x}")));
@@ -392,7 +457,21 @@ impl<G: Guest> Backup<G> {
         }
         self.buffer.pop_front();
         self.replayed = index;
+        self.check_power_off();
         Ok(Step::Progressed)
+    }
+
+    /// Once replay has reached the power-off entry: with the primary's goodbye the pair is over and the backup
+    /// stops, without a test-and-set. Without it the backup waits: for the goodbye, or for the primary's failure
+    /// (then the test-and-set decides who finishes the power-off: a backup that wins goes live to re-send what
+    /// may not have left, then powers off).
+    fn check_power_off(&mut self) {
+        let (Some(status), Some(_)) = (self.powered_off, self.goodbye) else { return };
+        if self.stopped.is_none() && !matches!(self.mode, Mode::GoingLive { .. }) {
+            self.actions.push_back(Action::Notify(Event::PoweredOff { status }));
+            self.actions.push_back(Action::CloseChannel);
+            self.stopped = Some(Stopped::PoweredOff { status });
+        }
     }
 
     /// An entry at the current position that no exit asked for: an asynchronous input or a checkpoint.
@@ -458,14 +537,19 @@ impl<G: Guest> Backup<G> {
         };
         assert!(self.buffer.is_empty(), "go-live replays the whole buffer first");
         let replayed_entries = self.replayed;
+        let pending_exit = match self.powered_off {
+            // The primary died during its power-off: the new primary finishes it.
+            Some(status) => Some(Expect::PowerOff { status }),
+            None => self.expect,
+        };
         let inheritance = Inheritance {
             clock_latched_ns: self.vm.platform.clock_latched_ns(),
             unreleased_outputs: self.unreleased.into_iter().collect(),
             pending_writes: self.pending_writes.into_values().collect(),
-            pending_exit: self.expect,
+            pending_exit,
         };
         let reissued_outputs = inheritance.unreleased_outputs.len();
-        let reissued_disk_requests = self.vm.platform.disk_in_flight().count();
+        let reissued_disk_requests = self.vm.platform.disk_in_flight().len();
         let went_live = Event::WentLive { epoch, replayed_entries, reissued_disk_requests, reissued_outputs };
         let mut pending = self.actions;
         pending.push_back(Action::Notify(went_live));
@@ -475,7 +559,13 @@ impl<G: Guest> Backup<G> {
     // ---- outputs to the driver --------------------------------------------------------------------------------
 
     pub fn poll_action(&mut self) -> Option<Action> {
-        if self.actions.is_empty() && (self.received, self.replayed) != self.acked && self.received > self.acked.0 {
+        let (received_acked, replayed_acked) = self.acked;
+        let receipt = self.received > received_acked;
+        // Replay progress matters for the execution lag: say when the buffer drained, and now and then before.
+        let replay = self.replayed > replayed_acked
+            && (self.buffer.is_empty() || self.replayed - replayed_acked >= REPLAY_ACK_ENTRIES);
+        let paired = matches!(self.mode, Mode::Replaying | Mode::Arbitrating { .. });
+        if self.actions.is_empty() && paired && (receipt || replay) {
             self.acked = (self.received, self.replayed);
             self.actions.push_back(Action::Send(Message::Ack {
                 received: self.received,
@@ -493,7 +583,7 @@ impl<G: Guest> Backup<G> {
                 Some(self.heartbeat_next_ns.min(self.detector.deadline_ns()).min(self.channel_detector.deadline_ns()))
             }
             Mode::Arbitrating { retry_at_ns } => retry_at_ns,
-            Mode::GoingLive { .. } => None,
+            Mode::GoingLive { .. } | Mode::Draining => None,
         }
     }
 }

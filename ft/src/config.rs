@@ -28,6 +28,62 @@ pub struct Config {
     pub slice_exits_max: u64,
 }
 
+/// A setting that cannot work, named by its key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}` = {value}: {reason}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub value: u64,
+    pub reason: String,
+}
+
+/// Longest timeout or period accepted: a day. Longer ones are typos, and would overflow the nanosecond clock.
+pub const DURATION_MS_MAX: u64 = 24 * 3600 * 1000;
+/// Largest buffer bound accepted (entries, frames, exits, instructions per slice).
+pub const BOUND_MAX: u64 = 1 << 24;
+
+impl Config {
+    /// Checks every setting, so that a node refuses a bad one at startup with the key's name instead of
+    /// spinning (a zero period), hanging (a zero bound) or overflowing (a huge timeout) later.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let durations = [
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("failure_timeout_ms", self.failure_timeout_ms),
+            ("startup_timeout_ms", self.startup_timeout_ms),
+            ("arbiter_retry_ms", self.arbiter_retry_ms),
+        ];
+        for (key, value) in durations {
+            if value == 0 || value > DURATION_MS_MAX {
+                return Err(ConfigError { key, value, reason: format!("must be between 1 and {DURATION_MS_MAX}") });
+            }
+        }
+        let bounds = [
+            ("checkpoint_interval_exits", self.checkpoint_interval_exits),
+            ("log_entries_unacked_max", self.log_entries_unacked_max as u64),
+            ("log_entries_buffered_max", self.log_entries_buffered_max as u64),
+            ("net_frames_queued_max", self.net_frames_queued_max as u64),
+            ("slice_instructions", self.slice_instructions),
+            ("slice_exits_max", self.slice_exits_max),
+        ];
+        for (key, value) in bounds {
+            if value == 0 || value > BOUND_MAX {
+                return Err(ConfigError { key, value, reason: format!("must be between 1 and {BOUND_MAX}") });
+            }
+        }
+        if self.failure_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(ConfigError {
+                key: "failure_timeout_ms",
+                value: self.failure_timeout_ms,
+                reason: format!(
+                    "must be longer than heartbeat_interval_ms ({}), or every pause between heartbeats is a failure",
+                    self.heartbeat_interval_ms
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -49,3 +105,22 @@ impl Default for Config {
 
 pub const NS_PER_MS: u64 = 1_000_000;
 pub const NS_PER_US: u64 = 1_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_huge_and_inconsistent_settings_are_named() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let zero = Config { heartbeat_interval_ms: 0, ..Config::default() };
+        assert_eq!(zero.validate().map_err(|e| e.key), Err("heartbeat_interval_ms"));
+        let huge = Config { failure_timeout_ms: u64::MAX, ..Config::default() };
+        assert_eq!(huge.validate().map_err(|e| e.key), Err("failure_timeout_ms"));
+        let unbounded = Config { log_entries_buffered_max: 0, ..Config::default() };
+        assert_eq!(unbounded.validate().map_err(|e| e.key), Err("log_entries_buffered_max"));
+        let backwards = Config { heartbeat_interval_ms: 200, failure_timeout_ms: 150, ..Config::default() };
+        let error = backwards.validate().expect_err("a timeout shorter than the heartbeat period");
+        assert!(error.to_string().contains("longer than heartbeat_interval_ms"), "{error}");
+    }
+}

@@ -55,12 +55,25 @@ pub trait Datagrams {
     async fn recv_heartbeat(&self) -> Option<Vec<u8>>;
 }
 
+/// Which attempt of which write this is: storage refuses a write older than the newest one that landed on any
+/// of its sectors. Within an epoch only one node writes, and it issues overlapping writes one at a time, so a
+/// newer stamp means a later write; a timed-out attempt that lands late (after its retry and after newer writes
+/// to the same sectors) is refused instead of overwriting them. Fencing orders epochs; this orders attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WriteStamp {
+    pub epoch: u64,
+    /// Counts the writer's attempts, from 1.
+    pub attempt: u64,
+}
+
 /// The shared disk. Requests carry the node's epoch; storage refuses older epochs (fencing).
 pub trait BlockStorage {
     fn storage_read(&self, epoch: u64, target: DiskTarget) -> impl Future<Output = Result<Vec<u8>, StorageError>>;
+    /// Writes unless the arbiter is past `stamp.epoch` (fenced) or a newer stamp already landed on one of the
+    /// sectors (superseded: reported as success, since a newer write of the same lineage covers it).
     fn storage_write(
         &self,
-        epoch: u64,
+        stamp: WriteStamp,
         target: DiskTarget,
         data: Vec<u8>,
     ) -> impl Future<Output = Result<(), StorageError>>;
@@ -134,20 +147,33 @@ where
     let mut buffer = vec![0u8; READ_CHUNK_BYTES];
     let mut heartbeats_open = true;
     let mut frames_open = true;
+    let writes = WriteAttempts::default();
+    // Frames read but not yet handed to the node, because it wanted no more log (flow control, per frame).
+    let mut frames_waiting = false;
     loop {
         let now_ns = host.now_ns();
         node.handle_timeout(now_ns);
+        if frames_waiting && node.wants_log() {
+            frames_waiting = match drain_messages(&host, &mut node, &mut decoder, now_ns) {
+                Ok(waiting) => waiting,
+                Err(error) => {
+                    channel_lost(&host, &mut node, &mut reader, &mut channel_out, now_ns, &error.to_string());
+                    false
+                }
+            };
+        }
         let progress = node.run_guest(now_ns, entropy);
         while let Some(action) = node.poll_action() {
             host.observe(now_ns, Observation::Action(&action));
-            perform(&host, &node, action, &mut encoder, &mut channel_out, &mut reader, &done_tx);
+            perform(&host, &node, action, &mut encoder, &mut channel_out, &mut reader, &done_tx, &writes);
         }
         if let Some(stopped) = node.stopped() {
             return stopped.clone();
         }
         let run_again_ns = (progress == Progress::Ran).then(|| now_ns + host.guest_slice_ns());
         let wake_ns = [run_again_ns, node.poll_timeout()].into_iter().flatten().min().unwrap_or(u64::MAX);
-        let reading = reader.is_some() && node.wants_log();
+        // Stop reading while frames wait or the node wants no more log: TCP then pushes back on the primary.
+        let reading = reader.is_some() && !frames_waiting && node.wants_log();
         tokio::select! {
             read = async { reader.as_mut().expect("guarded by `reading`").read(&mut buffer).await }, if reading => {
                 let now_ns = host.now_ns();
@@ -161,8 +187,11 @@ where
                     }
                     Ok(length) => {
                         decoder.feed(&buffer[..length]);
-                        if let Err(error) = drain_messages(&host, &mut node, &mut decoder, now_ns) {
-                            channel_lost(&host, &mut node, &mut reader, &mut channel_out, now_ns, &error.to_string());
+                        match drain_messages(&host, &mut node, &mut decoder, now_ns) {
+                            Ok(waiting) => frames_waiting = waiting,
+                            Err(error) => {
+                                channel_lost(&host, &mut node, &mut reader, &mut channel_out, now_ns, &error.to_string());
+                            }
                         }
                     }
                     Err(error) => {
@@ -203,17 +232,36 @@ where
     }
 }
 
+/// Hands decoded frames to the node one at a time while it wants log; returns whether complete frames may still
+/// wait in the decoder (the node's buffer is full).
 fn drain_messages<H: Host, G: Guest>(
     host: &Rc<H>,
     node: &mut Node<G>,
     decoder: &mut StreamDecoder,
     now_ns: u64,
-) -> Result<(), WireError> {
-    while let Some(message) = decoder.next_message()? {
+) -> Result<bool, WireError> {
+    loop {
+        if !node.wants_log() {
+            return Ok(true);
+        }
+        let Some(message) = decoder.next_message()? else { return Ok(false) };
         host.observe(now_ns, Observation::Received(&message));
         node.handle_message(now_ns, message);
     }
-    Ok(())
+}
+
+/// Numbers the node's write attempts for their [`WriteStamp`]s (shared by the storage tasks; one thread).
+#[derive(Clone, Default)]
+struct WriteAttempts {
+    last: Rc<std::cell::Cell<u64>>,
+}
+
+impl WriteAttempts {
+    fn next(&self, epoch: u64) -> WriteStamp {
+        let attempt = self.last.get() + 1;
+        self.last.set(attempt);
+        WriteStamp { epoch, attempt }
+    }
 }
 
 fn channel_lost<H: Host, G: Guest, R>(
@@ -233,6 +281,7 @@ fn channel_lost<H: Host, G: Guest, R>(
     node.handle_channel_closed(now_ns, reason);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn perform<H: Host, G: Guest, R>(
     host: &Rc<H>,
     node: &Node<G>,
@@ -241,6 +290,7 @@ fn perform<H: Host, G: Guest, R>(
     channel_out: &mut Option<mpsc::UnboundedSender<Vec<u8>>>,
     reader: &mut Option<R>,
     done_tx: &mpsc::UnboundedSender<Completion>,
+    writes: &WriteAttempts,
 ) {
     match action {
         Action::Send(message) => {
@@ -256,7 +306,7 @@ fn perform<H: Host, G: Guest, R>(
         }
         Action::Release { output, .. } => host.release(node.epoch(), &output),
         Action::Storage { epoch, request } => {
-            tokio::task::spawn_local(storage_request(host.clone(), epoch, request, done_tx.clone()));
+            tokio::task::spawn_local(storage_request(host.clone(), epoch, request, done_tx.clone(), writes.clone()));
         }
         Action::TestAndSet { expected_epoch } => {
             let host = host.clone();
@@ -275,17 +325,21 @@ fn perform<H: Host, G: Guest, R>(
 }
 
 /// Performs one storage request, retrying while storage is unreachable (the guest's IO simply takes longer).
+/// Each write attempt gets a fresh stamp, so an attempt that timed out but lands later cannot overwrite what
+/// its retry, or a newer write, put there.
 async fn storage_request<H: Host>(
     host: Rc<H>,
     epoch: u64,
     request: StorageRequest,
     done_tx: mpsc::UnboundedSender<Completion>,
+    writes: WriteAttempts,
 ) {
     loop {
         let (target, result) = match &request {
             StorageRequest::Read { target } => (*target, host.storage_read(epoch, *target).await),
             StorageRequest::Write { target, data, .. } => {
-                (*target, host.storage_write(epoch, *target, data.clone()).await.map(|()| Vec::new()))
+                let stamp = writes.next(epoch);
+                (*target, host.storage_write(stamp, *target, data.clone()).await.map(|()| Vec::new()))
             }
         };
         let done = match result {

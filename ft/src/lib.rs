@@ -18,9 +18,11 @@ pub mod storage;
 pub mod vm;
 pub mod wire;
 
-pub use config::Config;
+pub use config::{Config, ConfigError};
 pub use guest::{Exit, Guest, GuestError, StateHash};
-pub use node::{Action, ArbiterOutcome, EntropySource, Event, Node, Progress, Role, Stats, Stopped, StorageDone};
+pub use node::{
+    Action, ArbiterOutcome, EntropySource, Event, FailureCause, Node, Progress, Role, Stats, Stopped, StorageDone,
+};
 pub use position::Position;
 #[cfg(feature = "driver")]
 pub mod driver;

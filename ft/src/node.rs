@@ -68,8 +68,10 @@ pub enum Event {
     ChannelUp {
         epoch: u64,
     },
+    /// The peer is declared failed: `silent_ms` since anything was heard from it, and why.
     PeerFailed {
         silent_ms: u64,
+        cause: FailureCause,
     },
     TestAndSetStarted {
         expected_epoch: u64,
@@ -101,6 +103,33 @@ pub enum Event {
     Stalled {
         unacked: usize,
     },
+}
+
+/// Why a node declared its peer failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailureCause {
+    /// Nothing (heartbeat, log or ack) heard within the failure timeout.
+    Silent,
+    /// The peer's heartbeats arrive but the logging channel carries nothing: acks (or log) stopped.
+    ChannelStalled,
+    /// The logging channel closed, reset or failed a check (its error).
+    ChannelLost(String),
+    /// The peer broke the protocol.
+    ProtocolViolation(String),
+    /// No peer connected within the startup timeout.
+    NeverConnected,
+}
+
+impl std::fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailureCause::Silent => write!(f, "no word from it within the failure timeout"),
+            FailureCause::ChannelStalled => write!(f, "its heartbeats arrive but the logging channel is stalled"),
+            FailureCause::ChannelLost(reason) => write!(f, "the logging channel failed: {reason}"),
+            FailureCause::ProtocolViolation(what) => write!(f, "it broke the protocol: {what}"),
+            FailureCause::NeverConnected => write!(f, "it never connected within the startup timeout"),
+        }
+    }
 }
 
 /// Why a node stopped for good.
@@ -142,6 +171,8 @@ pub struct Stats {
     pub outputs_held: usize,
     pub oldest_output_held_ns: u64,
     pub stalls: u64,
+    /// Heartbeats dropped: another pair's, another epoch's, the node's own reflected back, or replayed.
+    pub heartbeats_ignored: u64,
 }
 
 /// A disk request finished at storage.

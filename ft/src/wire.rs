@@ -11,7 +11,7 @@ use crate::log::{Control, Entry, Input, LogIndex, OutputKind, OutputRecord};
 use crate::position::Position;
 
 pub const MAGIC: u16 = 0x4654;
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const HEADER_BYTES: usize = 20;
 /// Largest payload: a 64 KiB disk completion plus headroom. Larger lengths are rejected before buffering.
 pub const PAYLOAD_BYTES_MAX: usize = 1 << 20;
@@ -40,6 +40,9 @@ pub enum Message {
     /// Liveness, over datagrams. `log_index` is the last entry the primary sent, or the last the backup
     /// received, so that each side can tell a live peer behind a dead logging channel.
     Heartbeat { pair_id: u64, epoch: u64, role: Role, sent_ms: u64, log_index: LogIndex },
+    /// Primary to backup, the last message of a pair whose guest powered off: the power-off entry is
+    /// acknowledged, every output reached the outside and every disk write is done. The backup stops too.
+    Goodbye { status: u32 },
 }
 
 impl Message {
@@ -51,6 +54,7 @@ impl Message {
             Message::Ack { .. } => 4,
             Message::Released { .. } => 5,
             Message::Heartbeat { .. } => 6,
+            Message::Goodbye { .. } => 7,
         }
     }
 }
@@ -132,6 +136,7 @@ fn encode_payload(message: &Message, w: &mut Writer) {
             w.u64(*sent_ms);
             w.u64(*log_index);
         }
+        Message::Goodbye { status } => w.u32(*status),
     }
 }
 
@@ -252,6 +257,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message, WireError> {
             sent_ms: r.u64()?,
             log_index: r.u64()?,
         },
+        7 => Message::Goodbye { status: r.u32()? },
         other => return Err(WireError::UnknownKind(other)),
     };
     if r.remaining() != 0 {

@@ -70,6 +70,7 @@ fn message() -> impl Strategy<Value = Message> {
                 log_index
             }
         ),
+        any::<u32>().prop_map(|status| Message::Goodbye { status }),
     ]
 }
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use ft::driver::{Arbiter, BlockStorage, Clock, Datagrams, Observation, Observer, Outside, StorageError};
+use ft::driver::{Arbiter, BlockStorage, Clock, Datagrams, Observation, Observer, Outside, StorageError, WriteStamp};
 use ft::log::{DiskTarget, Entry, Output, OutputKind};
 use ft::storage::StorageRequest;
 use ft::wire::Message;
@@ -89,8 +89,8 @@ impl BlockStorage for SimHost {
         storage_host::read(epoch, target).await
     }
 
-    async fn storage_write(&self, epoch: u64, target: DiskTarget, data: Vec<u8>) -> Result<(), StorageError> {
-        storage_host::write(epoch, target, data).await
+    async fn storage_write(&self, stamp: WriteStamp, target: DiskTarget, data: Vec<u8>) -> Result<(), StorageError> {
+        storage_host::write(stamp, target, data).await
     }
 }
 
@@ -220,7 +220,9 @@ fn record_event(world: &mut crate::world::World, id: NodeId, event: &Event) {
 fn describe(event: &Event) -> String {
     match event {
         Event::ChannelUp { epoch } => format!("logging channel up (epoch {epoch})"),
-        Event::PeerFailed { silent_ms } => format!("peer declared failed after {silent_ms} ms of silence"),
+        Event::PeerFailed { silent_ms, cause } => {
+            format!("declaring the peer failed after {silent_ms} ms without word: {cause}")
+        }
         Event::TestAndSetStarted { expected_epoch } => format!("test-and-set on epoch {expected_epoch}"),
         Event::ArbiterUnreachable => "arbiter unreachable, will retry".into(),
         Event::WentLive { epoch, replayed_entries, reissued_disk_requests, reissued_outputs } => format!(

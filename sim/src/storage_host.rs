@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use ft::bytes::{Reader, Writer};
+use ft::driver::WriteStamp;
 use ft::log::DiskTarget;
 use ft::ArbiterOutcome;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,7 +23,7 @@ const REQUEST_BYTES_MAX: usize = 1 << 20;
 
 enum Request {
     Read { epoch: u64, sector: u64, sectors: u32 },
-    Write { epoch: u64, sector: u64, data: Vec<u8> },
+    Write { stamp: WriteStamp, sector: u64, data: Vec<u8> },
     TestAndSet { expected_epoch: u64, node: NodeId },
 }
 
@@ -61,7 +62,9 @@ fn execute(world: &SharedWorld, request: Request) -> Vec<u8> {
     let mut world = world.borrow_mut();
     let mut out = Writer::default();
     match request {
-        Request::Read { epoch, .. } | Request::Write { epoch, .. } if epoch < world.arbiter_epoch => {
+        Request::Read { epoch, .. } | Request::Write { stamp: WriteStamp { epoch, .. }, .. }
+            if epoch < world.arbiter_epoch =>
+        {
             out.u8(FENCED);
             out.u64(world.arbiter_epoch);
         }
@@ -76,9 +79,16 @@ fn execute(world: &SharedWorld, request: Request) -> Vec<u8> {
             }
             out.blob(&data);
         }
-        Request::Write { sector, data, .. } => {
-            for (i, chunk) in data.chunks(ft::abi::SECTOR_BYTES).enumerate() {
-                world.sectors.insert(sector + i as u64, chunk.to_vec());
+        Request::Write { stamp, sector, data } => {
+            let sectors = sector..sector + data.len().div_ceil(ft::abi::SECTOR_BYTES) as u64;
+            // An attempt older than a write that already landed here (it timed out and was retried, and newer
+            // writes followed) is superseded: dropped, and answered as done, since a newer write covers it.
+            let superseded = sectors.clone().any(|s| world.stamps.get(&s).is_some_and(|newest| *newest > stamp));
+            if !superseded {
+                for (i, chunk) in data.chunks(ft::abi::SECTOR_BYTES).enumerate() {
+                    world.sectors.insert(sector + i as u64, chunk.to_vec());
+                    world.stamps.insert(sector + i as u64, stamp);
+                }
             }
             out.u8(OK);
         }
@@ -102,7 +112,11 @@ fn decode(bytes: &[u8]) -> Option<Request> {
     let mut r = Reader::new(bytes);
     let request = match r.u8().ok()? {
         1 => Request::Read { epoch: r.u64().ok()?, sector: r.u64().ok()?, sectors: r.u32().ok()? },
-        2 => Request::Write { epoch: r.u64().ok()?, sector: r.u64().ok()?, data: r.blob().ok()?.to_vec() },
+        2 => Request::Write {
+            stamp: WriteStamp { epoch: r.u64().ok()?, attempt: r.u64().ok()? },
+            sector: r.u64().ok()?,
+            data: r.blob().ok()?.to_vec(),
+        },
         3 => Request::TestAndSet {
             expected_epoch: r.u64().ok()?,
             node: if r.u8().ok()? == 0 { NodeId::A } else { NodeId::B },
@@ -153,10 +167,11 @@ pub async fn read(epoch: u64, target: DiskTarget) -> Result<Vec<u8>, ft::driver:
     }
 }
 
-pub async fn write(epoch: u64, target: DiskTarget, data: Vec<u8>) -> Result<(), ft::driver::StorageError> {
+pub async fn write(stamp: WriteStamp, target: DiskTarget, data: Vec<u8>) -> Result<(), ft::driver::StorageError> {
     let mut w = Writer::default();
     w.u8(2);
-    w.u64(epoch);
+    w.u64(stamp.epoch);
+    w.u64(stamp.attempt);
     w.u64(target.sector);
     w.blob(&data);
     let response = call(w.bytes).await.ok_or(ft::driver::StorageError::Unreachable)?;

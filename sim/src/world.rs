@@ -85,6 +85,8 @@ pub struct World {
     pub counts: Counts,
     // Shared storage: sparse sectors plus the arbiter record (epoch, owner).
     pub sectors: BTreeMap<u64, Vec<u8>>,
+    /// The stamp of the write that last landed on each sector (storage refuses older attempts).
+    pub stamps: BTreeMap<u64, ft::driver::WriteStamp>,
     pub arbiter_epoch: u64,
     pub arbiter_owner: Option<NodeId>,
     pub storage_delay_ms: u64,

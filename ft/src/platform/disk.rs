@@ -13,6 +13,9 @@ pub struct DiskRequest {
     pub op: DiskOp,
     pub target: DiskTarget,
     pub buffer_gpa: u64,
+    /// Submission order: tags are the guest's to reuse in any order, so only this says which of two
+    /// overlapping requests came first (go-live reissues in this order).
+    pub submitted: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +44,8 @@ pub struct Disk {
     pub in_flight: BTreeMap<u32, DiskRequest>,
     pub completed: VecDeque<(u32, DiskStatus)>,
     pub last_status: u32,
+    /// Requests accepted so far (the next one's `submitted`).
+    pub submissions: u64,
 }
 
 /// How a submission went.
@@ -83,7 +88,9 @@ impl Disk {
             self.complete(tag, DiskStatus::BadRequest);
             return Ok(Submitted::Rejected);
         };
-        let request = DiskRequest { op, target: DiskTarget { tag, sector, sectors }, buffer_gpa };
+        let request =
+            DiskRequest { op, target: DiskTarget { tag, sector, sectors }, buffer_gpa, submitted: self.submissions };
+        self.submissions += 1;
         self.in_flight.insert(tag, request.clone());
         Ok(Submitted::Accepted(request))
     }
@@ -92,6 +99,13 @@ impl Disk {
         if self.completed.len() < COMPLETIONS_QUEUED_MAX {
             self.completed.push_back((tag, status));
         }
+    }
+
+    /// Requests in flight, oldest submission first.
+    pub fn in_flight_in_submission_order(&self) -> Vec<&DiskRequest> {
+        let mut requests: Vec<&DiskRequest> = self.in_flight.values().collect();
+        requests.sort_by_key(|request| request.submitted);
+        requests
     }
 
     pub fn pop_completion(&mut self) -> u32 {
@@ -107,6 +121,7 @@ impl Disk {
     pub fn encode(&self, writer: &mut Writer) {
         writer.u64(self.sectors);
         writer.u32(self.last_status);
+        writer.u64(self.submissions);
         writer.u32(self.in_flight.len() as u32);
         for request in self.in_flight.values() {
             writer.u8(request.op as u8);
@@ -114,6 +129,7 @@ impl Disk {
             writer.u64(request.target.sector);
             writer.u32(request.target.sectors);
             writer.u64(request.buffer_gpa);
+            writer.u64(request.submitted);
         }
         writer.u32(self.completed.len() as u32);
         for (tag, status) in &self.completed {
@@ -126,6 +142,7 @@ impl Disk {
         let err = |e: crate::bytes::Truncated| e.to_string();
         let mut disk = Disk::new(reader.u64().map_err(err)?);
         disk.last_status = reader.u32().map_err(err)?;
+        disk.submissions = reader.u64().map_err(err)?;
         let in_flight = reader.u32().map_err(err)?;
         for _ in 0..in_flight {
             let op = match reader.u8().map_err(err)? {
@@ -137,7 +154,9 @@ impl Disk {
             let sector = reader.u64().map_err(err)?;
             let sectors = reader.u32().map_err(err)?;
             let buffer_gpa = reader.u64().map_err(err)?;
-            disk.in_flight.insert(tag, DiskRequest { op, target: DiskTarget { tag, sector, sectors }, buffer_gpa });
+            let submitted = reader.u64().map_err(err)?;
+            let target = DiskTarget { tag, sector, sectors };
+            disk.in_flight.insert(tag, DiskRequest { op, target, buffer_gpa, submitted });
         }
         let completed = reader.u32().map_err(err)?;
         for _ in 0..completed.min(COMPLETIONS_QUEUED_MAX as u32) {

@@ -49,7 +49,7 @@ pub enum PlatformError {
 }
 
 /// Format version of [`Platform::encode`].
-const STATE_VERSION: u32 = 1;
+const STATE_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Platform {
@@ -88,9 +88,9 @@ impl Platform {
         self.clock_latched_ns
     }
 
-    /// Disk requests submitted and not completed: what a new primary must reissue.
-    pub fn disk_in_flight(&self) -> impl Iterator<Item = &DiskRequest> {
-        self.disk.in_flight.values()
+    /// Disk requests submitted and not completed, oldest submission first: what a new primary must reissue.
+    pub fn disk_in_flight(&self) -> Vec<&DiskRequest> {
+        self.disk.in_flight_in_submission_order()
     }
 
     /// Handles one guest exit. Deterministic port reads are answered here.

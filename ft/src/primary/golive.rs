@@ -42,16 +42,25 @@ impl<G: Guest> Primary<G> {
         primary.clock_origin_ns = now_ns.saturating_sub(inheritance.clock_latched_ns);
         primary.clock_floor_ns = inheritance.clock_latched_ns;
         primary.restart_timer(now_ns);
-        let in_flight: Vec<_> = primary.vm.platform.disk_in_flight().cloned().collect();
+        // Reissue in submission order: the scheduler then orders overlapping requests as the guest did. The
+        // write of the pending exit (if its entry never arrived) is in flight too; the exit below submits it.
+        let pending_write_tag = match &inheritance.pending_exit {
+            Some(Expect::Output(output)) => output.disk.map(|disk| disk.tag),
+            _ => None,
+        };
+        let in_flight: Vec<_> = primary.vm.platform.disk_in_flight().into_iter().cloned().collect();
         for request in &in_flight {
             match request.op {
                 crate::platform::DiskOp::Read => primary.scheduler.submit_read(request.target),
+                crate::platform::DiskOp::Write if Some(request.target.tag) == pending_write_tag => {}
                 crate::platform::DiskOp::Write => {
                     // The data of an in-flight write is the output the backup regenerated during replay.
                     let tag = Some(request.target.tag);
-                    if let Some(output) = inheritance.pending_writes.iter().find(|o| o.disk.map(|d| d.tag) == tag) {
-                        primary.scheduler.submit_write(request.target, output.bytes.clone(), output.seq, None);
-                    }
+                    let output = inheritance.pending_writes.iter().find(|o| o.disk.map(|d| d.tag) == tag);
+                    let output = output.unwrap_or_else(|| {
+                        panic!("in-flight write tag {} has no data from replay", request.target.tag)
+                    });
+                    primary.scheduler.submit_write(request.target, output.bytes.clone(), output.seq, None);
                 }
             }
         }

@@ -15,7 +15,7 @@ use crate::config::{Config, NS_PER_MS, NS_PER_US};
 use crate::detector::Detector;
 use crate::guest::Guest;
 use crate::log::{Entry, LogIndex, Output};
-use crate::node::{Action, ArbiterOutcome, Event, Stats, Stopped, StorageDone};
+use crate::node::{Action, ArbiterOutcome, Event, FailureCause, Stats, Stopped, StorageDone};
 use crate::position::Position;
 use crate::storage::Scheduler;
 use crate::vm::Vm;
@@ -31,8 +31,15 @@ enum Mode {
     Arbitrating { retry_at_ns: Option<u64> },
     /// Live without a backup ("not protected"): nothing is logged or held.
     Unprotected,
-    /// The guest powered off; waiting for the power-off entry to be acknowledged and outputs to drain.
-    PoweringOff { status: u32, index: LogIndex },
+}
+
+/// The guest powered off: the node stops once the power-off entry (`index`, if logged) is acknowledged, every
+/// output is released and every disk write is done. Failure handling goes on meanwhile: if the backup fails
+/// during the power-off, the test-and-set still decides who finishes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PowerOff {
+    status: u32,
+    index: Option<LogIndex>,
 }
 
 pub struct Primary<G: Guest> {
@@ -40,12 +47,15 @@ pub struct Primary<G: Guest> {
     vm: Vm<G>,
     epoch: u64,
     mode: Mode,
+    power_off: Option<PowerOff>,
     stopped: Option<Stopped>,
     detector: Detector,
     /// Heard from when acks arrive or the backup's heartbeat shows it has everything: a live backup behind a
     /// dead logging channel (a stream that lost data and went quiet) fails this one.
     channel_detector: Detector,
     heartbeat_next_ns: u64,
+    /// `sent_ms` of the last backup heartbeat accepted: a heartbeat not newer than it is a replay.
+    heartbeat_heard_ms: Option<u64>,
     log_index_next: LogIndex,
     acked: LogIndex,
     replayed: LogIndex,
@@ -89,15 +99,20 @@ impl<G: Guest> Primary<G> {
     }
 
     fn with_mode(config: Config, vm: Vm<G>, epoch: u64, mode: Mode, now_ns: u64) -> Primary<G> {
+        if let Err(error) = config.validate() {
+            panic!("the driver must validate the config first: {error}");
+        }
         Primary {
             detector: Detector::new(now_ns, config.failure_timeout_ms),
             channel_detector: Detector::new(now_ns, config.failure_timeout_ms),
             heartbeat_next_ns: now_ns,
+            heartbeat_heard_ms: None,
             timer_period_us: vm.platform.timer_period_us(),
             config,
             vm,
             epoch,
             mode,
+            power_off: None,
             stopped: None,
             log_index_next: 1,
             acked: 0,
@@ -159,7 +174,7 @@ impl<G: Guest> Primary<G> {
     }
 
     fn logging(&self) -> bool {
-        matches!(self.mode, Mode::Protected | Mode::Arbitrating { .. } | Mode::PoweringOff { .. })
+        matches!(self.mode, Mode::Protected | Mode::Arbitrating { .. })
     }
 
     fn guest_clock_ns(&mut self, now_ns: u64) -> u64 {
@@ -177,22 +192,40 @@ impl<G: Guest> Primary<G> {
     // ---- inputs from the driver -------------------------------------------------------------------------------
 
     pub fn handle_message(&mut self, now_ns: u64, message: Message) {
-        self.detector.heard(now_ns);
         match message {
+            Message::Heartbeat { pair_id, epoch, role, sent_ms, .. } => {
+                self.handle_heartbeat(now_ns, pair_id, epoch, role, sent_ms)
+            }
             Message::Welcome { pair_id, epoch } if pair_id == self.config.pair_id && epoch == self.epoch => {
+                self.detector.heard(now_ns);
                 if let Mode::Connecting { .. } = self.mode {
                     self.mode = Mode::Protected;
                     self.actions.push_back(Action::Notify(Event::ChannelUp { epoch }));
                 }
             }
-            Message::Ack { received, replayed, position } => self.handle_ack(now_ns, received, replayed, position),
-            Message::Heartbeat { pair_id, .. } if pair_id == self.config.pair_id => {
-                // With nothing awaiting an ack the channel has nothing to prove; otherwise only acks count.
-                if self.logged_unacked() == 0 {
-                    self.channel_detector.heard(now_ns);
-                }
+            Message::Ack { received, replayed, position } => {
+                self.detector.heard(now_ns);
+                self.handle_ack(now_ns, received, replayed, position)
             }
             other => self.violation(now_ns, format!("unexpected message from backup: {other:?}")),
+        }
+    }
+
+    /// Only a heartbeat of this pair's backup, in this epoch, newer than the last one counts: reflected,
+    /// replayed or stale heartbeats are no sign that the backup lives. Heartbeats are datagrams from outside,
+    /// so a bad one is ignored, never an error.
+    fn handle_heartbeat(&mut self, now_ns: u64, pair_id: u64, epoch: u64, role: wire::Role, sent_ms: u64) {
+        let ours = pair_id == self.config.pair_id && epoch == self.epoch && role == wire::Role::Backup;
+        let fresh = self.heartbeat_heard_ms.is_none_or(|heard| sent_ms > heard);
+        if !ours || !fresh || !self.logging() {
+            self.stats.heartbeats_ignored += 1;
+            return;
+        }
+        self.heartbeat_heard_ms = Some(sent_ms);
+        self.detector.heard(now_ns);
+        // With nothing awaiting an ack the channel has nothing to prove; otherwise only acks count.
+        if self.logged_unacked() == 0 {
+            self.channel_detector.heard(now_ns);
         }
     }
 
@@ -213,19 +246,28 @@ impl<G: Guest> Primary<G> {
 
     fn violation(&mut self, now_ns: u64, what: String) {
         self.actions.push_back(Action::Notify(Event::ProtocolViolation(what.clone())));
-        self.handle_channel_closed(now_ns, &what);
-    }
-
-    pub fn handle_channel_closed(&mut self, now_ns: u64, _reason: &str) {
         if matches!(self.mode, Mode::Connecting { .. } | Mode::Protected) {
             self.actions.push_back(Action::CloseChannel);
-            self.peer_failed(now_ns);
+            self.peer_failed(now_ns, FailureCause::ProtocolViolation(what));
         }
     }
 
-    fn peer_failed(&mut self, now_ns: u64) {
+    /// The logging channel closed, reset or failed a check: the backup is failed at once, without waiting for
+    /// the failure timeout.
+    pub fn handle_channel_closed(&mut self, now_ns: u64, reason: &str) {
+        if matches!(self.mode, Mode::Connecting { .. } | Mode::Protected) {
+            self.actions.push_back(Action::CloseChannel);
+            let cause = match self.mode {
+                Mode::Connecting { .. } => FailureCause::NeverConnected,
+                _ => FailureCause::ChannelLost(reason.to_string()),
+            };
+            self.peer_failed(now_ns, cause);
+        }
+    }
+
+    fn peer_failed(&mut self, now_ns: u64, cause: FailureCause) {
         let silent_ms = self.detector.silent_ns(now_ns) / NS_PER_MS;
-        self.actions.push_back(Action::Notify(Event::PeerFailed { silent_ms }));
+        self.actions.push_back(Action::Notify(Event::PeerFailed { silent_ms, cause }));
         self.mode = Mode::Arbitrating { retry_at_ns: None };
         self.test_and_set();
     }
@@ -296,23 +338,28 @@ impl<G: Guest> Primary<G> {
     }
 
     pub fn handle_timeout(&mut self, now_ns: u64) {
-        if self.logging() || matches!(self.mode, Mode::Connecting { .. }) {
-            while self.heartbeat_next_ns <= now_ns {
-                self.heartbeat_next_ns += self.config.heartbeat_interval_ms * NS_PER_MS;
-                self.actions.push_back(Action::Heartbeat(Message::Heartbeat {
-                    pair_id: self.config.pair_id,
-                    epoch: self.epoch,
-                    role: wire::Role::Primary,
-                    sent_ms: now_ns / NS_PER_MS,
-                    log_index: self.log_index_next - 1,
-                }));
-            }
+        // One heartbeat per interval, however late this call: a burst would carry equal `sent_ms` values, which
+        // the backup must treat as replays.
+        if (self.logging() || matches!(self.mode, Mode::Connecting { .. })) && self.heartbeat_next_ns <= now_ns {
+            self.heartbeat_next_ns = now_ns + self.config.heartbeat_interval_ms * NS_PER_MS;
+            self.actions.push_back(Action::Heartbeat(Message::Heartbeat {
+                pair_id: self.config.pair_id,
+                epoch: self.epoch,
+                role: wire::Role::Primary,
+                sent_ms: now_ns / NS_PER_MS,
+                log_index: self.log_index_next - 1,
+            }));
         }
         match self.mode {
-            Mode::Connecting { deadline_ns } if now_ns >= deadline_ns => self.peer_failed(now_ns),
-            Mode::Protected if self.detector.failed(now_ns) || self.channel_detector.failed(now_ns) => {
+            Mode::Connecting { deadline_ns } if now_ns >= deadline_ns => {
                 self.actions.push_back(Action::CloseChannel);
-                self.peer_failed(now_ns);
+                self.peer_failed(now_ns, FailureCause::NeverConnected)
+            }
+            Mode::Protected if self.detector.failed(now_ns) || self.channel_detector.failed(now_ns) => {
+                let cause =
+                    if self.detector.failed(now_ns) { FailureCause::Silent } else { FailureCause::ChannelStalled };
+                self.actions.push_back(Action::CloseChannel);
+                self.peer_failed(now_ns, cause);
             }
             Mode::Arbitrating { retry_at_ns: Some(at) } if now_ns >= at => {
                 self.mode = Mode::Arbitrating { retry_at_ns: None };
@@ -350,13 +397,28 @@ impl<G: Guest> Primary<G> {
             let output_seq = self.released_seq.expect("greater than something");
             self.actions.push_back(Action::Send(Message::Released { output_seq }));
         }
-        if let Mode::PoweringOff { status, index } = self.mode {
-            if self.acked >= index && self.held.is_empty() && self.scheduler.is_idle() && self.stopped.is_none() {
-                self.actions.push_back(Action::Notify(Event::PoweredOff { status }));
-                self.actions.push_back(Action::CloseChannel);
-                self.stopped = Some(Stopped::PoweredOff { status });
-            }
+        self.maybe_powered_off();
+    }
+
+    /// Stops a powered-off guest once nothing it did is pending: the power-off entry acknowledged (or no backup
+    /// to wait for), every output released, every disk write done. A protected primary says goodbye, so that
+    /// its backup stops too instead of taking the closed channel for a failure.
+    fn maybe_powered_off(&mut self) {
+        let Some(PowerOff { status, index }) = self.power_off else { return };
+        let acknowledged = match self.mode {
+            Mode::Protected => index.is_none_or(|index| self.acked >= index),
+            Mode::Unprotected => true,
+            Mode::Connecting { .. } | Mode::Arbitrating { .. } => false,
+        };
+        if !acknowledged || !self.held.is_empty() || !self.scheduler.is_idle() || self.stopped.is_some() {
+            return;
         }
+        if self.mode == Mode::Protected {
+            self.actions.push_back(Action::Send(Message::Goodbye { status }));
+        }
+        self.actions.push_back(Action::Notify(Event::PoweredOff { status }));
+        self.actions.push_back(Action::CloseChannel);
+        self.stopped = Some(Stopped::PoweredOff { status });
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -378,6 +440,7 @@ impl<G: Guest> Primary<G> {
         // The guest's timer matters only while the guest may run; a stalled or waiting guest is woken by the
         // message that unblocks it, and a past deadline here would spin the driver.
         let runnable = self.stopped.is_none()
+            && self.power_off.is_none()
             && matches!(self.mode, Mode::Protected | Mode::Arbitrating { .. } | Mode::Unprotected)
             && !self.flow_controlled();
         let timer = self.timer_deadline_ns.filter(|_| runnable);

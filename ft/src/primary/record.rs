@@ -8,7 +8,7 @@ use crate::node::{Action, EntropySource, Event, Progress, Stopped};
 use crate::platform::{ExitAction, InputKind};
 use crate::wire::Message;
 
-use super::{Mode, Primary, LAG_SAMPLES_MAX};
+use super::{Mode, PowerOff, Primary, LAG_SAMPLES_MAX};
 
 impl<G: Guest> Primary<G> {
     pub(super) fn flow_controlled(&self) -> bool {
@@ -20,7 +20,7 @@ impl<G: Guest> Primary<G> {
     }
 
     pub fn run_guest(&mut self, now_ns: u64, entropy: &mut dyn EntropySource) -> Progress {
-        if self.stopped.is_some() || matches!(self.mode, Mode::Connecting { .. } | Mode::PoweringOff { .. }) {
+        if self.stopped.is_some() || self.power_off.is_some() || matches!(self.mode, Mode::Connecting { .. }) {
             return Progress::Idle;
         }
         if self.flow_controlled() {
@@ -50,10 +50,7 @@ impl<G: Guest> Primary<G> {
             if let Err(error) = self.handle_exit(now_ns, exit, entropy) {
                 return self.guest_failed(error);
             }
-            if self.vm.halted
-                || self.stopped.is_some()
-                || !matches!(self.mode, Mode::Protected | Mode::Arbitrating { .. } | Mode::Unprotected)
-            {
+            if self.vm.halted || self.stopped.is_some() || self.power_off.is_some() {
                 break;
             }
             self.deliver_inputs(now_ns);
@@ -161,19 +158,17 @@ impl<G: Guest> Primary<G> {
         }
     }
 
+    /// The guest powered off: logged as a control entry; the node stops once it is acknowledged and everything
+    /// before it has drained (`Primary::maybe_powered_off`).
     pub(super) fn power_off(&mut self, now_ns: u64, status: u32) {
+        assert!(self.power_off.is_none(), "a guest powers off once");
         let entry = Entry::Control {
             position: self.vm.position(),
             pc: self.vm.guest.pc(),
             control: Control::PowerOff { status },
         };
-        match self.append(now_ns, entry) {
-            Some(index) => self.mode = Mode::PoweringOff { status, index },
-            None => {
-                self.actions.push_back(Action::Notify(Event::PoweredOff { status }));
-                self.stopped = Some(Stopped::PoweredOff { status });
-            }
-        }
+        let index = self.append(now_ns, entry);
+        self.power_off = Some(PowerOff { status, index });
     }
 
     /// Appends an entry to the log when there is a backup; returns its index.

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ft::driver::{Arbiter, BlockStorage, Clock, Datagrams, Observation, Observer, Outside, StorageError};
+use ft::driver::{Arbiter, BlockStorage, Clock, Datagrams, Observation, Observer, Outside, StorageError, WriteStamp};
 use ft::log::{DiskTarget, Output, OutputKind};
 use ft::{Action, ArbiterOutcome, Event, Node};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -44,6 +44,8 @@ struct NetHost {
     go_live_command: Option<String>,
     storage: Arc<SharedStorage>,
     storage_timeout: Duration,
+    /// Storage requests that timed out and may still run: later requests wait for them (see `blocking`).
+    stuck_storage: StuckRequests,
     board: SharedBoard,
     counters: Rc<ChannelCounters>,
 }
@@ -54,14 +56,13 @@ impl NetHost {
     }
 
     /// Runs `work` on the blocking pool; a request that errs at the OS level or does not finish in time means
-    /// the storage is unreachable.
+    /// the storage is unreachable. A request that timed out may still be running (a hung mount): no other
+    /// request starts until it has finished, so a retry can never be overtaken by the attempt it replaced.
     async fn blocking<T: Send + 'static>(&self, work: impl FnOnce(&SharedStorage) -> T + Send + 'static) -> Option<T> {
+        stuck_wait(&self.stuck_storage).await;
         let storage = self.storage.clone();
         let task = tokio::task::spawn_blocking(move || work(&storage));
-        match tokio::time::timeout(self.storage_timeout, task).await {
-            Ok(Ok(value)) => Some(value),
-            _ => None,
-        }
+        timed(&self.stuck_storage, self.storage_timeout, task).await
     }
 
     /// The service socket, bound (with retries) once this node is live.
@@ -144,7 +145,9 @@ impl BlockStorage for NetHost {
         self.blocking(move |storage| storage.read(epoch, target)).await.unwrap_or(Err(StorageError::Unreachable))
     }
 
-    async fn storage_write(&self, epoch: u64, target: DiskTarget, data: Vec<u8>) -> Result<(), StorageError> {
+    async fn storage_write(&self, stamp: WriteStamp, target: DiskTarget, data: Vec<u8>) -> Result<(), StorageError> {
+        // Attempts never overlap here (`blocking`), so the epoch's fencing is all the file needs.
+        let epoch = stamp.epoch;
         self.blocking(move |storage| storage.write(epoch, target, &data))
             .await
             .unwrap_or(Err(StorageError::Unreachable))
@@ -229,6 +232,37 @@ impl Observer for NetHost {
             }
             Observation::Received(message) => board.observe_received(now_ns, message),
             Observation::ChannelError(reason) => tracing::warn!("{}: logging channel: {reason}", self.name),
+        }
+    }
+}
+
+/// Blocking storage tasks that outlived their timeout.
+pub type StuckRequests = RefCell<Vec<tokio::task::JoinHandle<()>>>;
+
+/// Waits until every storage task that timed out has finished.
+async fn stuck_wait(stuck: &StuckRequests) {
+    loop {
+        let Some(task) = stuck.borrow_mut().pop() else { return };
+        let _ = task.await;
+    }
+}
+
+/// Awaits `task` up to `timeout`; a task still running then is kept in `stuck` (and `None` returned).
+async fn timed<T: Send + 'static>(
+    stuck: &StuckRequests,
+    timeout: Duration,
+    task: tokio::task::JoinHandle<T>,
+) -> Option<T> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let waiter = tokio::spawn(async move {
+        let _ = done_tx.send(task.await);
+    });
+    match tokio::time::timeout(timeout, done_rx).await {
+        Ok(Ok(Ok(value))) => Some(value),
+        Ok(_) => None,
+        Err(_) => {
+            stuck.borrow_mut().push(waiter);
+            None
         }
     }
 }
@@ -319,6 +353,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
             go_live_command: config.go_live_command.clone(),
             storage: storage.clone(),
             storage_timeout: Duration::from_millis(config.storage_timeout_ms.unwrap_or(STORAGE_TIMEOUT_MS_DEFAULT)),
+            stuck_storage: StuckRequests::default(),
             board: board.clone(),
             counters: Rc::new(ChannelCounters::default()),
         });
@@ -466,5 +501,32 @@ async fn accept(
             Ok(Err(error)) => tracing::error!("{name}: refused logging channel from {from}: {error}"),
             Err(_) => tracing::error!("{name}: refused logging channel from {from}: handshake timed out"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A storage request that timed out must finish before the next one starts: otherwise a retried write can
+    /// be overtaken by its first attempt landing late (issue 7).
+    #[test]
+    fn a_timed_out_storage_request_finishes_before_the_next_starts() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        runtime.block_on(async {
+            let stuck = StuckRequests::default();
+            let first = order.clone();
+            let slow = tokio::task::spawn_blocking(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                first.lock().unwrap().push("first attempt lands");
+            });
+            assert_eq!(timed(&stuck, Duration::from_millis(20), slow).await, None, "it timed out");
+            stuck_wait(&stuck).await;
+            let second = order.clone();
+            let retry = tokio::task::spawn_blocking(move || second.lock().unwrap().push("retry"));
+            assert_eq!(timed(&stuck, Duration::from_secs(5), retry).await, Some(()));
+        });
+        assert_eq!(*order.lock().unwrap(), vec!["first attempt lands", "retry"]);
     }
 }

@@ -283,9 +283,9 @@ impl Driver {
     fn notify(&mut self, event: Event) -> Result<(), CliError> {
         match event {
             Event::ProtocolViolation(what) => Err(CliError::Protocol(what)),
-            Event::PeerFailed { silent_ms } if self.log.is_some() => {
-                Err(CliError::Protocol(format!("the primary declared its log file failed after {silent_ms} ms")))
-            }
+            Event::PeerFailed { silent_ms, cause } if self.log.is_some() => Err(CliError::Protocol(format!(
+                "the primary declared its log file failed after {silent_ms} ms: {cause}"
+            ))),
             event => {
                 tracing::debug!(?event);
                 Ok(())

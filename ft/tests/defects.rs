@@ -1,0 +1,219 @@
+//! Failing-first tests for defects found by review (issue 7): each one failed on the code before its fix.
+
+mod common;
+
+use common::{config, drain, events, sent, Script, Zero, CONSOLE_GPA};
+use ft::abi;
+use ft::backup::Backup;
+use ft::log::{Entry, Input};
+use ft::primary::Primary;
+use ft::storage::StorageRequest;
+use ft::wire::{Message, Role as WireRole};
+use ft::{Action, ArbiterOutcome, Config, Event, Exit, Node, Position, Role};
+
+const MS: u64 = 1_000_000;
+
+fn primary(script: Script) -> Node<Script> {
+    let mut node = Node::Primary(Box::new(Primary::new(config(), script, 64, 1, 0)));
+    drain(&mut node);
+    node.handle_message(1, Message::Welcome { pair_id: 3, epoch: 1 });
+    node
+}
+
+fn backup_with(config: Config, script: Script) -> Node<Script> {
+    let mut node = Node::Backup(Box::new(Backup::new(config, script, 64, 0)));
+    node.handle_message(0, Message::Hello { pair_id: 3, epoch: 1, image_digest: 9 });
+    drain(&mut node);
+    node
+}
+
+fn backup(script: Script) -> Node<Script> {
+    backup_with(config(), script)
+}
+
+fn log_of(actions: &[Action]) -> Vec<Message> {
+    sent(actions).into_iter().filter(|m| matches!(m, Message::Log { .. })).collect()
+}
+
+/// Before: `Backup::handle_message` asserted its buffer bound, so a peer (or a driver) that sent one entry too
+/// many panicked the backup. Input from the peer must never trip an assert.
+#[test]
+fn log_beyond_the_buffer_bound_is_a_protocol_error_not_a_panic() {
+    let config = Config { log_entries_buffered_max: 4, ..config() };
+    let mut node = backup_with(config, Script::new([]));
+    for index in 1..=6 {
+        let entry =
+            Entry::Input { position: Position { exits: 100 + index, instructions: 0 }, pc: 0, input: Input::Timer };
+        node.handle_message(index, Message::Log { index, entry });
+    }
+    let actions = drain(&mut node);
+    let violation = events(&actions).into_iter().find_map(|e| match e {
+        Event::ProtocolViolation(what) => Some(what),
+        _ => None,
+    });
+    assert!(violation.is_some_and(|what| what.contains("buffer")), "{actions:?}");
+    assert!(actions.iter().any(|a| matches!(a, Action::CloseChannel)));
+}
+
+/// Before: the backup took the channel closing after a clean power-off for a failure of the primary, won the
+/// test-and-set and went live. Power-off is a control operation: both sides stop and nobody goes live.
+#[test]
+fn a_clean_power_off_stops_the_backup_without_a_test_and_set() {
+    let script = || {
+        let mut script = Script::new([
+            Exit::PortOut { port: abi::CONSOLE_WRITE, size: 4, value: CONSOLE_GPA as u32 },
+            Script::power_off(0),
+        ]);
+        script.put_buffer(CONSOLE_GPA, b"bye\n");
+        script
+    };
+    let mut primary = primary(script());
+    primary.run_guest(2, &mut Zero);
+    let log = log_of(&drain(&mut primary));
+    assert_eq!(log.len(), 2, "an output and the power-off: {log:?}");
+    let mut backup = backup(script());
+    for message in log {
+        backup.handle_message(3, message);
+    }
+    drain(&mut backup);
+    primary.handle_message(4, Message::Ack { received: 2, replayed: 0, position: Position::ZERO });
+    let mut actions = drain(&mut primary);
+    primary.run_guest(4, &mut Zero);
+    actions.extend(drain(&mut primary));
+    assert!(actions.iter().any(|a| matches!(a, Action::Release { .. })));
+    assert!(actions.iter().any(|a| matches!(a, Action::CloseChannel)));
+    assert!(matches!(primary.stopped(), Some(ft::Stopped::PoweredOff { status: 0 })));
+    for message in sent(&actions) {
+        backup.handle_message(5, message);
+    }
+    // The primary closes the channel before the backup has replayed the power-off entry.
+    backup.handle_channel_closed(6, "logging channel closed");
+    let mut actions = drain(&mut backup);
+    backup.run_guest(7, &mut Zero);
+    actions.extend(drain(&mut backup));
+    assert!(!actions.iter().any(|a| matches!(a, Action::TestAndSet { .. })), "nobody goes live: {actions:?}");
+    assert!(matches!(backup.stopped(), Some(ft::Stopped::PoweredOff { status: 0 })), "{actions:?}");
+}
+
+/// Before: go-live reissued the in-flight disk requests in tag order, so two overlapping writes submitted as
+/// tag 5 then tag 2 were written in the opposite order, leaving the older data on the disk.
+#[test]
+fn go_live_reissues_overlapping_writes_in_submission_order() {
+    let script = || {
+        let mut script = Script::new([]);
+        script.memory[0x2000..0x2200].fill(0xaa);
+        script.memory[0x3000..0x3200].fill(0xbb);
+        let first = script.disk_request(0x400, abi::DISK_OP_WRITE, 5, 10, 0x2000);
+        let second = script.disk_request(0x440, abi::DISK_OP_WRITE, 2, 10, 0x3000);
+        script.exits.extend([first, second]);
+        script
+    };
+    let mut primary = primary(script());
+    primary.run_guest(2, &mut Zero);
+    let log = log_of(&drain(&mut primary));
+    assert_eq!(log.len(), 2, "two disk-write outputs: {log:?}");
+    let mut backup = backup(script());
+    for message in log {
+        backup.handle_message(3, message);
+    }
+    backup.run_guest(4, &mut Zero);
+    drain(&mut backup);
+    // The primary dies before either write was acknowledged, let alone completed.
+    backup.handle_channel_closed(5, "logging channel closed");
+    assert!(drain(&mut backup).iter().any(|a| matches!(a, Action::TestAndSet { expected_epoch: 1 })));
+    backup.handle_arbiter(6, ArbiterOutcome::Won { epoch: 2 });
+    backup.run_guest(7, &mut Zero);
+    let issued: Vec<(u32, u8)> = drain(&mut backup)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Storage { request: StorageRequest::Write { target, data, .. }, .. } => Some((target.tag, data[0])),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(issued, vec![(5, 0xaa)], "the first submitted goes first; the second waits behind it");
+    backup.handle_storage_done(8, ft::StorageDone { tag: 5, status: abi::DiskStatus::Ok, data: Vec::new() });
+    let issued: Vec<u32> = drain(&mut backup)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Storage { request: StorageRequest::Write { target, .. }, .. } => Some(target.tag),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(issued, vec![2]);
+}
+
+fn heartbeat(role: WireRole, epoch: u64, sent_ms: u64, log_index: u64) -> Message {
+    Message::Heartbeat { pair_id: 3, epoch, role, sent_ms, log_index }
+}
+
+fn tested_and_set(actions: &[Action]) -> bool {
+    actions.iter().any(|a| matches!(a, Action::TestAndSet { .. }))
+}
+
+/// Before: a node counted any heartbeat of its pair as a sign of life of its peer, its own reflected back
+/// included, so a reflector kept a dead peer "alive" forever.
+#[test]
+fn reflected_heartbeats_do_not_keep_a_dead_peer_alive() {
+    let mut node = primary(Script::new([]));
+    let mut actions = Vec::new();
+    for ms in 2..400 {
+        node.handle_message(ms * MS, heartbeat(WireRole::Primary, 1, ms, 0));
+        node.handle_timeout(ms * MS);
+        actions.extend(drain(&mut node));
+    }
+    assert!(tested_and_set(&actions), "the primary's own heartbeats are no sign of its backup");
+    let mut node = backup(Script::new([]));
+    let mut actions = Vec::new();
+    for ms in 2..400 {
+        node.handle_message(ms * MS, heartbeat(WireRole::Backup, 1, ms, 0));
+        node.handle_timeout(ms * MS);
+        actions.extend(drain(&mut node));
+    }
+    assert!(tested_and_set(&actions), "the backup's own heartbeats are no sign of its primary");
+}
+
+/// Before: one recorded heartbeat, replayed over and over, kept a dead peer alive; and a heartbeat of another
+/// epoch counted too.
+#[test]
+fn replayed_and_stale_epoch_heartbeats_do_not_keep_a_dead_peer_alive() {
+    let mut node = primary(Script::new([]));
+    node.handle_message(2 * MS, heartbeat(WireRole::Backup, 1, 2, 0));
+    let mut actions = Vec::new();
+    for ms in 3..400 {
+        node.handle_message(ms * MS, heartbeat(WireRole::Backup, 1, 2, 0));
+        node.handle_timeout(ms * MS);
+        actions.extend(drain(&mut node));
+    }
+    assert!(tested_and_set(&actions), "a replayed heartbeat is no sign of life");
+    let mut node = backup(Script::new([]));
+    let mut actions = Vec::new();
+    for ms in 2..400 {
+        node.handle_message(ms * MS, heartbeat(WireRole::Primary, 7, ms, 0));
+        node.handle_timeout(ms * MS);
+        actions.extend(drain(&mut node));
+    }
+    assert!(tested_and_set(&actions), "a heartbeat of another epoch is no sign of this primary");
+}
+
+/// Before: the backup acknowledged only when it received entries, so the primary never heard that the last
+/// ones were replayed and its execution lag grew for as long as the guest was idle.
+#[test]
+fn execution_lag_is_zero_once_the_backup_has_replayed_everything() {
+    let mut primary = primary(Script::console_then_halt());
+    primary.run_guest(2 * MS, &mut Zero);
+    let log = log_of(&drain(&mut primary));
+    let mut backup = backup(Script::console_then_halt());
+    for message in log {
+        backup.handle_message(3 * MS, message);
+    }
+    let mut acks = sent(&drain(&mut backup));
+    backup.run_guest(4 * MS, &mut Zero);
+    acks.extend(sent(&drain(&mut backup)));
+    assert!(acks.iter().any(|m| matches!(m, Message::Ack { received: 1, replayed: 1, .. })), "{acks:?}");
+    for ack in acks {
+        primary.handle_message(5 * MS, ack);
+    }
+    drain(&mut primary);
+    assert_eq!(primary.stats(7_000 * MS).execution_lag_ns, 0, "an idle pair has no lag");
+    assert_eq!(primary.role(), Role::Primary);
+}
