@@ -216,6 +216,9 @@ impl<G: Guest> Backup<G> {
         let ours = pair_id == self.config.pair_id && epoch == self.epoch && role == wire::Role::Primary;
         let fresh = self.heartbeat_heard_ms.is_none_or(|heard| sent_ms > heard);
         if !ours || !fresh || self.mode != Mode::Replaying {
+            if pair_id == self.config.pair_id && self.mode == Mode::Replaying {
+                cov_mark::hit!(heartbeat_ignored);
+            }
             self.stats.heartbeats_ignored += 1;
             return;
         }
@@ -319,7 +322,12 @@ impl<G: Guest> Backup<G> {
             return;
         };
         match outcome {
-            ArbiterOutcome::Won { epoch } if epoch > self.epoch => self.mode = Mode::GoingLive { epoch },
+            ArbiterOutcome::Won { epoch } if epoch > self.epoch => {
+                if !self.buffer.is_empty() {
+                    cov_mark::hit!(golive_with_backlog);
+                }
+                self.mode = Mode::GoingLive { epoch };
+            }
             ArbiterOutcome::Won { epoch } => {
                 // Epochs only move forward: a grant that does not is nonsense, so ask again.
                 self.actions.push_back(Action::Notify(Event::ProtocolViolation(format!(
@@ -467,7 +475,9 @@ impl<G: Guest> Backup<G> {
     /// may not have left, then powers off).
     fn check_power_off(&mut self) {
         let (Some(status), Some(_)) = (self.powered_off, self.goodbye) else { return };
-        if self.stopped.is_none() && !matches!(self.mode, Mode::GoingLive { .. }) {
+        // Entries at the power-off's position (its final checkpoint) are still verified first.
+        if self.buffer.is_empty() && self.stopped.is_none() && !matches!(self.mode, Mode::GoingLive { .. }) {
+            cov_mark::hit!(power_off_with_live_backup);
             self.actions.push_back(Action::Notify(Event::PoweredOff { status }));
             self.actions.push_back(Action::CloseChannel);
             self.stopped = Some(Stopped::PoweredOff { status });
@@ -506,6 +516,7 @@ impl<G: Guest> Backup<G> {
         }
         self.buffer.pop_front();
         self.replayed = index;
+        self.check_power_off();
         Ok(Step::Progressed)
     }
 

@@ -58,6 +58,9 @@ pub enum Status {
     BadRequest = 1,
     /// The disk failed the write.
     IoError = 2,
+    /// The disk returned something other than what the guest wrote there before: storage (or the protocol in
+    /// front of it) reordered or lost a write. Only the pipelined guest `kvq` checks this.
+    Inconsistent = 3,
 }
 
 /// The guest's answer. Layout: magic u32, op u32, client u32, status u32, request u64, key u64, value u64,
@@ -161,6 +164,7 @@ impl Response {
             0 => Status::Ok,
             1 => Status::BadRequest,
             2 => Status::IoError,
+            3 => Status::Inconsistent,
             other => return Err(DecodeError::Status(other)),
         };
         Ok(Response {

@@ -4,6 +4,11 @@
 //! the guest's order, so that storage never sees a racing pair whose outcome depends on timing. Writes are held
 //! until the backup has acknowledged the log entry that produced them (the Output Rule), and a later read of the
 //! same sectors queues behind the held write instead of overtaking it.
+//!
+//! A third rule keeps go-live's reissue sound: a write waits until the backup has acknowledged the completion of
+//! every earlier overlapping read. Otherwise the primary could die after the write landed and before the
+//! backup had the read's data; the new primary would reissue the read and get the write's data, which comes
+//! after the read in the guest's execution (a read that sees the future; found by the simulator).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -32,7 +37,10 @@ struct Queued {
 #[derive(Debug, Default)]
 pub struct Scheduler {
     queue: VecDeque<Queued>,
-    issued: BTreeMap<u32, DiskTarget>,
+    issued: BTreeMap<u32, (DiskOp, DiskTarget)>,
+    /// Reads done at storage whose completion the backup has not acknowledged (the log index of the completion
+    /// once it is logged): overlapping writes wait for them.
+    reads_unacked: Vec<(u32, DiskTarget, Option<LogIndex>)>,
 }
 
 /// Bounds the queue: the platform refuses more than `DISK_IN_FLIGHT_MAX` requests in flight, and every queued
@@ -64,12 +72,26 @@ impl Scheduler {
         self.queue.push_back(queued);
     }
 
-    /// The backup acknowledged everything up to `acked`: writes logged at or before it may go.
+    /// The backup acknowledged everything up to `acked`: writes logged at or before it may go, and reads whose
+    /// completion is at or before it no longer hold writes back.
     pub fn acked(&mut self, acked: LogIndex) {
         for queued in &mut self.queue {
             if queued.held_until.is_some_and(|index| index <= acked) {
                 queued.held_until = None;
             }
+        }
+        self.reads_unacked.retain(|(_, _, logged)| logged.is_none_or(|index| index > acked));
+    }
+
+    /// The completion of read `tag` went into the log at `index` (`None`: no backup, nothing to wait for).
+    pub fn read_logged(&mut self, tag: u32, index: Option<LogIndex>) {
+        match index {
+            Some(index) => {
+                for read in self.reads_unacked.iter_mut().filter(|(t, _, logged)| *t == tag && logged.is_none()) {
+                    read.2 = Some(index);
+                }
+            }
+            None => self.reads_unacked.retain(|(t, _, logged)| *t != tag || logged.is_some()),
         }
     }
 
@@ -78,6 +100,7 @@ impl Scheduler {
         for queued in &mut self.queue {
             queued.held_until = None;
         }
+        self.reads_unacked.clear();
     }
 
     /// Writes still held by the Output Rule.
@@ -89,12 +112,21 @@ impl Scheduler {
     pub fn poll_issue(&mut self) -> Option<StorageRequest> {
         let ready = (0..self.queue.len()).find(|&i| {
             let candidate = &self.queue[i];
-            candidate.held_until.is_none()
-                && !self.issued.values().any(|busy| overlap(busy, &candidate.target))
-                && !self.queue.iter().take(i).any(|earlier| overlap(&earlier.target, &candidate.target))
+            let unacked_read = candidate.op == DiskOp::Write
+                && self.reads_unacked.iter().any(|(_, read, _)| overlap(read, &candidate.target));
+            if unacked_read {
+                cov_mark::hit!(write_waits_for_read_completion);
+            }
+            let blocked = unacked_read
+                || self.issued.values().any(|(_, busy)| overlap(busy, &candidate.target))
+                || self.queue.iter().take(i).any(|earlier| overlap(&earlier.target, &candidate.target));
+            if blocked && candidate.held_until.is_none() {
+                cov_mark::hit!(overlapping_request_waits);
+            }
+            candidate.held_until.is_none() && !blocked
         })?;
         let queued = self.queue.remove(ready)?;
-        self.issued.insert(queued.target.tag, queued.target);
+        self.issued.insert(queued.target.tag, (queued.op, queued.target));
         Some(match queued.op {
             DiskOp::Read => StorageRequest::Read { target: queued.target },
             DiskOp::Write => {
@@ -118,11 +150,21 @@ impl Scheduler {
         }
     }
 
-    /// Storage answered for `tag`; returns false for an answer nobody is waiting for (a stale reply).
+    /// Storage answered for `tag`; returns false for an answer nobody is waiting for (a stale reply). A read
+    /// keeps holding overlapping writes back until its completion is logged and acknowledged (`read_logged`).
     pub fn completed(&mut self, tag: u32) -> bool {
-        self.issued.remove(&tag).is_some()
+        match self.issued.remove(&tag) {
+            Some((DiskOp::Read, target)) => {
+                self.reads_unacked.push((tag, target, None));
+                assert!(self.reads_unacked.len() <= QUEUED_MAX, "more reads unacknowledged than tags in flight");
+                true
+            }
+            Some((DiskOp::Write, _)) => true,
+            None => false,
+        }
     }
 
+    /// Nothing queued or at storage (reads waiting for their completion's ack hold nothing up but writes).
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.issued.is_empty()
     }
@@ -152,5 +194,29 @@ mod tests {
         assert!(scheduler.completed(1));
         assert_eq!(scheduler.poll_issue(), Some(StorageRequest::Read { target: target(2, 5) }));
         assert!(!scheduler.completed(99), "a stale completion is refused");
+    }
+
+    #[test]
+    fn a_write_waits_for_the_acknowledged_completion_of_an_earlier_read() {
+        let mut scheduler = Scheduler::default();
+        scheduler.submit_read(target(1, 5));
+        scheduler.submit_write(target(2, 5), vec![1; 512], 0, Some(1));
+        scheduler.acked(1);
+        assert_eq!(scheduler.poll_issue(), Some(StorageRequest::Read { target: target(1, 5) }));
+        assert_eq!(scheduler.poll_issue(), None, "the read is at storage");
+        assert!(scheduler.completed(1));
+        assert_eq!(scheduler.poll_issue(), None, "its completion is not logged yet");
+        scheduler.read_logged(1, Some(4));
+        scheduler.acked(3);
+        assert_eq!(scheduler.poll_issue(), None, "nor acknowledged");
+        scheduler.acked(4);
+        assert!(matches!(scheduler.poll_issue(), Some(StorageRequest::Write { .. })));
+        let mut alone = Scheduler::default();
+        alone.submit_read(target(1, 5));
+        alone.submit_write(target(2, 5), vec![1; 512], 0, None);
+        assert!(alone.poll_issue().is_some());
+        assert!(alone.completed(1));
+        alone.read_logged(1, None);
+        assert!(matches!(alone.poll_issue(), Some(StorageRequest::Write { .. })), "without a backup nothing waits");
     }
 }

@@ -43,6 +43,9 @@ pub enum Message {
     /// Primary to backup, the last message of a pair whose guest powered off: the power-off entry is
     /// acknowledged, every output reached the outside and every disk write is done. The backup stops too.
     Goodbye { status: u32 },
+    /// The last frame of a recording file (`ftvm record`), never sent on a channel: the recording is whole and
+    /// holds `entries` log entries. A log file without it was cut short.
+    EndOfRecording { entries: u64 },
 }
 
 impl Message {
@@ -55,6 +58,7 @@ impl Message {
             Message::Released { .. } => 5,
             Message::Heartbeat { .. } => 6,
             Message::Goodbye { .. } => 7,
+            Message::EndOfRecording { .. } => 8,
         }
     }
 }
@@ -137,6 +141,7 @@ fn encode_payload(message: &Message, w: &mut Writer) {
             w.u64(*log_index);
         }
         Message::Goodbye { status } => w.u32(*status),
+        Message::EndOfRecording { entries } => w.u64(*entries),
     }
 }
 
@@ -258,6 +263,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message, WireError> {
             log_index: r.u64()?,
         },
         7 => Message::Goodbye { status: r.u32()? },
+        8 => Message::EndOfRecording { entries: r.u64()? },
         other => return Err(WireError::UnknownKind(other)),
     };
     if r.remaining() != 0 {

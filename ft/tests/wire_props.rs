@@ -71,6 +71,7 @@ fn message() -> impl Strategy<Value = Message> {
             }
         ),
         any::<u32>().prop_map(|status| Message::Goodbye { status }),
+        any::<u64>().prop_map(|entries| Message::EndOfRecording { entries }),
     ]
 }
 

@@ -257,6 +257,14 @@ fn damaged_logs_are_refused_cleanly() {
         &format!("frame {last} at byte {}: stream ended inside a frame", offsets[last]),
     );
 
+    // Cut at a frame boundary, as a recording that died leaves it: every frame checks out, and only the missing
+    // end-of-recording frame shows that the guest's run did not end here (before: replayed "successfully", with
+    // the hash of a state no complete run ends in).
+    for frames in [last, last / 2] {
+        std::fs::write(&cut, &bytes[..offsets[frames]]).expect("written");
+        expect_clean_error(&replay("kv", &cut), "the log is truncated: it ends after");
+    }
+
     std::fs::write(&cut, &bytes[..10]).expect("written");
     expect_clean_error(&replay("kv", &cut), "frame 0 at byte 0: stream ended inside a frame (10 bytes left over)");
 

@@ -1,7 +1,8 @@
-//! Simulated clients of the key-value service. The service address moves at failover: a client sends each
+//! Simulated clients of the key-value service. Each client keeps `pipeline` requests in flight (one worker per
+//! slot, each with its own socket and client id). The service address moves at failover: a worker sends each
 //! attempt to the host that holds the address at that moment (`World::service_owner`, the simulator's stand-in
-//! for the gratuitous ARP), and a backup drops any client traffic, as its hypervisor drops the backup VM's
-//! network I/O. Every operation goes into the history checked by `check::history`.
+//! for the gratuitous ARP), and a backup drops client traffic, as its hypervisor drops the backup VM's network
+//! I/O. Every operation goes into the history checked by `check::history`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,19 +22,25 @@ const ATTEMPTS_MAX: u32 = 4;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
 /// Keys the clients use: few, so that operations contend.
 const KEYS_USED: u64 = 8;
+/// Workers per client at most (ports are laid out by it).
+const PIPELINE_MAX: u32 = 32;
 
 /// All clients run as tasks of one host (each host costs simulator time on every tick).
 pub const CLIENTS_HOST: &str = "clients";
 
-/// The body of the clients host: `count` independent clients on ports `CLIENT_PORT + 1..`.
-pub async fn clients_main(count: u32, world: SharedWorld, seed: u64, stop_ns: u64) -> turmoil::Result {
+/// The body of the clients host: `count` clients of `pipeline` workers each.
+pub async fn clients_main(count: u32, pipeline: u32, world: SharedWorld, seed: u64, stop_ns: u64) -> turmoil::Result {
+    assert!((1..=PIPELINE_MAX).contains(&pipeline));
     for client in 1..=count {
-        tokio::task::spawn_local(client_main(client, world.clone(), seed, stop_ns));
+        for worker in 0..pipeline {
+            let id = client * PIPELINE_MAX + worker;
+            tokio::task::spawn_local(worker_main(id, world.clone(), seed, stop_ns));
+        }
     }
     std::future::pending().await
 }
 
-pub async fn client_main(client: u32, world: SharedWorld, seed: u64, stop_ns: u64) -> turmoil::Result {
+async fn worker_main(client: u32, world: SharedWorld, seed: u64, stop_ns: u64) -> turmoil::Result {
     let socket = UdpSocket::bind(("0.0.0.0", CLIENT_PORT + client as u16)).await?;
     let servers: Vec<SocketAddr> =
         NodeId::ALL.iter().map(|node| SocketAddr::new(turmoil::lookup(node.host()), SERVICE_PORT)).collect();
@@ -41,7 +48,7 @@ pub async fn client_main(client: u32, world: SharedWorld, seed: u64, stop_ns: u6
     let mut answers: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut counter = 0u64;
     while now_ns() < stop_ns {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1..40))).await;
         counter += 1;
         let op = if rng.random_bool(0.5) { Op::Put } else { Op::Get };
         let value = if op == Op::Put { (u64::from(client) << 32) | counter } else { 0 };
@@ -97,6 +104,15 @@ pub async fn client_main(client: u32, world: SharedWorld, seed: u64, stop_ns: u6
                     continue;
                 }
                 let mut world = world.borrow_mut();
+                if response.status == Status::Inconsistent {
+                    world.violation(
+                        "S2 disk consistency",
+                        format!(
+                            "client {client}: the guest read {:#x} for key {} where it had written something else",
+                            response.value, response.key
+                        ),
+                    );
+                }
                 let now = now_ns();
                 let record = &mut world.history[index];
                 record.completed_ns = Some(now);

@@ -11,13 +11,18 @@ macro_rules! say {
 }
 
 pub mod bench;
+pub mod channel;
 pub mod check;
 pub mod client;
-pub mod faults;
+pub mod hashtap;
+pub mod marks;
 /// The model guest lives in `corpus/model` (ftvm runs it too, without KVM); re-exported under its old name.
 pub use model_guest as model;
 pub mod node_host;
+pub mod observe;
 pub mod pair;
+pub mod plan;
+pub mod regression;
 pub mod scenario;
 pub mod stopwatch;
 pub mod storage_host;

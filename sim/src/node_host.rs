@@ -1,20 +1,25 @@
-//! A simulated FT host: runs one protocol node over turmoil sockets and reports to the world.
+//! A simulated FT host: runs one protocol node (`ft::driver::run`) over turmoil sockets, applies the faults that
+//! live inside a host (heartbeat damage, a crash aimed at a protocol edge), and reports what it does to the
+//! world (`observe.rs`).
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use ft::driver::{Arbiter, BlockStorage, Clock, Datagrams, Observation, Observer, Outside, StorageError, WriteStamp};
-use ft::log::{DiskTarget, Entry, Output, OutputKind};
-use ft::storage::StorageRequest;
-use ft::wire::Message;
-use ft::{Action, ArbiterOutcome, Config, EntropySource, Event, Node, Role};
-use rand::{RngCore, SeedableRng};
+use ft::log::{DiskTarget, Output, OutputKind};
+use ft::{ArbiterOutcome, Config, EntropySource, Node, Role};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use turmoil::net::{TcpListener, TcpStream, UdpSocket};
 
-use crate::check;
+use crate::channel::SimChannel;
+use crate::hashtap::HashTap;
 use crate::model::{ModelGuest, Workload};
+use crate::plan::{Edge, HeartbeatFault};
+use crate::storage_host::{self, DISK_SECTORS};
+use crate::world::{NodeId, SharedWorld};
 
 /// Builds the guest a node runs: the model guest, or (in tests that have KVM) a real one.
 pub type GuestFactory = Rc<dyn Fn() -> Box<dyn ft::Guest>>;
@@ -23,14 +28,12 @@ pub type GuestFactory = Rc<dyn Fn() -> Box<dyn ft::Guest>>;
 pub fn model_guests(workload: Workload) -> GuestFactory {
     Rc::new(move || Box::new(ModelGuest::new(workload)))
 }
-use crate::storage_host::{self, DISK_SECTORS};
-use crate::world::{NodeId, Release, SharedWorld};
 
 pub const SERVICE_PORT: u16 = 7000;
 pub const HEARTBEAT_PORT: u16 = 7001;
 pub const CHANNEL_PORT: u16 = 7002;
-/// Simulated CPU time of one guest slice.
-const GUEST_SLICE_NS: u64 = 1_000_000;
+/// Simulated CPU time of a guest slice on a live primary.
+pub const PRIMARY_SLICE_NS: u64 = 1_000_000;
 
 pub struct SimEntropy(pub ChaCha8Rng);
 
@@ -40,17 +43,68 @@ impl EntropySource for SimEntropy {
     }
 }
 
-struct SimHost {
-    id: NodeId,
-    world: SharedWorld,
+/// What a node host needs to know of its scenario.
+#[derive(Clone)]
+pub struct NodeSetup {
+    pub config: Config,
+    pub guests: GuestFactory,
+    pub seed: u64,
+    /// Simulated CPU time of one guest slice on this host.
+    pub slice_ns: u64,
+    pub storage_timeout: Duration,
+}
+
+pub struct SimHost {
+    pub(crate) id: NodeId,
+    pub(crate) world: SharedWorld,
     heartbeat: UdpSocket,
     service: UdpSocket,
     peer_heartbeat: SocketAddr,
-    buffered_max: usize,
+    own_heartbeat: SocketAddr,
+    storage: storage_host::Client,
+    slice_ns: u64,
+    pub(crate) buffered_max: usize,
+    /// Died at its crash point: nothing more leaves this host (the scenario loop crashes it at the next step).
+    pub(crate) dead: Rc<Cell<bool>>,
+    /// Reissued disk requests left to count after this node went live (for `Edge::DuringReissue`).
+    pub(crate) reissues_left: Cell<u64>,
 }
 
 pub fn now_ns() -> u64 {
     turmoil::sim_elapsed().map_or(0, |elapsed| elapsed.as_nanos() as u64)
+}
+
+impl SimHost {
+    /// Counts one arrival at `edge`; true if this node must die here (its crash point).
+    pub(crate) fn reached(&self, edge: Edge) -> bool {
+        let mut world = self.world.borrow_mut();
+        let Some(point) = world.faults.crash_point.filter(|p| p.node == self.id && p.edge == edge) else {
+            return false;
+        };
+        let count = &mut world.faults.edge_count[self.id.index()];
+        *count += 1;
+        *count == point.nth
+    }
+
+    /// Dies at the crash point: from now on the host sends nothing, and the scenario loop crashes it.
+    pub(crate) fn die(&self, edge: Edge) {
+        if self.dead.replace(true) {
+            return;
+        }
+        match edge {
+            Edge::AfterAck => cov_mark::hit!(crash_after_ack),
+            Edge::AfterRelease => cov_mark::hit!(crash_after_release),
+            Edge::DuringTestAndSet => cov_mark::hit!(crash_during_test_and_set),
+            Edge::DuringReissue => cov_mark::hit!(crash_during_reissue),
+            Edge::DuringPowerOff => cov_mark::hit!(crash_during_power_off),
+        }
+        let mut world = self.world.borrow_mut();
+        world.now_ns = now_ns();
+        world.crashed[self.id.index()] = true;
+        world.crash_requests.push(self.id);
+        world.counts.crash_points += 1;
+        world.log("NEMESIS", format!("crash {} {edge:?}", self.id.host()));
+    }
 }
 
 impl Clock for SimHost {
@@ -58,8 +112,15 @@ impl Clock for SimHost {
         now_ns()
     }
 
+    /// A slow host is slow while it replays (a CPU-starved backup); once live it runs at the primary's pace, so
+    /// that liveness measures the protocol, not an overloaded machine.
     fn guest_slice_ns(&self) -> u64 {
-        GUEST_SLICE_NS
+        let replaying = self.world.borrow().role[self.id.index()] == Some(Role::Backup);
+        if replaying {
+            self.slice_ns
+        } else {
+            self.slice_ns.min(PRIMARY_SLICE_NS)
+        }
     }
 
     async fn sleep_until_ns(&self, deadline_ns: u64) {
@@ -72,7 +133,26 @@ impl Clock for SimHost {
 }
 
 impl Datagrams for SimHost {
-    async fn send_heartbeat(&self, frame: Vec<u8>) {
+    async fn send_heartbeat(&self, mut frame: Vec<u8>) {
+        if self.dead.get() {
+            return;
+        }
+        let fault = {
+            let mut world = self.world.borrow_mut();
+            world.last_heartbeat[self.id.index()] = Some(frame.clone());
+            world.faults.heartbeats[self.id.index()]
+        };
+        match fault {
+            Some(HeartbeatFault::Corrupt) => {
+                let mut world = self.world.borrow_mut();
+                let at = world.rng.random_range(0..frame.len());
+                frame[at] ^= 1 << world.rng.random_range(0..8u8);
+            }
+            Some(HeartbeatFault::Reflect) => {
+                let _ = self.heartbeat.send_to(&frame, self.own_heartbeat).await;
+            }
+            Some(HeartbeatFault::Replay) | None => {}
+        }
         let _ = self.heartbeat.send_to(&frame, self.peer_heartbeat).await;
     }
 
@@ -86,28 +166,46 @@ impl Datagrams for SimHost {
 
 impl BlockStorage for SimHost {
     async fn storage_read(&self, epoch: u64, target: DiskTarget) -> Result<Vec<u8>, StorageError> {
-        storage_host::read(epoch, target).await
+        if self.dead.get() {
+            return std::future::pending().await;
+        }
+        self.storage.read(epoch, target).await
     }
 
     async fn storage_write(&self, stamp: WriteStamp, target: DiskTarget, data: Vec<u8>) -> Result<(), StorageError> {
-        storage_host::write(stamp, target, data).await
+        if self.dead.get() {
+            return std::future::pending().await;
+        }
+        self.storage.write(stamp, target, data).await
     }
 }
 
 impl Arbiter for SimHost {
     async fn test_and_set(&self, expected_epoch: u64) -> ArbiterOutcome {
-        storage_host::test_and_set(expected_epoch, self.id).await
+        if self.dead.get() {
+            return std::future::pending().await;
+        }
+        let outcome = self.storage.test_and_set(expected_epoch).await;
+        if outcome != ArbiterOutcome::Unreachable && self.reached(Edge::DuringTestAndSet) {
+            // Storage did it; the answer never reaches the node.
+            self.die(Edge::DuringTestAndSet);
+            return std::future::pending().await;
+        }
+        outcome
     }
 }
 
 impl Outside for SimHost {
     fn release(&self, _epoch: u64, output: &Output) {
-        if output.kind != OutputKind::NetTransmit {
+        if self.dead.get() || output.kind != OutputKind::NetTransmit {
             return;
         }
         if let Some((target, payload)) = ft::kv::datagram_from_frame(&output.bytes) {
             // try_send_to: a datagram to a partitioned client is simply lost, as on a real network.
             let _ = self.service.try_send_to(payload, SocketAddr::V4(target));
+        }
+        if self.reached(Edge::AfterRelease) {
+            self.die(Edge::AfterRelease);
         }
     }
 
@@ -123,149 +221,39 @@ impl Outside for SimHost {
 
 impl Observer for SimHost {
     fn observe(&self, now_ns: u64, observation: Observation) {
-        let mut world = self.world.borrow_mut();
-        world.now_ns = now_ns;
-        let who = self.id.host();
-        match observation {
-            Observation::Action(Action::Notify(event)) => record_event(&mut world, self.id, event),
-            Observation::Action(Action::Release { output, log_index }) => {
-                let epoch = world.role_epoch[self.id.index()];
-                let release = Release {
-                    at_ns: now_ns,
-                    node: self.id,
-                    epoch,
-                    seq: output.seq,
-                    kind: output.kind,
-                    digest: output.digest(),
-                    log_index: *log_index,
-                };
-                check::output_rule::on_release(&mut world, &release);
-                if output.kind == OutputKind::Console {
-                    let line = String::from_utf8_lossy(&output.bytes).trim_end().to_string();
-                    world.log(who, format!("console #{}: {line}", output.seq));
-                }
-                world.releases.push(release);
-            }
-            Observation::Action(Action::Storage {
-                epoch,
-                request: StorageRequest::Write { output_seq, log_index, data, .. },
-            }) => {
-                let release = Release {
-                    at_ns: now_ns,
-                    node: self.id,
-                    epoch: *epoch,
-                    seq: *output_seq,
-                    kind: OutputKind::DiskWrite,
-                    digest: xxhash_rust::xxh3::xxh3_64(data),
-                    log_index: *log_index,
-                };
-                check::output_rule::on_release(&mut world, &release);
-                world.releases.push(release);
-            }
-            Observation::Received(Message::Log { index, entry }) => {
-                check::replay::on_log_received(&mut world, *index);
-                if let Entry::Output { record, .. } = entry {
-                    if record.kind != OutputKind::DiskWrite {
-                        world.logged_outputs.insert(record.seq, record.kind);
-                    }
-                }
-            }
-            Observation::Received(Message::Ack { received, replayed, .. }) => {
-                check::replay::on_ack(&mut world, *received, *replayed, self.buffered_max);
-            }
-            Observation::ChannelError(reason) => {
-                world.counts.channel_errors += 1;
-                world.log(who, format!("channel: {reason}"));
-            }
-            _ => {}
+        if !self.dead.get() {
+            crate::observe::observe(self, now_ns, observation);
         }
-    }
-}
-
-fn record_event(world: &mut crate::world::World, id: NodeId, event: &Event) {
-    let who = id.host();
-    match event {
-        Event::Checkpoint { .. } => {
-            world.counts.checkpoints_verified += 1;
-            return;
-        }
-        Event::WentLive { epoch, reissued_outputs, reissued_disk_requests, .. } => {
-            world.live.entry(*epoch).or_default().push(id);
-            world.role[id.index()] = Some(Role::Unprotected);
-            world.role_epoch[id.index()] = *epoch;
-            world.went_live_ns.get_or_insert(world.now_ns);
-            if id == NodeId::B {
-                world.counts.failovers += 1;
-            } else {
-                world.counts.unprotected += 1;
-            }
-            world.counts.outputs_reissued += *reissued_outputs as u64;
-            world.counts.disk_reissued += *reissued_disk_requests as u64;
-            check::epochs::on_went_live(world, id, *epoch);
-        }
-        Event::LostRace { .. } => {
-            world.counts.lost_races += 1;
-            world.role[id.index()] = Some(Role::Stopped);
-        }
-        Event::ArbiterUnreachable => world.counts.arbiter_unreachable += 1,
-        Event::Stalled { .. } => world.counts.stalls += 1,
-        Event::Diverged(divergence) => world.violation("S5 state hashes", format!("{who} {divergence}")),
-        Event::PoweredOff { .. } | Event::GuestStopped { .. } => world.role[id.index()] = Some(Role::Stopped),
-        Event::ProtocolViolation(what) => world.log(who, format!("protocol violation: {what}")),
-        _ => {}
-    }
-    world.log(who, describe(event));
-}
-
-fn describe(event: &Event) -> String {
-    match event {
-        Event::ChannelUp { epoch } => format!("logging channel up (epoch {epoch})"),
-        Event::PeerFailed { silent_ms, cause } => {
-            format!("declaring the peer failed after {silent_ms} ms without word: {cause}")
-        }
-        Event::TestAndSetStarted { expected_epoch } => format!("test-and-set on epoch {expected_epoch}"),
-        Event::ArbiterUnreachable => "arbiter unreachable, will retry".into(),
-        Event::WentLive { epoch, replayed_entries, reissued_disk_requests, reissued_outputs } => format!(
-            "LIVE epoch {epoch} (replayed {replayed_entries} entries, reissued {reissued_disk_requests} disk requests and {reissued_outputs} outputs)"
-        ),
-        Event::LostRace { epoch } => format!("lost the go-live race (epoch {epoch}): halting"),
-        Event::Diverged(divergence) => format!("DIVERGED: {divergence}"),
-        Event::PoweredOff { status } => format!("powered off ({status})"),
-        Event::GuestStopped { reason } => format!("guest stopped: {reason}"),
-        Event::ProtocolViolation(what) => format!("protocol violation: {what}"),
-        Event::Checkpoint { position, hash } => format!("checkpoint {hash:016x} at {position}"),
-        Event::Stalled { unacked } => format!("flow control: guest stalled with {unacked} entries unacknowledged"),
     }
 }
 
 /// The body of a node host. Restarted (bounced) hosts come back without their VM and stay out: bringing them
 /// back as a backup is re-protection, which is not implemented.
-pub async fn node_main(
-    id: NodeId,
-    world: SharedWorld,
-    config: Config,
-    guests: GuestFactory,
-    seed: u64,
-) -> turmoil::Result {
+pub async fn node_main(id: NodeId, world: SharedWorld, setup: NodeSetup) -> turmoil::Result {
     let restarted = std::mem::replace(&mut world.borrow_mut().started[id.index()], true);
     if restarted {
         world.borrow_mut().log(id.host(), "restarted without its VM: stays out (re-protection not implemented)");
         world.borrow_mut().role[id.index()] = Some(Role::Stopped);
         return std::future::pending().await;
     }
+    let config = setup.config.clone();
     let peer = id.other().host();
-    let peer_ip = turmoil::lookup(peer);
     let host = Rc::new(SimHost {
         id,
         world: world.clone(),
         heartbeat: UdpSocket::bind(("0.0.0.0", HEARTBEAT_PORT)).await?,
         service: UdpSocket::bind(("0.0.0.0", SERVICE_PORT)).await?,
-        peer_heartbeat: SocketAddr::new(peer_ip, HEARTBEAT_PORT),
+        peer_heartbeat: SocketAddr::new(turmoil::lookup(peer), HEARTBEAT_PORT),
+        own_heartbeat: SocketAddr::new(turmoil::lookup(id.host()), HEARTBEAT_PORT),
+        storage: storage_host::Client { node: id, timeout: setup.storage_timeout },
+        slice_ns: setup.slice_ns,
         buffered_max: config.log_entries_buffered_max,
+        dead: Rc::new(Cell::new(false)),
+        reissues_left: Cell::new(0),
     });
-    let guest = guests();
+    let guest: Box<dyn ft::Guest> = Box::new(HashTap::new((setup.guests)(), id, world.clone()));
     let now = now_ns();
-    let (node, channel) = match id {
+    let (node, stream) = match id {
         NodeId::A => {
             world.borrow_mut().role[0] = Some(Role::Primary);
             world.borrow_mut().role_epoch[0] = 1;
@@ -279,13 +267,14 @@ pub async fn node_main(
             (node, accept(config.startup_timeout_ms).await)
         }
     };
-    let mut entropy = SimEntropy(ChaCha8Rng::seed_from_u64(seed ^ (0x5eed_0000 + id as u64)));
-    let stopped = ft::driver::run(host, node, channel, &mut entropy).await;
-    {
+    let channel = stream.map(|inner| SimChannel { inner, node: id, world: world.clone(), dead: host.dead.clone() });
+    let mut entropy = SimEntropy(ChaCha8Rng::seed_from_u64(setup.seed ^ (0x5eed_0000 + id as u64)));
+    let stopped = ft::driver::run(host.clone(), node, channel, &mut entropy).await;
+    if !host.dead.get() {
         let mut world = world.borrow_mut();
         world.now_ns = now_ns();
         world.role[id.index()] = Some(Role::Stopped);
-        world.log(id.host(), format!("stopped: {stopped:?}"));
+        world.log(id.host(), format!("stopped: {}", crate::observe::describe_stopped(&stopped)));
     }
     std::future::pending().await
 }
@@ -307,4 +296,26 @@ async fn accept(timeout_ms: u64) -> Option<TcpStream> {
     let listener = TcpListener::bind(("0.0.0.0", CHANNEL_PORT)).await.ok()?;
     let accepted = tokio::time::timeout(Duration::from_millis(timeout_ms), listener.accept()).await;
     accepted.ok()?.ok().map(|(stream, _)| stream)
+}
+
+/// The network replaying recorded heartbeats (`HeartbeatFault::Replay`): every few milliseconds, the last
+/// heartbeat a node sent reaches its peer again, also after the node died. Runs on the storage host, which
+/// never crashes.
+pub async fn replay_heartbeats(world: SharedWorld) {
+    let Ok(socket) = UdpSocket::bind(("0.0.0.0", HEARTBEAT_PORT)).await else { return };
+    loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let replays: Vec<(NodeId, Vec<u8>)> = {
+            let world = world.borrow();
+            NodeId::ALL
+                .into_iter()
+                .filter(|node| world.faults.heartbeats[node.index()] == Some(HeartbeatFault::Replay))
+                .filter_map(|node| Some((node, world.last_heartbeat[node.index()].clone()?)))
+                .collect()
+        };
+        for (node, frame) in replays {
+            let peer = SocketAddr::new(turmoil::lookup(node.other().host()), HEARTBEAT_PORT);
+            let _ = socket.send_to(&frame, peer).await;
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! One seed, one scenario: build the world, run the safety phase with the planned faults, heal, run the liveness
-//! phase, then check. Everything random comes from the seed.
+//! phase, then check. Everything random comes from the seed (the plan, turmoil's network, the nemesis).
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -7,8 +7,9 @@ use ft::Config;
 
 use crate::check::{self, Expectations};
 use crate::client::{self, clients_main};
-use crate::faults::{Cut, Fault, Plan};
-use crate::node_host::{model_guests, node_main, GuestFactory};
+use crate::marks::Survey;
+use crate::node_host::{model_guests, node_main, GuestFactory, NodeSetup};
+use crate::plan::{Cut, Fault, Plan};
 use crate::storage_host::{self, STORAGE_HOST};
 use crate::world::{Counts, NodeId, SharedWorld, World};
 
@@ -19,10 +20,13 @@ pub struct Report {
     pub trace: Vec<String>,
     pub violations: Vec<String>,
     pub counts: Counts,
+    /// Coverage marks hit, by name.
+    pub marks: std::collections::BTreeMap<&'static str, usize>,
     pub trace_hash: u64,
 }
 
 impl Report {
+    /// The one line that reproduces this scenario.
     pub fn reproduce(&self) -> String {
         format!("cargo run --release --bin ftsim -- run --seed {}", self.seed)
     }
@@ -35,9 +39,13 @@ pub fn config_for(plan: &Plan) -> Config {
         heartbeat_interval_ms: plan.heartbeat_interval_ms,
         failure_timeout_ms: plan.failure_timeout_ms,
         startup_timeout_ms: 1_000,
+        arbiter_retry_ms: plan.arbiter_retry_ms,
+        checkpoint_interval_exits: plan.checkpoint_interval_exits,
         log_entries_unacked_max: plan.log_entries_unacked_max,
+        log_entries_buffered_max: plan.log_entries_buffered_max,
+        net_frames_queued_max: plan.net_frames_queued_max,
         slice_instructions: plan.slice_instructions,
-        ..Config::default()
+        slice_exits_max: plan.slice_exits_max,
     }
 }
 
@@ -47,13 +55,16 @@ pub fn run(seed: u64) -> Report {
     run_plan(seed, plan, guests)
 }
 
-/// Runs a given plan with the given guests (tests pin plans and bring KVM guests this way).
+/// Runs a given plan with the given guests (regression plans are replayed as stored; tests bring KVM guests).
 pub fn run_plan(seed: u64, plan: Plan, guests: GuestFactory) -> Report {
-    let world = World::new();
+    let survey = Survey::start();
+    let world = World::new(seed);
     for line in plan.describe().lines() {
         world.borrow_mut().trace.push(line.to_string());
     }
+    world.borrow_mut().faults.crash_point = plan.crash_point;
     let result = simulate(seed, &plan, &world, &guests);
+    let marks = survey.finish();
     let mut world = world.borrow_mut();
     world.now_ns = plan.end_ms * 1_000_000;
     if let Err(error) = result {
@@ -63,13 +74,14 @@ pub fn run_plan(seed: u64, plan: Plan, guests: GuestFactory) -> Report {
         heal_ns: plan.heal_ms * 1_000_000,
         end_ns: plan.end_ms * 1_000_000,
         crashed: plan.crashed(),
-        kv_workload: plan.workload == crate::model::Workload::Kv,
+        liveness: !plan.double_failure(),
+        kv_workload: plan.clients > 0,
     };
     check::at_end(&mut world, &expectations);
     let counts = world.counts.clone();
     world.trace.push(format!("counts: {counts:?}"));
     let trace_hash = xxhash_rust::xxh3::xxh3_64(world.trace.join("\n").as_bytes());
-    Report { seed, plan, trace: world.trace.clone(), violations: world.violations.clone(), counts, trace_hash }
+    Report { seed, plan, trace: world.trace.clone(), violations: world.violations.clone(), counts, marks, trace_hash }
 }
 
 fn simulate(seed: u64, plan: &Plan, world: &SharedWorld, guests: &GuestFactory) -> turmoil::Result {
@@ -82,16 +94,29 @@ fn simulate(seed: u64, plan: &Plan, world: &SharedWorld, guests: &GuestFactory) 
         .max_message_latency(Duration::from_millis(plan.latency_max_ms))
         .build();
     let storage_world = world.clone();
-    sim.host(STORAGE_HOST, move || storage_host::serve(storage_world.clone()));
+    sim.host(STORAGE_HOST, move || {
+        let world = storage_world.clone();
+        async move {
+            tokio::task::spawn_local(crate::node_host::replay_heartbeats(world.clone()));
+            storage_host::serve(world).await
+        }
+    });
     let config = config_for(plan);
     for node in NodeId::ALL {
-        let (world, config, guests) = (world.clone(), config.clone(), guests.clone());
-        sim.host(node.host(), move || node_main(node, world.clone(), config.clone(), guests.clone(), seed));
+        let setup = NodeSetup {
+            config: config.clone(),
+            guests: guests.clone(),
+            seed,
+            slice_ns: plan.slice_cost_us[node.index()] * 1_000,
+            storage_timeout: Duration::from_millis(plan.storage_timeout_ms),
+        };
+        let world = world.clone();
+        sim.host(node.host(), move || node_main(node, world.clone(), setup.clone()));
     }
     let clients_stop_ns = plan.end_ms * 1_000_000;
     if plan.clients > 0 {
-        let (world, count) = (world.clone(), plan.clients);
-        sim.host(client::CLIENTS_HOST, move || clients_main(count, world.clone(), seed, clients_stop_ns));
+        let (world, count, pipeline) = (world.clone(), plan.clients, plan.pipeline);
+        sim.host(client::CLIENTS_HOST, move || clients_main(count, pipeline, world.clone(), seed, clients_stop_ns));
     }
     let mut pending = plan.faults.clone();
     pending.reverse();
@@ -100,6 +125,11 @@ fn simulate(seed: u64, plan: &Plan, world: &SharedWorld, guests: &GuestFactory) 
     while sim.elapsed() < Duration::from_millis(plan.end_ms) {
         let now_ms = sim.elapsed().as_millis() as u64;
         world.borrow_mut().now_ns = now_ms * 1_000_000;
+        // Nodes that died at their crash point during the last step go down now.
+        let dying = std::mem::take(&mut world.borrow_mut().crash_requests);
+        for node in dying {
+            sim.crash(node.host());
+        }
         while pending.last().is_some_and(|(at_ms, _)| *at_ms <= now_ms) {
             let (_, fault) = pending.pop().expect("checked above");
             inject(&mut sim, world, plan, &fault);
@@ -117,6 +147,7 @@ fn simulate(seed: u64, plan: &Plan, world: &SharedWorld, guests: &GuestFactory) 
             for (_, fault) in std::mem::take(&mut repairs) {
                 heal(&mut sim, world, plan, &fault);
             }
+            world.borrow_mut().faults.crash_point = None;
             world.borrow_mut().log("NEMESIS", "heal everything: liveness phase");
         }
         sim.step()?;
@@ -129,8 +160,10 @@ fn duration_of(fault: &Fault) -> Option<u64> {
         Fault::Partition { duration_ms, .. }
         | Fault::Clog { duration_ms }
         | Fault::Loss { duration_ms, .. }
-        | Fault::SlowStorage { duration_ms, .. } => Some(*duration_ms),
-        Fault::Crash(_) | Fault::Bounce(_) => None,
+        | Fault::SlowStorage { duration_ms, .. }
+        | Fault::StorageRequests { duration_ms, .. }
+        | Fault::Heartbeats { duration_ms, .. } => Some(*duration_ms),
+        Fault::Crash(_) | Fault::Bounce(_) | Fault::CorruptChannel { .. } => None,
     }
 }
 
@@ -152,14 +185,15 @@ fn pairs(plan: &Plan, cut: Cut) -> Vec<(String, String)> {
 
 fn inject(sim: &mut turmoil::Sim, world: &SharedWorld, plan: &Plan, fault: &Fault) {
     world.borrow_mut().log("NEMESIS", format!("{fault:?}"));
+    let mut w = world.borrow_mut();
     match fault {
         Fault::Crash(node) => {
             sim.crash(node.host());
-            world.borrow_mut().crashed[node.index()] = true;
+            w.crashed[node.index()] = true;
         }
         Fault::Bounce(node) => {
             sim.bounce(node.host());
-            world.borrow_mut().crashed[node.index()] = true;
+            w.crashed[node.index()] = true;
         }
         Fault::Partition { cut: Cut::OneWay(from, to), .. } => sim.partition_oneway(from.host(), to.host()),
         Fault::Partition { cut, .. } => {
@@ -171,12 +205,16 @@ fn inject(sim: &mut turmoil::Sim, world: &SharedWorld, plan: &Plan, fault: &Faul
         Fault::Loss { rate_percent, .. } => {
             sim.set_link_fail_rate(NodeId::A.host(), NodeId::B.host(), f64::from(*rate_percent) / 100.0)
         }
-        Fault::SlowStorage { delay_ms, .. } => world.borrow_mut().storage_delay_ms = *delay_ms,
+        Fault::SlowStorage { delay_ms, .. } => w.faults.storage_delay_ms = *delay_ms,
+        Fault::StorageRequests { node, fault, .. } => w.faults.requests[node.index()] = Some(*fault),
+        Fault::CorruptChannel { from } => w.faults.corrupt_channel[from.index()] = true,
+        Fault::Heartbeats { node, fault, .. } => w.faults.heartbeats[node.index()] = Some(*fault),
     }
 }
 
 fn heal(sim: &mut turmoil::Sim, world: &SharedWorld, plan: &Plan, fault: &Fault) {
     world.borrow_mut().log("NEMESIS", format!("heal {fault:?}"));
+    let mut w = world.borrow_mut();
     match fault {
         Fault::Partition { cut: Cut::OneWay(from, to), .. } => sim.repair_oneway(from.host(), to.host()),
         Fault::Partition { cut, .. } => {
@@ -186,7 +224,9 @@ fn heal(sim: &mut turmoil::Sim, world: &SharedWorld, plan: &Plan, fault: &Fault)
         }
         Fault::Clog { .. } => sim.release(NodeId::A.host(), NodeId::B.host()),
         Fault::Loss { .. } => sim.set_link_fail_rate(NodeId::A.host(), NodeId::B.host(), 0.0),
-        Fault::SlowStorage { .. } => world.borrow_mut().storage_delay_ms = 0,
-        Fault::Crash(_) | Fault::Bounce(_) => {}
+        Fault::SlowStorage { .. } => w.faults.storage_delay_ms = 0,
+        Fault::StorageRequests { node, .. } => w.faults.requests[node.index()] = None,
+        Fault::Heartbeats { node, .. } => w.faults.heartbeats[node.index()] = None,
+        Fault::Crash(_) | Fault::Bounce(_) | Fault::CorruptChannel { .. } => {}
     }
 }

@@ -1,14 +1,24 @@
-//! State shared by every simulated host and the checkers: what the outside world saw, the shared storage, and
-//! the timeline. It lives outside the hosts so that it survives crashes and bounces.
+//! State shared by every simulated host and the checkers: what the outside world saw (clients, storage, the
+//! arbiter), the faults in force, and the timeline. It lives outside the hosts so that it survives crashes.
+//!
+//! The checkers believe the outside: the arbiter's grants, what storage wrote, what clients were answered and
+//! the guests' own state hashes. What a node says about itself (its role, its epoch) is used only for routing
+//! client traffic and for the timeline.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use ft::log::OutputKind;
+use ft::Position;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{CrashPoint, HeartbeatFault, RequestFault};
 
 /// One of the two FT hosts. `A` starts as primary, `B` as backup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum NodeId {
     A,
     B,
@@ -38,7 +48,6 @@ impl NodeId {
 pub struct Release {
     pub at_ns: u64,
     pub node: NodeId,
-    pub epoch: u64,
     pub seq: u64,
     pub kind: OutputKind,
     pub digest: u64,
@@ -60,6 +69,14 @@ pub struct ClientOp {
     pub ok: bool,
 }
 
+/// A test-and-set that moved the arbiter record to a new epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub epoch: u64,
+    pub node: NodeId,
+    pub at_ns: u64,
+}
+
 /// Counters of interesting events ("sometimes" assertions): a sweep fails if one of them never happens.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -69,48 +86,119 @@ pub struct Counts {
     pub arbiter_unreachable: u64,
     pub stalls: u64,
     pub checkpoints_verified: u64,
+    pub hashes_compared: u64,
     pub outputs_reissued: u64,
     pub disk_reissued: u64,
     pub duplicate_outputs: u64,
     pub channel_errors: u64,
+    pub writes_superseded: u64,
+    pub crash_points: u64,
+    pub power_offs: u64,
     pub requests_ok: u64,
     pub requests_indeterminate: u64,
 }
 
+/// The faults in force that hosts apply themselves (the scenario loop sets and clears them).
 #[derive(Default)]
+pub struct Faults {
+    pub storage_delay_ms: u64,
+    pub requests: [Option<RequestFault>; 2],
+    pub heartbeats: [Option<HeartbeatFault>; 2],
+    /// Flip a bit in the next bytes this node writes on the logging channel.
+    pub corrupt_channel: [bool; 2],
+    pub crash_point: Option<CrashPoint>,
+    /// Times each node reached the crash point's edge.
+    pub edge_count: [u32; 2],
+}
+
 pub struct World {
     pub now_ns: u64,
     pub trace: Vec<String>,
     pub violations: Vec<String>,
     pub counts: Counts,
+    pub faults: Faults,
+    /// The nemesis's own random choices (which request to delay, which bit to flip), from the seed.
+    pub rng: ChaCha8Rng,
     // Shared storage: sparse sectors plus the arbiter record (epoch, owner).
     pub sectors: BTreeMap<u64, Vec<u8>>,
     /// The stamp of the write that last landed on each sector (storage refuses older attempts).
     pub stamps: BTreeMap<u64, ft::driver::WriteStamp>,
+    /// (epoch, kv record version) of the last write that landed on each record sector.
+    pub record_versions: BTreeMap<u64, (u64, u64)>,
+    /// The newest kv record version that ever landed on each record sector.
+    pub record_max: BTreeMap<u64, u64>,
     pub arbiter_epoch: u64,
     pub arbiter_owner: Option<NodeId>,
-    pub storage_delay_ms: u64,
+    /// Every grant of the arbiter, in order (epoch 1 is the initial pair's, held by A).
+    pub grants: Vec<Grant>,
+    /// Requests each node sent to storage, for the per-request faults.
+    pub storage_requests: [u64; 2],
     // What the outside saw.
     pub releases: Vec<Release>,
     pub history: Vec<ClientOp>,
     /// Console/net output records the backup received in the log, by sequence.
     pub logged_outputs: BTreeMap<u64, OutputKind>,
     pub backup_received_max: u64,
-    /// Epoch -> nodes that went live in it.
+    /// The highest log index the backup acknowledged (what its driver sent).
+    pub backup_acked_max: u64,
+    /// Guest state hashes the checker took, by exit count: (position, hash) per node.
+    pub hashes: BTreeMap<u64, [Option<(Position, u64)>; 2]>,
+    /// Where each node's guest is now.
+    pub positions: [Position; 2],
+    /// Where each node's guest was when it went live: positions after it belong to a new execution.
+    pub went_live_at: [Option<Position>; 2],
+    /// The last heartbeat datagram each node sent (what the network can replay).
+    pub last_heartbeat: [Option<Vec<u8>>; 2],
+    /// Epoch -> nodes that claimed to go live in it.
     pub live: BTreeMap<u64, Vec<NodeId>>,
     pub role: [Option<ft::Role>; 2],
     /// The epoch each node holds (the initial pair is epoch 1).
     pub role_epoch: [u64; 2],
     pub started: [bool; 2],
     pub crashed: [bool; 2],
+    /// Nodes that died at their crash point and wait for the scenario loop to crash their host.
+    pub crash_requests: Vec<NodeId>,
+    pub powered_off: [bool; 2],
     pub went_live_ns: Option<u64>,
 }
 
 pub type SharedWorld = Rc<RefCell<World>>;
 
 impl World {
-    pub fn new() -> SharedWorld {
-        let mut world = World { arbiter_epoch: 1, arbiter_owner: Some(NodeId::A), ..World::default() };
+    pub fn new(seed: u64) -> SharedWorld {
+        let mut world = World {
+            now_ns: 0,
+            trace: Vec::new(),
+            violations: Vec::new(),
+            counts: Counts::default(),
+            faults: Faults::default(),
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7300),
+            sectors: BTreeMap::new(),
+            stamps: BTreeMap::new(),
+            record_versions: BTreeMap::new(),
+            record_max: BTreeMap::new(),
+            arbiter_epoch: 1,
+            arbiter_owner: Some(NodeId::A),
+            grants: vec![Grant { epoch: 1, node: NodeId::A, at_ns: 0 }],
+            storage_requests: [0; 2],
+            releases: Vec::new(),
+            history: Vec::new(),
+            logged_outputs: BTreeMap::new(),
+            backup_received_max: 0,
+            backup_acked_max: 0,
+            hashes: BTreeMap::new(),
+            positions: [Position::ZERO; 2],
+            went_live_at: [None; 2],
+            last_heartbeat: [None, None],
+            live: BTreeMap::new(),
+            role: [None; 2],
+            role_epoch: [0; 2],
+            started: [false; 2],
+            crashed: [false; 2],
+            crash_requests: Vec::new(),
+            powered_off: [false; 2],
+            went_live_ns: None,
+        };
         world.live.insert(1, vec![NodeId::A]);
         Rc::new(RefCell::new(world))
     }
@@ -125,6 +213,11 @@ impl World {
                     && matches!(self.role[node.index()], Some(ft::Role::Primary) | Some(ft::Role::Unprotected))
             })
             .max_by_key(|node| self.role_epoch[node.index()])
+    }
+
+    /// The holder of the arbiter's newest epoch.
+    pub fn newest_grant(&self) -> Grant {
+        *self.grants.last().expect("epoch 1 is granted at start")
     }
 
     /// Adds a timeline line stamped with simulated time.

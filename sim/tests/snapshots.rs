@@ -1,28 +1,33 @@
-//! Pinned traces: a change that alters protocol behaviour shows up here as a reviewed snapshot diff.
-//! Seed 1: the primary crashes and the backup goes live. Seed 58: the logging channel loses data; the primary
-//! wins the test-and-set and the backup halts. Seed 13: the backup crashes; the primary runs unprotected.
+//! Pinned traces of three stories, each a pinned plan in `sim/tests/plans/` (so a change to the plan generator
+//! cannot turn a story into another): a change that alters protocol behaviour shows up here as a reviewed
+//! snapshot diff. Console lines are left out: they are the guest's, not the protocol's.
 
+use ft_sim::node_host::model_guests;
+use ft_sim::regression::Pinned;
 use ft_sim::scenario;
 
-fn pinned(seed: u64) -> String {
-    let report = scenario::run(seed);
-    assert!(report.violations.is_empty(), "seed {seed}: {:?}", report.violations);
-    let mut text = report.trace.join("\n");
-    text.push_str(&format!("\ntrace-hash={:016x}\n", report.trace_hash));
+fn pinned(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plans").join(format!("{name}.json"));
+    let pinned = Pinned::load(&path).unwrap_or_else(|error| panic!("{error}"));
+    let report = scenario::run_plan(pinned.seed, pinned.plan.clone(), model_guests(pinned.plan.workload));
+    assert!(report.violations.is_empty(), "{name}: {:?}", report.violations);
+    let mut text: String =
+        report.trace.iter().filter(|line| !line.contains(" console #")).map(|line| format!("{line}\n")).collect();
+    text.push_str(&format!("trace-hash={:016x}\n", report.trace_hash));
     text
 }
 
 #[test]
-fn seed_1_primary_crash_failover() {
-    insta::assert_snapshot!(pinned(1));
+fn primary_crash_failover() {
+    insta::assert_snapshot!(pinned("primary-crash-failover"));
 }
 
 #[test]
-fn seed_58_channel_loss_primary_wins() {
-    insta::assert_snapshot!(pinned(58));
+fn channel_cut_one_wins() {
+    insta::assert_snapshot!(pinned("channel-cut-one-wins"));
 }
 
 #[test]
-fn seed_13_backup_crash_unprotected() {
-    insta::assert_snapshot!(pinned(13));
+fn backup_crash_unprotected() {
+    insta::assert_snapshot!(pinned("backup-crash-unprotected"));
 }

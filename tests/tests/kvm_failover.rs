@@ -5,8 +5,8 @@
 
 use std::rc::Rc;
 
-use ft_sim::faults::{Fault, Plan};
 use ft_sim::model::Workload;
+use ft_sim::plan::{Fault, Plan};
 use ft_sim::scenario;
 use ft_sim::world::NodeId;
 use kvm_backend::{corpus, KvmConfig, KvmGuest};
@@ -34,6 +34,9 @@ fn kvm_guest_survives_primary_crash_in_the_simulator() {
     let mut plan = Plan::generate(1);
     plan.workload = Workload::Kv;
     plan.clients = 2;
+    plan.pipeline = 1;
+    plan.slice_cost_us = [1_000, 1_000];
+    plan.crash_point = None;
     plan.faults = vec![(2_500, Fault::Crash(NodeId::A))];
     plan.heal_ms = 4_000;
     plan.end_ms = 6_000;

@@ -102,6 +102,7 @@ fn encode_core(core: &Core, out: &mut [u8; CORE_BYTES]) {
         Workload::Kv => (0u8, None),
         Workload::Timer { ticks_max } => (1, ticks_max),
         Workload::Cpu => (2, None),
+        Workload::KvPipelined => (3, None),
     };
     writer.put(&[tag, u8::from(ticks_max.is_some())]);
     writer.put(&ticks_max.unwrap_or(0).to_le_bytes());
@@ -178,6 +179,7 @@ fn decode_workload(reader: &mut Reader<'_>) -> Result<Workload, GuestError> {
         (0, false) => Ok(Workload::Kv),
         (1, _) => Ok(Workload::Timer { ticks_max: has_ticks_max.then_some(ticks_max) }),
         (2, false) => Ok(Workload::Cpu),
+        (3, false) => Ok(Workload::KvPipelined),
         _ => Err(bad(format!("workload tag {tag}"))),
     }
 }

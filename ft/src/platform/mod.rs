@@ -93,6 +93,11 @@ impl Platform {
         self.disk.in_flight_in_submission_order()
     }
 
+    /// The request in flight with `tag`, if any.
+    pub fn disk_request(&self, tag: u32) -> Option<&DiskRequest> {
+        self.disk.in_flight.get(&tag)
+    }
+
     /// Handles one guest exit. Deterministic port reads are answered here.
     pub fn handle_exit<G: Guest>(&mut self, exit: Exit, guest: &mut G) -> Result<ExitAction, PlatformError> {
         match exit {

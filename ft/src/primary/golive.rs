@@ -49,6 +49,11 @@ impl<G: Guest> Primary<G> {
             _ => None,
         };
         let in_flight: Vec<_> = primary.vm.platform.disk_in_flight().into_iter().cloned().collect();
+        let overlapping =
+            in_flight.iter().enumerate().any(|(i, a)| in_flight[i + 1..].iter().any(|b| a.overlaps(&b.target)));
+        if overlapping {
+            cov_mark::hit!(reissued_in_submission_order);
+        }
         for request in &in_flight {
             match request.op {
                 crate::platform::DiskOp::Read => primary.scheduler.submit_read(request.target),
@@ -64,6 +69,12 @@ impl<G: Guest> Primary<G> {
                 }
             }
         }
+        if !inheritance.unreleased_outputs.is_empty() {
+            cov_mark::hit!(output_resent_after_golive);
+        }
+        if inheritance.pending_exit.is_some() {
+            cov_mark::hit!(golive_pending_exit);
+        }
         for output in inheritance.unreleased_outputs {
             primary.release(output, None);
         }
@@ -71,10 +82,10 @@ impl<G: Guest> Primary<G> {
             None => Ok(()),
             Some(Expect::Input(InputKind::Clock)) => {
                 let ns = primary.guest_clock_ns(now_ns);
-                primary.input(now_ns, Input::Clock { ns })
+                primary.input(now_ns, Input::Clock { ns }).map(drop)
             }
             Some(Expect::Input(InputKind::Entropy)) => {
-                primary.input(now_ns, Input::Entropy { value: entropy.next_u32() })
+                primary.input(now_ns, Input::Entropy { value: entropy.next_u32() }).map(drop)
             }
             Some(Expect::Output(output)) => {
                 primary.output(now_ns, output);

@@ -218,6 +218,9 @@ impl<G: Guest> Primary<G> {
         let ours = pair_id == self.config.pair_id && epoch == self.epoch && role == wire::Role::Backup;
         let fresh = self.heartbeat_heard_ms.is_none_or(|heard| sent_ms > heard);
         if !ours || !fresh || !self.logging() {
+            if pair_id == self.config.pair_id && self.logging() {
+                cov_mark::hit!(heartbeat_ignored);
+            }
             self.stats.heartbeats_ignored += 1;
             return;
         }

@@ -5,7 +5,7 @@ use crate::config::NS_PER_US;
 use crate::guest::{Exit, Guest};
 use crate::log::{Control, Entry, Input, LogIndex, Output, OutputKind, OutputRecord};
 use crate::node::{Action, EntropySource, Event, Progress, Stopped};
-use crate::platform::{ExitAction, InputKind};
+use crate::platform::{DiskOp, ExitAction, InputKind};
 use crate::wire::Message;
 
 use super::{Mode, PowerOff, Primary, LAG_SAMPLES_MAX};
@@ -25,6 +25,7 @@ impl<G: Guest> Primary<G> {
         }
         if self.flow_controlled() {
             if !self.stalled {
+                cov_mark::hit!(primary_stalled_by_backup);
                 self.stalled = true;
                 self.stats.stalls += 1;
                 let unacked = self.logged_unacked();
@@ -118,10 +119,16 @@ impl<G: Guest> Primary<G> {
             }
         }
         while let Some(done) = self.disk_done.pop_front() {
-            let input = Input::DiskComplete { tag: done.tag, status: done.status, data: done.data };
-            if let Err(error) = self.input(now_ns, input) {
-                self.guest_failed(error);
-                return;
+            let tag = done.tag;
+            let read = self.vm.platform.disk_request(tag).is_some_and(|request| request.op == DiskOp::Read);
+            let input = Input::DiskComplete { tag, status: done.status, data: done.data };
+            match self.input(now_ns, input) {
+                Ok(index) if read => self.scheduler.read_logged(tag, index),
+                Ok(_) => {}
+                Err(error) => {
+                    self.guest_failed(error);
+                    return;
+                }
             }
         }
         if self.vm.platform.net_rx_ready() {
@@ -133,14 +140,14 @@ impl<G: Guest> Primary<G> {
         }
     }
 
-    pub(super) fn input(&mut self, now_ns: u64, input: Input) -> Result<(), String> {
+    /// Applies an input to the guest and logs it; returns its log index (none without a backup).
+    pub(super) fn input(&mut self, now_ns: u64, input: Input) -> Result<Option<LogIndex>, String> {
         self.vm.platform.apply(&input, &mut self.vm.guest).map_err(|e| e.to_string())?;
         if !matches!(input, Input::Clock { .. } | Input::Entropy { .. }) {
             self.vm.halted = false;
         }
         let entry = Entry::Input { position: self.vm.position(), pc: self.vm.guest.pc(), input };
-        self.append(now_ns, entry);
-        Ok(())
+        Ok(self.append(now_ns, entry))
     }
 
     pub(super) fn output(&mut self, now_ns: u64, output: Output) {
@@ -169,6 +176,12 @@ impl<G: Guest> Primary<G> {
         };
         let index = self.append(now_ns, entry);
         self.power_off = Some(PowerOff { status, index });
+        // The final state, so that the backup verifies it before it stops too.
+        if self.logging() {
+            if let Err(error) = self.checkpoint_now(now_ns) {
+                self.guest_failed(error.to_string());
+            }
+        }
     }
 
     /// Appends an entry to the log when there is a backup; returns its index.

@@ -81,18 +81,42 @@ fn read_log(path: &Path) -> Result<LogFile, CliError> {
     };
     let mut checkpoints = Vec::new();
     let mut rest = Vec::new();
+    let mut end = None;
     for (frame, message) in messages {
+        if end.is_some() {
+            return Err(log_error(path, format!("frame {frame}: {message:?} after the end of the recording")));
+        }
         match &message {
             Message::Log { entry: Entry::Checkpoint { position, hash }, .. } => {
                 checkpoints.push(Some((*position, *hash)))
             }
             Message::Log { .. } => checkpoints.push(None),
-            Message::Released { .. } => {}
+            Message::Released { .. } | Message::Goodbye { .. } => {}
+            Message::EndOfRecording { entries } => {
+                end = Some(*entries);
+                continue;
+            }
             other => return Err(log_error(path, format!("frame {frame}: unexpected {other:?} in a log"))),
         }
         rest.push((frame, message));
     }
-    Ok(LogFile { pair_id, image_digest, messages: rest, checkpoints })
+    // A recording that died (or a file cut at a frame boundary) has no end marker: replaying it would verify a
+    // prefix and report a state that no complete run ends in.
+    match end {
+        None => Err(log_error(
+            path,
+            format!(
+                "the log is truncated: it ends after {} entries without its end-of-recording frame (the recording \
+                 stopped before it finished)",
+                checkpoints.len()
+            ),
+        )),
+        Some(entries) if entries != checkpoints.len() as u64 => Err(log_error(
+            path,
+            format!("the recording says it holds {entries} entries, the file has {}", checkpoints.len()),
+        )),
+        Some(_) => Ok(LogFile { pair_id, image_digest, messages: rest, checkpoints }),
+    }
 }
 
 /// Replays the log at `options.log`.

@@ -321,14 +321,17 @@ impl Driver {
         }
     }
 
-    /// Ends a recording with a checkpoint of the final state, so that replay verifies it.
+    /// Ends a recording with a checkpoint of the final state, so that replay verifies it (a guest that powered
+    /// off has logged one already), and the end-of-recording frame, without which a log is truncated.
     fn finish(mut self, ending: Ending, started: Instant) -> Result<SessionResult, CliError> {
         let exits = self.primary.position().exits;
         let state_hash = if self.log.is_some() {
-            let now_ns = self.clock.now_ns();
-            let result = self.primary.checkpoint_now(now_ns);
-            result.map_err(|error| self.guest_error(error.to_string()))?;
-            self.drain()?;
+            if !matches!(ending, Ending::PoweredOff { .. }) {
+                let now_ns = self.clock.now_ns();
+                let result = self.primary.checkpoint_now(now_ns);
+                result.map_err(|error| self.guest_error(error.to_string()))?;
+                self.drain()?;
+            }
             match self.last_checkpoint {
                 // The hash the log ends with is the final state's: no need to hash all of memory again.
                 Some((at, hash)) if at == exits => hash,
@@ -339,7 +342,10 @@ impl Driver {
             result.map_err(|error| self.guest_error(error.to_string()))?
         };
         let log_bytes = match self.log.take() {
-            Some(log) => log.finish()?,
+            Some(mut log) => {
+                log.write(&Message::EndOfRecording { entries: self.log_entries })?;
+                log.finish()?
+            }
             None => 0,
         };
         let elapsed = started.elapsed();

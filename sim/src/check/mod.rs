@@ -1,13 +1,18 @@
-//! The invariants, one module per family (names after docs/architecture.md): S1 Output Rule, S2 output
-//! consistency (with the client history), S3 one live primary per epoch, S4 in-order replay, S5 state hashes
-//! (reported by the backup as divergences), S6 liveness.
+//! The invariants, one module per family (names after docs/architecture.md). Each believes the outside world
+//! (the arbiter's grants, what storage wrote, what clients were answered, the guests' own state) rather than
+//! what a node says about itself.
+//!
+//! S1 Output Rule, S2 output consistency (outputs, client history, disk), S3 one live primary per epoch, S4
+//! in-order replay, S5 state hashes, S6 liveness.
 
+pub mod disk;
 pub mod epochs;
 pub mod history;
 pub mod liveness;
 pub mod output_rule;
 pub mod outputs;
 pub mod replay;
+pub mod states;
 
 use crate::world::World;
 
@@ -16,6 +21,8 @@ pub struct Expectations {
     pub heal_ns: u64,
     pub end_ns: u64,
     pub crashed: Option<crate::world::NodeId>,
+    /// Whether the plan owes liveness (at most one node lost).
+    pub liveness: bool,
     pub kv_workload: bool,
 }
 
@@ -23,5 +30,10 @@ pub struct Expectations {
 pub fn at_end(world: &mut World, expectations: &Expectations) {
     outputs::check(world);
     history::check(world);
+    epochs::check(world);
+    states::check(world);
+    if expectations.liveness {
+        disk::check(world);
+    }
     liveness::check(world, expectations);
 }

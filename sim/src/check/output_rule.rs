@@ -1,37 +1,34 @@
-//! S1 Output Rule: no output reaches the outside before the backup acknowledged the entry that produced it. A
-//! release without a log entry is allowed only from a primary that won the arbiter and runs without a backup.
+//! S1 Output Rule: no output reaches the outside before the backup acknowledged the log entry that produced it
+//! (what the backup's driver sent, not what the primary believes). An output without a log entry may leave
+//! only from the node that holds the arbiter's newest grant, won by a test-and-set (a primary alone).
 
 use crate::world::{Release, World};
 
 pub fn on_release(world: &mut World, release: &Release) {
-    let live_alone = world.role[release.node.index()] == Some(ft::Role::Unprotected)
-        && release.epoch == world.arbiter_epoch
-        && world.arbiter_owner == Some(release.node);
-    if live_alone {
-        return;
-    }
+    let grant = world.newest_grant();
+    // A primary that won the arbiter runs alone: what it held for its backup leaves now, logged or not.
+    let alone = grant.node == release.node && grant.epoch >= 2;
     match release.log_index {
-        Some(index) if index > world.backup_received_max => world.violation(
+        _ if alone => {}
+        Some(index) if index > world.backup_acked_max => world.violation(
             "S1 output rule",
             format!(
-                "{} released output #{} (log index {index}) but the backup has received only up to {}",
+                "{} released output #{} (log index {index}) but the backup has acknowledged only up to {}",
                 release.node.host(),
                 release.seq,
-                world.backup_received_max
+                world.backup_acked_max
             ),
         ),
         Some(_) => {}
-        None => {
-            world.violation(
-                "S1 output rule",
-                format!(
-                    "{} released output #{} unlogged while not the live primary of epoch {} (holds {})",
-                    release.node.host(),
-                    release.seq,
-                    world.arbiter_epoch,
-                    release.epoch
-                ),
-            );
-        }
+        None => world.violation(
+            "S1 output rule",
+            format!(
+                "{} released output #{} unlogged, but the arbiter's newest grant is epoch {} to {}",
+                release.node.host(),
+                release.seq,
+                grant.epoch,
+                grant.node.host()
+            ),
+        ),
     }
 }

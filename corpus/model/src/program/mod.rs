@@ -6,6 +6,7 @@
 
 mod cpu;
 mod kv;
+mod kvq;
 mod timer;
 
 use std::fmt;
@@ -44,6 +45,7 @@ pub(crate) fn step(workload: Workload, registers: &mut Registers, memory: &mut M
         DEAD => Effect::Shutdown,
         _ => match workload {
             Workload::Kv => kv::step(registers, memory),
+            Workload::KvPipelined => kvq::step(registers, memory),
             Workload::Timer { ticks_max } => timer::step(registers, memory, ticks_max),
             Workload::Cpu => cpu::step(registers, memory),
         },
@@ -56,6 +58,7 @@ pub(crate) fn step(workload: Workload, registers: &mut Registers, memory: &mut M
 pub(crate) fn burst(workload: Workload, registers: &mut Registers, memory: &mut Memory, instructions_max: u64) -> u64 {
     match workload {
         Workload::Kv => kv::burst(registers, memory, instructions_max),
+        Workload::KvPipelined => 0,
         Workload::Timer { .. } => timer::burst(registers, memory, instructions_max),
         Workload::Cpu => 0,
     }

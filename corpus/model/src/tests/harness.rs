@@ -25,6 +25,8 @@ pub(super) struct Platform {
     pub(super) last_status: u32,
     /// Writes fail with `IoError` while set.
     pub(super) fail_writes: bool,
+    /// Writes report success but never reach the sectors while set (a lost write).
+    pub(super) lose_writes: bool,
     pub(super) rx_posted: Option<u64>,
     pub(super) frames_in: VecDeque<Vec<u8>>,
     pub(super) frames_out: Vec<Vec<u8>>,
@@ -187,6 +189,8 @@ impl Platform {
             abi::DiskStatus::Ok
         } else if op == abi::DISK_OP_WRITE && self.fail_writes {
             abi::DiskStatus::IoError
+        } else if op == abi::DISK_OP_WRITE && self.lose_writes {
+            abi::DiskStatus::Ok
         } else if op == abi::DISK_OP_WRITE {
             for index in 0..sectors {
                 let at = buffer + (index * abi::SECTOR_BYTES) as u64;

@@ -3,5 +3,6 @@
 
 mod harness;
 mod kv;
+mod kvq;
 mod machine;
 mod programs;

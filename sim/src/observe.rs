@@ -1,0 +1,177 @@
+//! What a simulated host reports to the world: the timeline (in sentences), the counters of interesting
+//! events, and the facts the checkers need from the drivers: outputs released, log entries received and
+//! acknowledged. Crash points aimed at protocol edges fire here too.
+
+use ft::driver::Observation;
+use ft::log::{Control, Entry, OutputKind};
+use ft::storage::StorageRequest;
+use ft::wire::Message;
+use ft::{Action, Event, Role, Stopped};
+
+use crate::check;
+use crate::node_host::SimHost;
+use crate::plan::Edge;
+use crate::world::{NodeId, Release, World};
+
+pub fn observe(host: &SimHost, now_ns: u64, observation: Observation) {
+    let edge = {
+        let mut world = host.world.borrow_mut();
+        world.now_ns = now_ns;
+        record(host, &mut world, now_ns, &observation)
+    };
+    // A crash at an edge: the host dies before the driver performs what it just reported.
+    if let Some(edge) = edge {
+        if host.reached(edge) {
+            host.die(edge);
+        }
+    }
+}
+
+/// Records one observation; returns the crash-point edge it reaches, if any.
+fn record(host: &SimHost, world: &mut World, now_ns: u64, observation: &Observation) -> Option<Edge> {
+    let id = host.id;
+    let who = id.host();
+    match observation {
+        Observation::Action(Action::Notify(event)) => return record_event(world, id, event, host),
+        Observation::Action(Action::Release { output, log_index }) => {
+            let release = Release {
+                at_ns: now_ns,
+                node: id,
+                seq: output.seq,
+                kind: output.kind,
+                digest: output.digest(),
+                log_index: *log_index,
+            };
+            check::output_rule::on_release(world, &release);
+            if output.kind == OutputKind::Console {
+                let line = String::from_utf8_lossy(&output.bytes).trim_end().to_string();
+                world.log(who, format!("console #{}: {line}", output.seq));
+            }
+            world.releases.push(release);
+        }
+        Observation::Action(Action::Storage { request, .. }) => {
+            if let StorageRequest::Write { output_seq, log_index, data, .. } = request {
+                let release = Release {
+                    at_ns: now_ns,
+                    node: id,
+                    seq: *output_seq,
+                    kind: OutputKind::DiskWrite,
+                    digest: xxhash_rust::xxh3::xxh3_64(data),
+                    log_index: *log_index,
+                };
+                check::output_rule::on_release(world, &release);
+                world.releases.push(release);
+            }
+            let left = host.reissues_left.get();
+            if left > 0 {
+                host.reissues_left.set(left - 1);
+                return Some(Edge::DuringReissue);
+            }
+        }
+        Observation::Action(Action::Send(Message::Ack { received, .. })) if id == NodeId::B => {
+            world.backup_acked_max = world.backup_acked_max.max(*received);
+        }
+        Observation::Action(Action::Send(Message::Goodbye { .. })) => return Some(Edge::DuringPowerOff),
+        Observation::Received(Message::Log { index, entry }) => {
+            check::replay::on_log_received(world, *index);
+            if let Entry::Output { record, .. } = entry {
+                if record.kind != OutputKind::DiskWrite {
+                    world.logged_outputs.insert(record.seq, record.kind);
+                }
+            }
+            if let Entry::Control { control: Control::PowerOff { .. }, .. } = entry {
+                world.log(who, "received the guest's power-off");
+            }
+        }
+        Observation::Received(Message::Ack { received, replayed, .. }) => {
+            check::replay::on_ack(world, *received, *replayed, host.buffered_max);
+            if world.role[id.index()] == Some(Role::Primary) {
+                return Some(Edge::AfterAck);
+            }
+        }
+        Observation::ChannelError(reason) => {
+            world.counts.channel_errors += 1;
+            if reason.contains("checksum") {
+                cov_mark::hit!(channel_checksum_error);
+            }
+            world.log(who, format!("logging channel: {reason}"));
+        }
+        _ => {}
+    }
+    None
+}
+
+fn record_event(world: &mut World, id: NodeId, event: &Event, host: &SimHost) -> Option<Edge> {
+    let who = id.host();
+    match event {
+        Event::Checkpoint { .. } => {
+            world.counts.checkpoints_verified += 1;
+            return None;
+        }
+        Event::WentLive { epoch, reissued_outputs, reissued_disk_requests, .. } => {
+            world.live.entry(*epoch).or_default().push(id);
+            world.role[id.index()] = Some(Role::Unprotected);
+            world.role_epoch[id.index()] = *epoch;
+            world.went_live_ns.get_or_insert(world.now_ns);
+            if id == NodeId::B {
+                world.counts.failovers += 1;
+                world.went_live_at[id.index()] = Some(world.positions[id.index()]);
+                host.reissues_left.set(*reissued_disk_requests as u64);
+            } else {
+                world.counts.unprotected += 1;
+            }
+            world.counts.outputs_reissued += *reissued_outputs as u64;
+            world.counts.disk_reissued += *reissued_disk_requests as u64;
+            check::epochs::on_went_live(world, id, *epoch);
+        }
+        Event::LostRace { .. } => {
+            world.counts.lost_races += 1;
+            world.role[id.index()] = Some(Role::Stopped);
+        }
+        Event::ArbiterUnreachable => world.counts.arbiter_unreachable += 1,
+        Event::Stalled { .. } => world.counts.stalls += 1,
+        Event::Diverged(divergence) => world.violation("S5 state hashes", format!("{who} {divergence}")),
+        Event::PoweredOff { .. } => {
+            world.counts.power_offs += 1;
+            world.powered_off[id.index()] = true;
+            world.role[id.index()] = Some(Role::Stopped);
+        }
+        Event::GuestStopped { .. } => world.role[id.index()] = Some(Role::Stopped),
+        _ => {}
+    }
+    world.log(who, describe(event));
+    None
+}
+
+/// A timeline sentence for an event.
+pub fn describe(event: &Event) -> String {
+    match event {
+        Event::ChannelUp { epoch } => format!("the logging channel is up (epoch {epoch})"),
+        Event::PeerFailed { silent_ms, cause } => {
+            format!("declaring the peer failed after {silent_ms} ms without word: {cause}")
+        }
+        Event::TestAndSetStarted { expected_epoch } => {
+            format!("asking the arbiter to move from epoch {expected_epoch} to {}", expected_epoch + 1)
+        }
+        Event::ArbiterUnreachable => "the arbiter did not answer; asking again later".into(),
+        Event::WentLive { epoch, replayed_entries, reissued_disk_requests, reissued_outputs } => format!(
+            "LIVE in epoch {epoch}: replayed {replayed_entries} entries, reissued {reissued_disk_requests} disk requests and {reissued_outputs} outputs"
+        ),
+        Event::LostRace { epoch } => format!("lost the go-live race (the arbiter is at epoch {epoch}): halting"),
+        Event::Diverged(divergence) => format!("DIVERGED: {divergence}"),
+        Event::PoweredOff { status } => format!("the guest powered off with status {status}"),
+        Event::GuestStopped { reason } => format!("the guest stopped: {reason}"),
+        Event::ProtocolViolation(what) => format!("the peer broke the protocol: {what}"),
+        Event::Checkpoint { position, hash } => format!("checkpoint {hash:016x} at {position} verified"),
+        Event::Stalled { unacked } => format!("flow control: the guest waits, {unacked} entries unacknowledged"),
+    }
+}
+
+pub fn describe_stopped(stopped: &Stopped) -> String {
+    match stopped {
+        Stopped::LostRace { epoch } => format!("lost the go-live race at epoch {epoch}"),
+        Stopped::Diverged(divergence) => format!("diverged: {divergence}"),
+        Stopped::PoweredOff { status } => format!("the guest powered off ({status})"),
+        Stopped::GuestFailed(reason) => format!("the guest failed: {reason}"),
+    }
+}
