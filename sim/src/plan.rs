@@ -16,8 +16,8 @@ use crate::world::NodeId;
 /// Changes whenever the meaning of a stored plan would change; stored plans of another version are refused.
 pub const PLAN_VERSION: u32 = 1;
 
-pub const END_MS: u64 = 10_000;
-pub const HEAL_MS: u64 = 7_000;
+pub const END_MS: u64 = 7_000;
+pub const HEAL_MS: u64 = 5_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Cut {
@@ -182,7 +182,7 @@ impl Plan {
             0..=8 => Workload::KvPipelined,
             9..=14 => Workload::Kv,
             15..=17 => Workload::Timer { ticks_max: None },
-            _ => Workload::Timer { ticks_max: Some(rng.random_range(500..6_000)) },
+            _ => Workload::Timer { ticks_max: Some(rng.random_range(500..4_500)) },
         };
         let kv = matches!(workload, Workload::Kv | Workload::KvPipelined);
         let heartbeat_interval_ms = rng.random_range(5..=40);
@@ -227,6 +227,10 @@ impl Plan {
     fn plan_crash(&mut self, rng: &mut ChaCha8Rng) {
         let at_ms = rng.random_range(300..HEAL_MS - 500);
         let powers_off = matches!(self.workload, Workload::Timer { ticks_max: Some(_) });
+        if powers_off && rng.random_bool(0.5) {
+            self.crash_point = Some(CrashPoint { node: NodeId::A, edge: Edge::DuringPowerOff, nth: 1 });
+            return;
+        }
         match rng.random_range(0..10) {
             0..=4 => {
                 let node = if rng.random_ratio(3, 5) { NodeId::A } else { NodeId::B };
@@ -236,9 +240,6 @@ impl Plan {
             5 | 6 => {
                 let edge = if rng.random_bool(0.5) { Edge::AfterAck } else { Edge::AfterRelease };
                 self.crash_point = Some(CrashPoint { node: NodeId::A, edge, nth: rng.random_range(1..=400) });
-            }
-            7 if powers_off => {
-                self.crash_point = Some(CrashPoint { node: NodeId::A, edge: Edge::DuringPowerOff, nth: 1 });
             }
             7 | 8 => {
                 // A second failure: the backup dies while it reissues the IO of the primary that crashed.
