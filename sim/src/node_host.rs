@@ -68,7 +68,6 @@ pub struct SimHost {
     pub(crate) dead: Rc<Cell<bool>>,
     /// Reissued disk requests left to count after this node went live (for `Edge::DuringReissue`).
     pub(crate) reissues_left: Cell<u64>,
-    frame_buffer: std::cell::RefCell<Vec<u8>>,
 }
 
 pub fn now_ns() -> u64 {
@@ -211,8 +210,8 @@ impl Outside for SimHost {
     }
 
     async fn recv_frame(&self) -> Option<Vec<u8>> {
-        // Made anew on every turn of the driver's loop: the buffer lives in the host, not in the future.
-        let mut buffer = self.frame_buffer.borrow_mut();
+        // Made anew on every turn of the driver's loop: a buffer on the stack, not the heap.
+        let mut buffer = [0u8; ft::abi::NET_FRAME_BYTES_MAX];
         loop {
             let (length, from) = self.service.recv_from(&mut buffer).await.ok()?;
             let SocketAddr::V4(from) = from else { continue };
@@ -252,7 +251,6 @@ pub async fn node_main(id: NodeId, world: SharedWorld, setup: NodeSetup) -> turm
         buffered_max: config.log_entries_buffered_max,
         dead: Rc::new(Cell::new(false)),
         reissues_left: Cell::new(0),
-        frame_buffer: std::cell::RefCell::new(vec![0u8; ft::abi::NET_FRAME_BYTES_MAX]),
     });
     let guest: Box<dyn ft::Guest> = Box::new(HashTap::new((setup.guests)(), id, world.clone()));
     let now = now_ns();
