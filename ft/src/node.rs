@@ -105,6 +105,49 @@ pub enum Event {
     },
 }
 
+/// A timeline sentence, for logs, status pages and the simulator's trace (never Rust debug output).
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::ChannelUp { epoch } => write!(f, "the logging channel is up (epoch {epoch})"),
+            Event::PeerFailed { silent_ms, cause } => {
+                write!(f, "declaring the peer failed after {silent_ms} ms without word: {cause}")
+            }
+            Event::TestAndSetStarted { expected_epoch } => {
+                write!(f, "asking the arbiter to move from epoch {expected_epoch} to {}", expected_epoch + 1)
+            }
+            Event::ArbiterUnreachable => write!(f, "the arbiter did not answer; asking again later"),
+            Event::WentLive { epoch, replayed_entries, reissued_disk_requests, reissued_outputs } => write!(
+                f,
+                "LIVE in epoch {epoch}: replayed {replayed_entries} entries, reissued {reissued_disk_requests} \
+                 disk requests and {reissued_outputs} outputs"
+            ),
+            Event::LostRace { epoch } => {
+                write!(f, "lost the go-live race (the arbiter is at epoch {epoch}): halting")
+            }
+            Event::Diverged(divergence) => write!(f, "DIVERGED: {divergence}"),
+            Event::PoweredOff { status } => write!(f, "the guest powered off with status {status}"),
+            Event::GuestStopped { reason } => write!(f, "the guest stopped: {reason}"),
+            Event::ProtocolViolation(what) => write!(f, "the peer broke the protocol: {what}"),
+            Event::Checkpoint { position, hash } => write!(f, "checkpoint {hash:016x} at {position} verified"),
+            Event::Stalled { unacked } => {
+                write!(f, "flow control: the guest waits, {unacked} entries unacknowledged")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stopped::LostRace { epoch } => write!(f, "lost the go-live race at epoch {epoch}"),
+            Stopped::Diverged(divergence) => write!(f, "diverged: {divergence}"),
+            Stopped::PoweredOff { status } => write!(f, "the guest powered off ({status})"),
+            Stopped::GuestFailed(reason) => write!(f, "the guest failed: {reason}"),
+        }
+    }
+}
+
 /// Why a node declared its peer failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FailureCause {

@@ -275,7 +275,7 @@ pub async fn node_main(id: NodeId, world: SharedWorld, setup: NodeSetup) -> turm
         let mut world = world.borrow_mut();
         world.now_ns = now_ns();
         world.role[id.index()] = Some(Role::Stopped);
-        world.log(id.host(), format!("stopped: {}", crate::observe::describe_stopped(&stopped)));
+        world.log(id.host(), format!("stopped: {stopped}"));
     }
     std::future::pending().await
 }

@@ -6,7 +6,7 @@ use ft::driver::Observation;
 use ft::log::{Control, Entry, OutputKind};
 use ft::storage::StorageRequest;
 use ft::wire::Message;
-use ft::{Action, Event, Role, Stopped};
+use ft::{Action, Event, Role};
 
 use crate::check;
 use crate::node_host::SimHost;
@@ -139,39 +139,7 @@ fn record_event(world: &mut World, id: NodeId, event: &Event, host: &SimHost) ->
         Event::GuestStopped { .. } => world.role[id.index()] = Some(Role::Stopped),
         _ => {}
     }
-    world.log(who, describe(event));
+    world.log(who, event.to_string());
     None
 }
 
-/// A timeline sentence for an event.
-pub fn describe(event: &Event) -> String {
-    match event {
-        Event::ChannelUp { epoch } => format!("the logging channel is up (epoch {epoch})"),
-        Event::PeerFailed { silent_ms, cause } => {
-            format!("declaring the peer failed after {silent_ms} ms without word: {cause}")
-        }
-        Event::TestAndSetStarted { expected_epoch } => {
-            format!("asking the arbiter to move from epoch {expected_epoch} to {}", expected_epoch + 1)
-        }
-        Event::ArbiterUnreachable => "the arbiter did not answer; asking again later".into(),
-        Event::WentLive { epoch, replayed_entries, reissued_disk_requests, reissued_outputs } => format!(
-            "LIVE in epoch {epoch}: replayed {replayed_entries} entries, reissued {reissued_disk_requests} disk requests and {reissued_outputs} outputs"
-        ),
-        Event::LostRace { epoch } => format!("lost the go-live race (the arbiter is at epoch {epoch}): halting"),
-        Event::Diverged(divergence) => format!("DIVERGED: {divergence}"),
-        Event::PoweredOff { status } => format!("the guest powered off with status {status}"),
-        Event::GuestStopped { reason } => format!("the guest stopped: {reason}"),
-        Event::ProtocolViolation(what) => format!("the peer broke the protocol: {what}"),
-        Event::Checkpoint { position, hash } => format!("checkpoint {hash:016x} at {position} verified"),
-        Event::Stalled { unacked } => format!("flow control: the guest waits, {unacked} entries unacknowledged"),
-    }
-}
-
-pub fn describe_stopped(stopped: &Stopped) -> String {
-    match stopped {
-        Stopped::LostRace { epoch } => format!("lost the go-live race at epoch {epoch}"),
-        Stopped::Diverged(divergence) => format!("diverged: {divergence}"),
-        Stopped::PoweredOff { status } => format!("the guest powered off ({status})"),
-        Stopped::GuestFailed(reason) => format!("the guest failed: {reason}"),
-    }
-}
