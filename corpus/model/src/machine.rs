@@ -96,6 +96,11 @@ impl ModelGuest {
     }
 
     /// Whether the next boundary would take a pending interrupt (a handler is not running and IF is set).
+    /// The port of an `IN` that still waits for `complete_port_in` (after a restore, the driver must know).
+    pub fn pending_port_in(&self) -> Option<u16> {
+        self.core.port_in
+    }
+
     pub fn interrupts_enabled(&self) -> bool {
         self.core.registers.interrupts_enabled && !self.core.handler.active
     }
