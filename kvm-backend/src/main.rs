@@ -249,31 +249,34 @@ fn describe(name: &str) -> &'static str {
     }
 }
 
-fn session_options(kvm_path: &Path, args: &GuestArgs) -> Result<SessionOptions, CliError> {
+/// The options of a run or a recording, and whether the guest is the kv service (by its image).
+fn session_options(kvm_path: &Path, args: &GuestArgs) -> Result<(SessionOptions, bool), CliError> {
     let image = GuestImage::resolve(&args.guest)?;
-    let requests = args.requests.or(image.is_kv().then_some(REQUESTS_DEFAULT));
-    Ok(SessionOptions {
+    let kv = image.is_kv();
+    let requests = args.requests.or(kv.then_some(REQUESTS_DEFAULT));
+    let options = SessionOptions {
         kvm_path: kvm_path.to_path_buf(),
         disk: Disk::open(args.disk.as_ref())?,
         workload: requests.map(|requests| KvWorkload::new(requests, args.seed)),
         image,
         timeout: args.timeout_ms.map(Duration::from_millis),
         echo_console: true,
-    })
+    };
+    Ok((options, kv))
 }
 
-/// Prints the results of a run or a recording; a timeout is reported as an error after them.
-fn finish_session(result: &SessionResult, args: &GuestArgs) -> Result<(), CliError> {
+/// Prints the results of a run or a recording, then turns how the guest ended into the exit status: a failed
+/// guest, a non-zero power-off and a timeout are errors after the results.
+fn finish_session(result: &SessionResult, args: &GuestArgs, kv: bool) -> Result<(), CliError> {
     if !result.console.ends_with(b"\n") && !result.console.is_empty() {
         println!();
     }
-    match result.ending {
+    match &result.ending {
         Ending::PoweredOff { status } => println!("powered-off={status}"),
-        Ending::WorkloadDone => {}
+        Ending::GuestFailed { .. } | Ending::WorkloadDone | Ending::TimedOut => {}
         Ending::Idle => println!("idle=guest waits for input that will never come"),
-        Ending::TimedOut => {}
     }
-    if args.requests.is_some() || args.guest == "kv" {
+    if args.requests.is_some() || kv {
         println!("responses={}", result.responses);
     }
     println!("exits={}", result.exits);
@@ -281,11 +284,22 @@ fn finish_session(result: &SessionResult, args: &GuestArgs) -> Result<(), CliErr
         println!("log-entries={}", result.log_entries);
         println!("log-bytes={}", result.log_bytes);
     }
-    println!("state-hash={:016x}", result.state_hash);
-    if result.ending == Ending::TimedOut {
-        return Err(CliError::Timeout { guest: args.guest.clone(), timeout_ms: args.timeout_ms.unwrap_or(0) });
+    if let Some(hash) = result.state_hash {
+        println!("state-hash={hash:016x}");
     }
-    Ok(())
+    match &result.ending {
+        Ending::PoweredOff { status } if *status != 0 => {
+            Err(CliError::GuestStatus { guest: args.guest.clone(), status: *status })
+        }
+        Ending::GuestFailed { reason } => {
+            let reason = format!("{reason} (at exit {})", result.exits);
+            Err(CliError::GuestFailed { guest: args.guest.clone(), reason })
+        }
+        Ending::TimedOut => {
+            Err(CliError::Timeout { guest: args.guest.clone(), timeout_ms: args.timeout_ms.unwrap_or(0) })
+        }
+        Ending::PoweredOff { .. } | Ending::WorkloadDone | Ending::Idle => Ok(()),
+    }
 }
 
 fn demo_options(
@@ -342,12 +356,14 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Run(args) => {
-            let result = cli::session::run(session_options(&kvm_path, &args)?, None)?;
-            finish_session(&result, &args)
+            let (options, kv) = session_options(&kvm_path, &args)?;
+            let result = cli::session::run(options, None)?;
+            finish_session(&result, &args, kv)
         }
         Command::Record { guest, log } => {
-            let result = cli::session::run(session_options(&kvm_path, &guest)?, Some(&log))?;
-            finish_session(&result, &guest)
+            let (options, kv) = session_options(&kvm_path, &guest)?;
+            let result = cli::session::run(options, Some(&log))?;
+            finish_session(&result, &guest, kv)
         }
         Command::Replay { guest, log, quiet } => {
             let image = GuestImage::resolve(&guest)?;
@@ -360,14 +376,23 @@ fn execute(cli: Cli) -> Result<(), CliError> {
                     let _ = writeln!(stdout);
                 }
             }
-            if let Some(status) = result.powered_off {
-                println!("powered-off={status}");
+            match (&result.failure, result.powered_off) {
+                (None, Some(status)) => println!("powered-off={status}"),
+                _ => {}
             }
             println!("exits={}", result.exits);
             println!("log-entries={}", result.entries);
             println!("checkpoints={}", result.checkpoints);
             println!("state-hash={:016x}", result.state_hash);
-            Ok(())
+            // The replay matched the log; the exit status says how the guest ended, as `record` did.
+            match (result.failure, result.powered_off) {
+                (Some(reason), _) => {
+                    let reason = format!("{reason} (at exit {}, as in the recording)", result.exits);
+                    Err(CliError::GuestFailed { guest, reason })
+                }
+                (None, Some(status)) if status != 0 => Err(CliError::GuestStatus { guest, status }),
+                _ => Ok(()),
+            }
         }
         Command::Report { guest, requests, seed, timeout_ms, repeat } => {
             let guests =

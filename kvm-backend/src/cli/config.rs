@@ -65,13 +65,17 @@ pub const STORAGE_TIMEOUT_MS_DEFAULT: u64 = 500;
 /// handles the network: one exit per slice roughly halves the Output Rule's hold (the backup acks after its
 /// slice) at a cost of a few µs of driver work per exit.
 pub const SLICE_EXITS_MAX_DEFAULT: u64 = 1;
+/// Largest config file read.
+const CONFIG_BYTES_MAX: u64 = 1 << 20;
+/// Largest key file read (a key is a line of hex).
+const KEY_FILE_BYTES_MAX: u64 = 64 << 10;
 /// Shortest pre-shared key accepted.
 const KEY_BYTES_MIN: usize = 16;
 
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<NodeConfig, CliError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| CliError::io(format!("config {}", path.display()), &error))?;
+        let text = kvm_backend::files::read_text_bounded(path, CONFIG_BYTES_MAX)
+            .map_err(|error| CliError::Io { what: format!("config {}", path.display()), reason: error.to_string() })?;
         toml::from_str(&text).map_err(|error| CliError::Usage(format!("config {}: {error}", path.display())))
     }
 
@@ -120,8 +124,9 @@ impl NodeConfig {
     pub fn key(&self) -> Result<Vec<u8>, CliError> {
         let hex = match (&self.key_hex, &self.key_file) {
             (Some(hex), _) => hex.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|error| CliError::io(format!("key file {}", path.display()), &error))?,
+            (None, Some(path)) => kvm_backend::files::read_text_bounded(path, KEY_FILE_BYTES_MAX).map_err(|error| {
+                CliError::Io { what: format!("key file {}", path.display()), reason: error.to_string() }
+            })?,
             (None, None) => return Err(CliError::Usage("config: `key_hex` or `key_file` is required".into())),
         };
         let key = decode_hex(hex.trim()).ok_or_else(|| CliError::Usage("config: the key is not hexadecimal".into()))?;

@@ -358,7 +358,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
             counters: Rc::new(ChannelCounters::default()),
         });
         serve_status(&host, config.status, config.metrics).await?;
-        let guest = machine::new_node_guest(kvm_path, &image, config.machine.as_deref())?;
+        let (guest, guest_handle) = machine::new_node_guest(kvm_path, &image, config.machine.as_deref())?;
         let mut entropy = OsEntropy::open()?;
         let startup = Duration::from_millis(protocol.startup_timeout_ms);
         let (node, channel) = match start_as {
@@ -400,8 +400,16 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
             board.snapshot.stopped = Some(format!("{stopped:?}"));
         }
         tracing::warn!("{name}: stopped: {stopped:?}");
+        let failure = guest_handle.as_ref().and_then(kvm_backend::GuestHandle::failure);
         match stopped {
+            // A shutdown (triple fault, MMIO, emulation failure) reaches the platform as a power-off with status
+            // u32::MAX; the KVM exit says why.
+            ft::Stopped::PoweredOff { .. } if failure.is_some() => {
+                Err(CliError::GuestFailed { guest: guest_spec.clone(), reason: failure.unwrap_or_default() })
+            }
             ft::Stopped::PoweredOff { status: 0 } => Ok(()),
+            ft::Stopped::PoweredOff { status } => Err(CliError::GuestStatus { guest: guest_spec.clone(), status }),
+            ft::Stopped::GuestFailed(reason) => Err(CliError::GuestFailed { guest: guest_spec.clone(), reason }),
             ft::Stopped::Diverged(divergence) => Err(CliError::Diverged(divergence)),
             other => Err(CliError::Protocol(format!("{name} stopped: {other:?}"))),
         }

@@ -299,8 +299,10 @@ pub fn fetch(addr: SocketAddr, path: &str) -> Result<String, CliError> {
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
         .map_err(|error| CliError::io(what(), &error))?;
+    // Status pages are a few KiB; whatever answers on the address gets no more than this.
+    const RESPONSE_BYTES_MAX: u64 = 1 << 20;
     let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|error| CliError::io(what(), &error))?;
+    stream.take(RESPONSE_BYTES_MAX).read_to_string(&mut response).map_err(|error| CliError::io(what(), &error))?;
     match response.split_once("\r\n\r\n") {
         Some((_, body)) => Ok(body.to_string()),
         None => Err(CliError::Io { what: what(), reason: "not an HTTP response".into() }),

@@ -84,11 +84,20 @@ fn lock(file: &File, kind: Lock) -> io::Result<()> {
     }
 }
 
+/// Largest arbiter record read: a record is under 100 bytes, anything far bigger is not one.
+const RECORD_BYTES_MAX: u64 = 4096;
+
 fn read_record(file: &mut File) -> io::Result<Record> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     file.seek(SeekFrom::Start(0))?;
-    file.read_to_string(&mut text)?;
-    Record::decode(&text)
+    file.take(RECORD_BYTES_MAX + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > RECORD_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not an arbiter record: over {RECORD_BYTES_MAX} bytes"),
+        ));
+    }
+    Record::decode(&String::from_utf8_lossy(&bytes))
 }
 
 impl SharedStorage {
