@@ -376,9 +376,8 @@ fn execute(cli: Cli) -> Result<(), CliError> {
                     let _ = writeln!(stdout);
                 }
             }
-            match (&result.failure, result.powered_off) {
-                (None, Some(status)) => println!("powered-off={status}"),
-                _ => {}
+            if let (None, Some(status)) = (&result.failure, result.powered_off) {
+                println!("powered-off={status}");
             }
             println!("exits={}", result.exits);
             println!("log-entries={}", result.entries);

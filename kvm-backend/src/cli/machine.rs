@@ -86,6 +86,18 @@ pub fn new_guest(kvm_path: &Path, image: &GuestImage) -> Result<KvmGuest, CliErr
     })
 }
 
+/// Checks that the model guest has the workload of `image` (a corpus guest, by content or name).
+pub fn check_model_guest(image: &GuestImage) -> Result<(), CliError> {
+    let name = image.corpus_name().unwrap_or(&image.name);
+    match model_guest::ModelGuest::from_name(name) {
+        Some(_) => Ok(()),
+        None => Err(CliError::Usage(format!(
+            "config: `guest` = {:?}: the model guest (`machine` = \"model\") has no such workload (it has kv, timer, cpu)",
+            image.name
+        ))),
+    }
+}
+
 /// Which machine a node runs its guest on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MachineKind {

@@ -77,10 +77,6 @@ const HOLDS_KEPT: usize = 10_000;
 pub type SharedBoard = Rc<RefCell<Board>>;
 
 impl Board {
-    pub fn is_live(&self) -> bool {
-        matches!(self.snapshot.role.as_str(), "primary" | "live, not protected")
-    }
-
     pub fn observe_action(&mut self, now_ns: u64, action: &Action) {
         match action {
             Action::Send(Message::Log { index, entry }) => {
