@@ -194,6 +194,10 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Wait up to this long for the node to answer (it may be starting): connections refused meanwhile are
+        /// retried.
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        wait_ms: u64,
     },
     /// List the corpus guests.
     Guests,
@@ -342,8 +346,9 @@ fn execute(cli: Cli) -> Result<(), CliError> {
                 Err(CliError::CheckFailed("report-failover: a trial failed its checks".into()))
             }
         }
-        Command::Status { addr, json } => {
-            print!("{}", cli::status::fetch(addr, if json { "/json" } else { "/" })?);
+        Command::Status { addr, json, wait_ms } => {
+            let path = if json { "/json" } else { "/" };
+            print!("{}", cli::status::fetch_waiting(addr, path, Duration::from_millis(wait_ms))?);
             if json {
                 println!();
             }

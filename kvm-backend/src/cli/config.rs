@@ -362,8 +362,33 @@ mod tests {
         ] {
             let config: NodeConfig = toml::from_str(text).unwrap_or_else(|error| panic!("{name}: {error}"));
             assert!(config.guest.is_some() && config.service.is_some() && config.arbiter.is_some(), "{name}");
-            assert_eq!(config.channel_peer.is_some(), name.contains("primary") || name.ends_with('a'), "{name}");
+            let primary = name.contains("primary") || name.ends_with('a');
+            assert_eq!(config.channel_peer.is_some(), primary, "{name}");
+            // Every setting passes the startup checks (the two-host samples' key file lives on those hosts).
+            let config = NodeConfig { key_hex: config.key_hex.clone().or(Some("ab".repeat(32))), ..config };
+            let side = if primary { Side::Primary } else { Side::Backup };
+            config.settings(side).unwrap_or_else(|error| panic!("{name}: {error}"));
         }
+    }
+
+    #[test]
+    fn settings_name_the_key_at_fault() {
+        let sample: NodeConfig = toml::from_str(include_str!("../../../corpus/configs/primary.toml")).unwrap();
+        let refused = |config: NodeConfig| config.settings(Side::Primary).expect_err("refused").to_string();
+        let error = refused(NodeConfig { failure_timeout_ms: Some(0), ..sample.clone() });
+        assert!(error.contains("`failure_timeout_ms`"), "{error}");
+        let error = refused(NodeConfig { name: Some("a\nb".into()), ..sample.clone() });
+        assert!(error.contains("`name`"), "{error}");
+        let error = refused(NodeConfig { heartbeat_peer: sample.heartbeat_listen, ..sample.clone() });
+        assert!(error.contains("`heartbeat_peer`"), "{error}");
+        let error = refused(NodeConfig { channel_peer: Some("0.0.0.0:7102".parse().unwrap()), ..sample.clone() });
+        assert!(error.contains("`channel_peer`"), "{error}");
+        let error = refused(NodeConfig { status: sample.metrics, ..sample.clone() });
+        assert!(error.contains("`metrics`") && error.contains("`status`"), "{error}");
+        let error = refused(NodeConfig { disk_sectors: Some(DISK_SECTORS_MAX + 1), ..sample.clone() });
+        assert!(error.contains("`disk_sectors`"), "{error}");
+        let error = refused(NodeConfig { go_live_command: Some(" ".into()), ..sample });
+        assert!(error.contains("`go_live_command`"), "{error}");
     }
 
     #[test]

@@ -285,6 +285,21 @@ pub async fn serve(listener: TcpListener, render: Render) {
     }
 }
 
+/// `ftvm status --addr ADDR --wait-ms T`: [`fetch`], retrying for up to `wait` while nothing listens at `addr`
+/// yet (a node that is starting).
+pub fn fetch_waiting(addr: SocketAddr, path: &str, wait: std::time::Duration) -> Result<String, CliError> {
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)) {
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            _ => break,
+        }
+    }
+    fetch(addr, path)
+}
+
 /// `ftvm status --addr ADDR`: fetches `path` from a node's status endpoint and returns the body.
 pub fn fetch(addr: SocketAddr, path: &str) -> Result<String, CliError> {
     use std::io::{Read, Write};
