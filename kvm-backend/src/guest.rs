@@ -6,6 +6,11 @@
 //! a port read, which completes when `complete_port_in` supplies its value. Interrupts are queued in the guest
 //! (`PendingInterrupts`) and injected only when the architectural state allows it, so the same sequence of calls
 //! gives the same behaviour on a fresh or a restored VM.
+//!
+//! A [`GuestHandle`] reaches the guest from outside the primary or backup that owns it, from any thread: it kicks
+//! the vCPU out of `KVM_RUN` (`immediate_exit` and a signal; the run then ends between two exits as
+//! `Exit::InstructionLimit`, which is not an exit), and it tells why a guest that ended with `Exit::Shutdown` cannot
+//! go on (triple fault, MMIO access, emulation failure).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};

@@ -27,8 +27,24 @@ const REQUESTS_DEFAULT: u64 = 200;
 /// The KVM device, unless `--kvm-path` or `FTVM_KVM_PATH` says otherwise.
 const KVM_PATH_DEFAULT: &str = "/dev/kvm";
 
+/// The exit statuses, for `ftvm --help` (the constants are in cli/error.rs; docs/deployment.md has the same list).
+const EXIT_STATUSES: &str = "\
+Exit statuses:
+  0  success: the guest powered off with status 0, or the client load was answered
+  1  an error (bad input, a missing file or device, a refused config, a protocol error); stderr says what
+  2  the command line does not parse
+  3  divergence: replay found the guest doing something other than the log says
+  4  timed out: --timeout-ms passed before the guest finished (the guest was stopped, even between two exits)
+  5  the guest powered off with a non-zero status (printed as powered-off=N)
+  6  the guest failed: triple fault, MMIO access, emulation failure or hypervisor error (stderr names it)";
+
 #[derive(Parser)]
-#[command(name = "ftvm", version, about = "Fault-tolerant VMs after VMware FT: run, record and replay KVM guests")]
+#[command(
+    name = "ftvm",
+    version,
+    about = "Fault-tolerant VMs after VMware FT: run, record and replay KVM guests",
+    after_help = EXIT_STATUSES
+)]
 struct Cli {
     /// The KVM device (for tests: a missing path shows the error of a host without KVM). Also FTVM_KVM_PATH.
     #[arg(long, global = true, hide = true)]
@@ -51,7 +67,8 @@ struct GuestArgs {
     /// Seed of the client load.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Stop the guest after this long (what ran is still recorded) and exit with status 4.
+    /// Stop the guest after this long, even inside a stretch without exits (what ran until its last exit is still
+    /// recorded), and exit with status 4.
     #[arg(long, value_name = "T")]
     timeout_ms: Option<u64>,
 }
@@ -428,6 +445,19 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("ftvm: {error}");
             ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EXIT_STATUSES;
+    use crate::cli::error::{EXIT_DIVERGED, EXIT_FAILURE, EXIT_GUEST_FAILED, EXIT_GUEST_STATUS, EXIT_TIMEOUT};
+
+    #[test]
+    fn the_help_lists_every_exit_status() {
+        for code in [EXIT_FAILURE, EXIT_DIVERGED, EXIT_TIMEOUT, EXIT_GUEST_STATUS, EXIT_GUEST_FAILED] {
+            assert!(EXIT_STATUSES.contains(&format!("\n  {code}  ")), "{code} in {EXIT_STATUSES}");
         }
     }
 }
