@@ -479,6 +479,12 @@ fn oversized_logs_and_images_are_refused_with_the_limit() {
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(path_arg(&fifo)) && stderr.contains("67108864 bytes"), "{stderr}");
+    // Had ftvm never opened the FIFO, the writer would wait in its open for good: a reader of our own releases
+    // it (its writes then fail once this reader is gone too).
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo);
+    }
     writer.join().expect("the writer stops when the reader leaves");
     if !kvm_usable() {
         return;

@@ -343,10 +343,11 @@ pub struct SecureChannel {
 
 impl AsyncRead for SecureChannel {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
+        let (before, room) = (buf.filled().len(), buf.remaining());
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
-            if buf.filled().len() == before {
+            // Nothing read into room for something: the end of the stream.
+            if room > 0 && buf.filled().len() == before {
                 if let Some((kind, reason)) = self.failure.borrow().clone() {
                     return Poll::Ready(Err(io::Error::new(kind, reason)));
                 }
@@ -385,7 +386,7 @@ pub fn secure(stream: TcpStream, session: Session, primary: bool, counters: Rc<C
         if let Err(error) = open(tcp_read, &mut plain_write, session, recv_dir, counters).await {
             tracing::error!("logging channel refused: {error}; closing it (nothing of that frame was applied)");
             *failed.borrow_mut() =
-                Some((error.kind(), format!("logging channel failed: {}", super::error::io_reason(&error))));
+                Some((error.kind(), format!("logging channel failed: {}", crate::cli::error::io_reason(&error))));
             // Close both directions now: the driver's next read finds the end (and the reason), and the TCP
             // connection goes with the sealing task, which would otherwise keep the stream open.
             sealing.abort();
@@ -394,6 +395,7 @@ pub fn secure(stream: TcpStream, session: Session, primary: bool, counters: Rc<C
     });
     SecureChannel { inner: driver_side, failure }
 }
+
 /// Length of the complete frame at the start of `bytes`, if it is all there.
 fn frame_length(bytes: &[u8]) -> io::Result<Option<usize>> {
     if bytes.len() < ft::wire::HEADER_BYTES {
