@@ -58,6 +58,53 @@ fn build_guest(compiler: &str, common: &Path, guest: &Path, output: &Path) {
     }
 }
 
+/// Links the single assembly file `source` alone (no corpus kernel): a bare guest with its own `_start`.
+fn build_bare_guest(compiler: &str, common: &Path, source: &Path, output: &Path) {
+    let mut command = Command::new(compiler);
+    command.args(GUEST_FLAGS).arg("-T").arg(common.join("link.ld")).arg("-o").arg(output).arg(source);
+    let result = command
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {compiler} (needed to build fault guests): {error}"));
+    if !result.status.success() {
+        panic!(
+            "building fault guest {} failed:\n{}{}",
+            source.display(),
+            String::from_utf8_lossy(&result.stdout),
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+}
+
+/// The fault guests of `corpus/faults/` (test material, not corpus guests): a directory is a C guest linked with
+/// the corpus kernel, a `.S` file a bare guest. Returns the table `FAULT_GUESTS` for `corpus.rs`.
+fn build_fault_guests(compiler: &str, common: &Path, faults: &Path, out: &Path) -> String {
+    println!("cargo:rerun-if-changed={}", faults.display());
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(faults)
+        .expect("corpus/faults")
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.is_dir() || path.extension().is_some_and(|e| e == "S"))
+        .collect();
+    entries.sort();
+    let mut table = String::from("/// The fault guests built by build.rs from corpus/faults: (name, ELF image).\n");
+    table.push_str("pub const FAULT_GUESTS: &[(&str, &[u8])] = &[\n");
+    for entry in entries {
+        let name = entry.file_stem().expect("a name").to_string_lossy().into_owned();
+        let output = out.join(format!("fault-{name}.elf"));
+        if entry.is_dir() {
+            for file in sources(&entry) {
+                println!("cargo:rerun-if-changed={}", file.display());
+            }
+            build_guest(compiler, common, &entry, &output);
+        } else {
+            println!("cargo:rerun-if-changed={}", entry.display());
+            build_bare_guest(compiler, common, &entry, &output);
+        }
+        writeln!(table, "    ({name:?}, include_bytes!({:?})),", output.display().to_string()).expect("write");
+    }
+    table.push_str("];\n");
+    table
+}
+
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
@@ -90,5 +137,6 @@ fn main() {
         writeln!(table, "    ({name:?}, include_bytes!({:?})),", output.display().to_string()).expect("write");
     }
     table.push_str("];\n");
+    table.push_str(&build_fault_guests(&compiler, &common, &manifest.join("../corpus/faults"), &out));
     std::fs::write(out.join("corpus_guests.rs"), table).expect("write corpus_guests.rs");
 }

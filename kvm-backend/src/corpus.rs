@@ -12,6 +12,17 @@ pub fn guest_names() -> impl Iterator<Item = &'static str> {
     GUESTS.iter().map(|(name, _)| *name)
 }
 
+/// The ELF image of the fault guest `name` from `corpus/faults/` (test material: guests that spin, fault or exit
+/// with a status, see corpus/faults/README.md). Not a corpus guest: [`guest_names`] does not list them.
+pub fn fault_guest_elf(name: &str) -> Option<&'static [u8]> {
+    FAULT_GUESTS.iter().find(|(guest, _)| *guest == name).map(|(_, image)| *image)
+}
+
+/// Names of the fault guests, sorted.
+pub fn fault_guest_names() -> impl Iterator<Item = &'static str> {
+    FAULT_GUESTS.iter().map(|(name, _)| *name)
+}
+
 /// Iterations of the `cpu` guest's loop (`CPU_ITERATIONS` in corpus/guests/cpu/main.c).
 pub const CPU_ITERATIONS: u64 = 1 << 28;
 /// The `cpu` guest yields once per this many iterations (`CPU_YIELD_EVERY`).
@@ -42,5 +53,11 @@ mod tests {
             assert_eq!(&image[..4], b"\x7fELF", "{name} is an ELF");
         }
         assert!(super::guest_elf("nope").is_none());
+        let faults: Vec<&str> = super::fault_guest_names().collect();
+        assert_eq!(faults, ["exit7", "mmio", "spin", "sse-at-cpl0", "triple-fault"]);
+        for name in faults {
+            assert_eq!(&super::fault_guest_elf(name).expect("built")[..4], b"\x7fELF", "{name} is an ELF");
+            assert!(super::guest_elf(name).is_none(), "{name} is not a corpus guest");
+        }
     }
 }

@@ -28,7 +28,7 @@ pub enum KvmError {
     MemorySize(u64),
     /// The guest image file could not be read.
     #[error("cannot read guest image {path}: {source}")]
-    ReadImage { path: PathBuf, source: std::io::Error },
+    ReadImage { path: PathBuf, source: crate::files::ReadError },
     /// The guest image is not a loadable x86-64 ELF.
     #[error("bad guest ELF: {0}")]
     Elf(String),

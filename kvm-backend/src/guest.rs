@@ -6,8 +6,15 @@
 //! a port read, which completes when `complete_port_in` supplies its value. Interrupts are queued in the guest
 //! (`PendingInterrupts`) and injected only when the architectural state allows it, so the same sequence of calls
 //! gives the same behaviour on a fresh or a restored VM.
+//!
+//! A [`GuestHandle`] reaches the guest from outside the primary or backup that owns it, from any thread: it kicks
+//! the vCPU out of `KVM_RUN` (`immediate_exit` and a signal; the run then ends between two exits as
+//! `Exit::InstructionLimit`, which is not an exit), and it tells why a guest that ended with `Exit::Shutdown` cannot
+//! go on (triple fault, MMIO access, emulation failure).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Once};
 
 use ft::{Exit, Guest, GuestError, Position, StateHash};
 use xxhash_rust::xxh3::Xxh3;
@@ -54,6 +61,100 @@ struct PendingIn {
     reexecute: bool,
 }
 
+/// Where a kick finds the vCPU: the address of its `kvm_run.immediate_exit` while the mapping exists, and the
+/// thread inside `KvmGuest::run`, if one is.
+#[derive(Default)]
+struct KickTarget {
+    /// `kvm_run.immediate_exit`; 0 once the guest is dropped (the mapping goes with it).
+    immediate_exit: usize,
+    /// The Linux thread id of the thread inside `run`.
+    thread: Option<libc::pid_t>,
+}
+
+/// What a [`GuestHandle`] shares with its guest.
+#[derive(Default)]
+struct Shared {
+    /// Set by a kick; from then on `run` returns at once, without entering the guest.
+    kicked: AtomicBool,
+    /// A kick cut a run short: the guest stopped between two exits, not at one.
+    interrupted: AtomicBool,
+    /// Why the guest stopped for good (`Exit::Shutdown`), once it has.
+    failure: Mutex<Option<String>>,
+    target: Mutex<KickTarget>,
+}
+
+/// A handle on a running [`KvmGuest`] from outside the driver that owns it, and from any thread: it can kick the
+/// vCPU out of `KVM_RUN` (a timeout), and tells why the guest stopped for good (the protocol only sees
+/// `Exit::Shutdown`, which reaches the platform as a power-off with status `u32::MAX`).
+#[derive(Clone)]
+pub struct GuestHandle {
+    shared: Arc<Shared>,
+}
+
+/// The signal that interrupts `KVM_RUN` on a kick: the first real-time signal, with a handler that does nothing
+/// (its only effect is that `KVM_RUN` returns `EINTR`).
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn ignore_kick(_signal: libc::c_int) {}
+
+/// Installs the no-op handler of [`kick_signal`] once per process (the default action would kill the process).
+fn install_kick_handler() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        // SAFETY: an all-zero sigaction is a valid value of this plain C struct; it is filled in below.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = ignore_kick as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SA_RESTART: other system calls the signal meets are restarted; KVM_RUN returns EINTR regardless.
+        action.sa_flags = libc::SA_RESTART;
+        // SAFETY: `action.sa_mask` is a valid sigset_t owned by this frame.
+        unsafe { libc::sigemptyset(&mut action.sa_mask) };
+        // SAFETY: installs a handler that touches nothing (async-signal-safe) for a signal this crate owns.
+        let result = unsafe { libc::sigaction(kick_signal(), &action, std::ptr::null_mut()) };
+        assert_eq!(result, 0, "sigaction of the kick signal: {}", std::io::Error::last_os_error());
+    });
+}
+
+impl GuestHandle {
+    /// Stops the guest's run as soon as possible: a `run` in progress returns (cut short between two exits, as
+    /// `Exit::InstructionLimit`, which is not an exit), and every later `run` returns at once. Sets
+    /// `immediate_exit`, so a `KVM_RUN` about to start returns at once, and signals the thread inside `run`, so a
+    /// `KVM_RUN` in progress returns with `EINTR`.
+    pub fn kick(&self) {
+        self.shared.kicked.store(true, Ordering::SeqCst);
+        let target = self.shared.target.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if target.immediate_exit == 0 {
+            return;
+        }
+        // SAFETY: `immediate_exit` is the address of a byte of the vCPU's kvm_run mapping, which exists while the
+        // address is non-zero: the guest zeroes it under this lock before the mapping goes. The vCPU thread
+        // writes this byte atomically too (`vcpu::set_immediate_exit`), and KVM reads it at each entry.
+        unsafe { AtomicU8::from_ptr(target.immediate_exit as *mut u8) }.store(1, Ordering::SeqCst);
+        if let Some(thread) = target.thread {
+            // SAFETY: `thread` is inside `run` (it clears itself under this lock before leaving), so it is a live
+            // thread of this process; the signal's handler does nothing.
+            unsafe { libc::tgkill(libc::getpid(), thread, kick_signal()) };
+        }
+    }
+
+    /// Whether the guest was kicked.
+    pub fn kicked(&self) -> bool {
+        self.shared.kicked.load(Ordering::SeqCst)
+    }
+
+    /// Whether a kick cut a run short: the guest's state is between two exits, not at one (no checkpoint of it
+    /// can be replayed).
+    pub fn interrupted(&self) -> bool {
+        self.shared.interrupted.load(Ordering::SeqCst)
+    }
+
+    /// Why the guest stopped for good (triple fault, MMIO, emulation failure, failed entry), once it has.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+}
+
 /// A KVM guest. Field order matters: the VM (and its memory slot) is dropped before the RAM it maps.
 pub struct KvmGuest {
     vm: Vm,
@@ -65,6 +166,14 @@ pub struct KvmGuest {
     shutdown: Option<String>,
     /// An error found by a method that cannot return one (`complete_port_in`), reported by the next `run`.
     deferred_error: Option<GuestError>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for KvmGuest {
+    /// Before the vCPU's kvm_run mapping goes (with `vm`, after this): no kick may write to it any more.
+    fn drop(&mut self) {
+        self.shared.target.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).immediate_exit = 0;
+    }
 }
 
 fn check_memory_size(bytes: u64) -> Result<usize, KvmError> {
@@ -93,7 +202,11 @@ impl KvmGuest {
 
     fn blank(config: &KvmConfig) -> Result<KvmGuest, KvmError> {
         let ram = GuestRam::new(check_memory_size(config.memory_bytes)?)?;
-        let vm = Vm::create(&config.kvm_path, &ram)?;
+        let mut vm = Vm::create(&config.kvm_path, &ram)?;
+        install_kick_handler();
+        let shared = Arc::new(Shared::default());
+        shared.target.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).immediate_exit =
+            vcpu::immediate_exit_address(&mut vm.vcpu);
         Ok(KvmGuest {
             vm,
             ram,
@@ -102,12 +215,39 @@ impl KvmGuest {
             port_in: None,
             shutdown: None,
             deferred_error: None,
+            shared,
         })
     }
 
     /// Why the guest stopped for good (after `Exit::Shutdown`).
     pub fn shutdown_reason(&self) -> Option<&str> {
         self.shutdown.as_deref()
+    }
+
+    /// A handle that kicks this guest out of `KVM_RUN` from any thread and tells why it stopped, for drivers that
+    /// hand the guest to a primary or backup and cannot reach it any more.
+    pub fn handle(&self) -> GuestHandle {
+        GuestHandle { shared: self.shared.clone() }
+    }
+
+    fn set_shutdown(&mut self, reason: Option<String>) {
+        *self.shared.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = reason.clone();
+        self.shutdown = reason;
+    }
+
+    /// Marks this thread as the one inside `run` (a kick signals it), or clears it.
+    fn set_running_thread(&self, running: bool) {
+        // SAFETY: gettid has no preconditions.
+        let thread = running.then(|| unsafe { libc::gettid() });
+        self.shared.target.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).thread = thread;
+    }
+
+    /// After a kick: the run ends between two exits (nothing is counted), and `immediate_exit` is cleared so the
+    /// vCPU is left as it was for anything but `run` (hashes, snapshots).
+    fn kicked_out(&mut self) -> Exit {
+        self.shared.interrupted.store(true, Ordering::SeqCst);
+        vcpu::set_immediate_exit(&mut self.vm.vcpu, 0);
+        Exit::InstructionLimit
     }
 
     /// The general registers, for diagnostics (a faulting guest's stack, for example).
@@ -138,9 +278,13 @@ impl KvmGuest {
         Ok(exit)
     }
 
-    /// Runs to the next guest-initiated exit.
+    /// Runs to the next guest-initiated exit, or until a kick.
     fn run_to_exit(&mut self) -> Result<Exit, GuestError> {
         for _ in 0..INTERNAL_EXITS_MAX {
+            // Checked before every entry; a kick after this check finds `immediate_exit` or the signal.
+            if self.shared.kicked.load(Ordering::SeqCst) {
+                return Ok(self.kicked_out());
+            }
             self.arm_interrupts()?;
             match vcpu::run_once(&mut self.vm.vcpu)? {
                 Event::Out { port, size, value } => {
@@ -154,7 +298,7 @@ impl KvmGuest {
                 Event::Halt => return self.exit(Exit::Halt),
                 Event::WindowOpen | Event::Interrupted => continue,
                 Event::Fatal(reason) => {
-                    self.shutdown = Some(reason);
+                    self.set_shutdown(Some(reason));
                     return self.exit(Exit::Shutdown);
                 }
             }
@@ -219,7 +363,10 @@ impl Guest for KvmGuest {
         if self.shutdown.is_some() {
             return Ok(Exit::Shutdown);
         }
-        self.run_to_exit()
+        self.set_running_thread(true);
+        let result = self.run_to_exit();
+        self.set_running_thread(false);
+        result
     }
 
     fn position(&self) -> Position {
@@ -331,7 +478,7 @@ impl Guest for KvmGuest {
         self.exits = exits;
         self.port_in = port_in;
         self.pending = pending;
-        self.shutdown = shutdown;
+        self.set_shutdown(shutdown);
         self.deferred_error = None;
         Ok(())
     }

@@ -6,6 +6,7 @@
 pub mod arch;
 pub mod corpus;
 mod error;
+pub mod files;
 mod guest;
 mod interrupts;
 mod loader;
@@ -16,5 +17,5 @@ mod vcpu;
 mod vm;
 
 pub use error::KvmError;
-pub use guest::{KvmConfig, KvmGuest, MEMORY_BYTES_DEFAULT};
-pub use loader::read_image;
+pub use guest::{GuestHandle, KvmConfig, KvmGuest, MEMORY_BYTES_DEFAULT};
+pub use loader::{read_image, IMAGE_BYTES_MAX};

@@ -14,9 +14,14 @@ use crate::arch::x86_64::layout::IMAGE_START;
 use crate::error::KvmError;
 use crate::memory::GuestRam;
 
-/// Reads a guest image from a file.
+/// Largest guest image read: far more than the RAM of a default guest (16 MiB) can load, and a bound on what a
+/// path to a device or an endless FIFO can make the reader take.
+pub const IMAGE_BYTES_MAX: u64 = 64 << 20;
+
+/// Reads a guest image from a file (at most [`IMAGE_BYTES_MAX`] bytes; see [`crate::files::read_bounded`]).
 pub fn read_image(path: &Path) -> Result<Vec<u8>, KvmError> {
-    std::fs::read(path).map_err(|source| KvmError::ReadImage { path: path.to_path_buf(), source })
+    crate::files::read_bounded(path, IMAGE_BYTES_MAX)
+        .map_err(|source| KvmError::ReadImage { path: path.to_path_buf(), source })
 }
 
 /// Loads `image`'s PT_LOAD segments at their physical addresses; returns the entry point.

@@ -27,8 +27,24 @@ const REQUESTS_DEFAULT: u64 = 200;
 /// The KVM device, unless `--kvm-path` or `FTVM_KVM_PATH` says otherwise.
 const KVM_PATH_DEFAULT: &str = "/dev/kvm";
 
+/// The exit statuses, for `ftvm --help` (the constants are in cli/error.rs; docs/deployment.md has the same list).
+const EXIT_STATUSES: &str = "\
+Exit statuses:
+  0  success: the guest powered off with status 0, or the client load was answered
+  1  an error (bad input, a missing file or device, a refused config, a protocol error); stderr says what
+  2  the command line does not parse
+  3  divergence: replay found the guest doing something other than the log says
+  4  timed out: --timeout-ms passed before the guest finished (the guest was stopped, even between two exits)
+  5  the guest powered off with a non-zero status (printed as powered-off=N)
+  6  the guest failed: triple fault, MMIO access, emulation failure or hypervisor error (stderr names it)";
+
 #[derive(Parser)]
-#[command(name = "ftvm", version, about = "Fault-tolerant VMs after VMware FT: run, record and replay KVM guests")]
+#[command(
+    name = "ftvm",
+    version,
+    about = "Fault-tolerant VMs after VMware FT: run, record and replay KVM guests",
+    after_help = EXIT_STATUSES
+)]
 struct Cli {
     /// The KVM device (for tests: a missing path shows the error of a host without KVM). Also FTVM_KVM_PATH.
     #[arg(long, global = true, hide = true)]
@@ -51,7 +67,8 @@ struct GuestArgs {
     /// Seed of the client load.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Stop the guest after this long (what ran is still recorded) and exit with status 4.
+    /// Stop the guest after this long, even inside a stretch without exits (what ran until its last exit is still
+    /// recorded), and exit with status 4.
     #[arg(long, value_name = "T")]
     timeout_ms: Option<u64>,
 }
@@ -194,6 +211,10 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Wait up to this long for the node to answer (it may be starting): connections refused meanwhile are
+        /// retried.
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        wait_ms: u64,
     },
     /// List the corpus guests.
     Guests,
@@ -249,31 +270,34 @@ fn describe(name: &str) -> &'static str {
     }
 }
 
-fn session_options(kvm_path: &Path, args: &GuestArgs) -> Result<SessionOptions, CliError> {
+/// The options of a run or a recording, and whether the guest is the kv service (by its image).
+fn session_options(kvm_path: &Path, args: &GuestArgs) -> Result<(SessionOptions, bool), CliError> {
     let image = GuestImage::resolve(&args.guest)?;
-    let requests = args.requests.or(image.is_kv().then_some(REQUESTS_DEFAULT));
-    Ok(SessionOptions {
+    let kv = image.is_kv();
+    let requests = args.requests.or(kv.then_some(REQUESTS_DEFAULT));
+    let options = SessionOptions {
         kvm_path: kvm_path.to_path_buf(),
         disk: Disk::open(args.disk.as_ref())?,
         workload: requests.map(|requests| KvWorkload::new(requests, args.seed)),
         image,
         timeout: args.timeout_ms.map(Duration::from_millis),
         echo_console: true,
-    })
+    };
+    Ok((options, kv))
 }
 
-/// Prints the results of a run or a recording; a timeout is reported as an error after them.
-fn finish_session(result: &SessionResult, args: &GuestArgs) -> Result<(), CliError> {
+/// Prints the results of a run or a recording, then turns how the guest ended into the exit status: a failed
+/// guest, a non-zero power-off and a timeout are errors after the results.
+fn finish_session(result: &SessionResult, args: &GuestArgs, kv: bool) -> Result<(), CliError> {
     if !result.console.ends_with(b"\n") && !result.console.is_empty() {
         println!();
     }
-    match result.ending {
+    match &result.ending {
         Ending::PoweredOff { status } => println!("powered-off={status}"),
-        Ending::WorkloadDone => {}
+        Ending::GuestFailed { .. } | Ending::WorkloadDone | Ending::TimedOut => {}
         Ending::Idle => println!("idle=guest waits for input that will never come"),
-        Ending::TimedOut => {}
     }
-    if args.requests.is_some() || args.guest == "kv" {
+    if args.requests.is_some() || kv {
         println!("responses={}", result.responses);
     }
     println!("exits={}", result.exits);
@@ -281,11 +305,22 @@ fn finish_session(result: &SessionResult, args: &GuestArgs) -> Result<(), CliErr
         println!("log-entries={}", result.log_entries);
         println!("log-bytes={}", result.log_bytes);
     }
-    println!("state-hash={:016x}", result.state_hash);
-    if result.ending == Ending::TimedOut {
-        return Err(CliError::Timeout { guest: args.guest.clone(), timeout_ms: args.timeout_ms.unwrap_or(0) });
+    if let Some(hash) = result.state_hash {
+        println!("state-hash={hash:016x}");
     }
-    Ok(())
+    match &result.ending {
+        Ending::PoweredOff { status } if *status != 0 => {
+            Err(CliError::GuestStatus { guest: args.guest.clone(), status: *status })
+        }
+        Ending::GuestFailed { reason } => {
+            let reason = format!("{reason} (at exit {})", result.exits);
+            Err(CliError::GuestFailed { guest: args.guest.clone(), reason })
+        }
+        Ending::TimedOut => {
+            Err(CliError::Timeout { guest: args.guest.clone(), timeout_ms: args.timeout_ms.unwrap_or(0) })
+        }
+        Ending::PoweredOff { .. } | Ending::WorkloadDone | Ending::Idle => Ok(()),
+    }
 }
 
 fn demo_options(
@@ -328,8 +363,9 @@ fn execute(cli: Cli) -> Result<(), CliError> {
                 Err(CliError::CheckFailed("report-failover: a trial failed its checks".into()))
             }
         }
-        Command::Status { addr, json } => {
-            print!("{}", cli::status::fetch(addr, if json { "/json" } else { "/" })?);
+        Command::Status { addr, json, wait_ms } => {
+            let path = if json { "/json" } else { "/" };
+            print!("{}", cli::status::fetch_waiting(addr, path, Duration::from_millis(wait_ms))?);
             if json {
                 println!();
             }
@@ -342,12 +378,14 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Run(args) => {
-            let result = cli::session::run(session_options(&kvm_path, &args)?, None)?;
-            finish_session(&result, &args)
+            let (options, kv) = session_options(&kvm_path, &args)?;
+            let result = cli::session::run(options, None)?;
+            finish_session(&result, &args, kv)
         }
         Command::Record { guest, log } => {
-            let result = cli::session::run(session_options(&kvm_path, &guest)?, Some(&log))?;
-            finish_session(&result, &guest)
+            let (options, kv) = session_options(&kvm_path, &guest)?;
+            let result = cli::session::run(options, Some(&log))?;
+            finish_session(&result, &guest, kv)
         }
         Command::Replay { guest, log, quiet } => {
             let image = GuestImage::resolve(&guest)?;
@@ -360,14 +398,22 @@ fn execute(cli: Cli) -> Result<(), CliError> {
                     let _ = writeln!(stdout);
                 }
             }
-            if let Some(status) = result.powered_off {
+            if let (None, Some(status)) = (&result.failure, result.powered_off) {
                 println!("powered-off={status}");
             }
             println!("exits={}", result.exits);
             println!("log-entries={}", result.entries);
             println!("checkpoints={}", result.checkpoints);
             println!("state-hash={:016x}", result.state_hash);
-            Ok(())
+            // The replay matched the log; the exit status says how the guest ended, as `record` did.
+            match (result.failure, result.powered_off) {
+                (Some(reason), _) => {
+                    let reason = format!("{reason} (at exit {}, as in the recording)", result.exits);
+                    Err(CliError::GuestFailed { guest, reason })
+                }
+                (None, Some(status)) if status != 0 => Err(CliError::GuestStatus { guest, status }),
+                _ => Ok(()),
+            }
         }
         Command::Report { guest, requests, seed, timeout_ms, repeat } => {
             let guests =
@@ -399,6 +445,19 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("ftvm: {error}");
             ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EXIT_STATUSES;
+    use crate::cli::error::{EXIT_DIVERGED, EXIT_FAILURE, EXIT_GUEST_FAILED, EXIT_GUEST_STATUS, EXIT_TIMEOUT};
+
+    #[test]
+    fn the_help_lists_every_exit_status() {
+        for code in [EXIT_FAILURE, EXIT_DIVERGED, EXIT_TIMEOUT, EXIT_GUEST_STATUS, EXIT_GUEST_FAILED] {
+            assert!(EXIT_STATUSES.contains(&format!("\n  {code}  ")), "{code} in {EXIT_STATUSES}");
         }
     }
 }

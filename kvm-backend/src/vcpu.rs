@@ -2,8 +2,9 @@
 //! the exit that asked for it.
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU8, Ordering};
 
-use kvm_bindings::{kvm_interrupt, KVM_EXIT_IO};
+use kvm_bindings::{kvm_interrupt, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::error::KvmError;
@@ -38,14 +39,63 @@ fn little_endian(data: &[u8]) -> u32 {
     data.iter().take(4).rev().fold(0, |value, &byte| (value << 8) | u32::from(byte))
 }
 
+/// `KVM_INTERNAL_ERROR_EMULATION`: the instruction emulator could not run an instruction.
+const INTERNAL_ERROR_EMULATION: u32 = 1;
+
 /// Enters the guest once and classifies the exit.
 pub(crate) fn run_once(vcpu: &mut VcpuFd) -> Result<Event, KvmError> {
+    match classify(vcpu)? {
+        Some(event) => Ok(event),
+        // An internal error, described from kvm_run once the borrow of the exit has ended.
+        None => Ok(Event::Fatal(internal_error(vcpu))),
+    }
+}
+
+/// Describes a `KVM_EXIT_INTERNAL_ERROR` from its suberror, with the RIP it happened at.
+fn internal_error(vcpu: &mut VcpuFd) -> String {
+    let run = vcpu.get_kvm_run();
+    let suberror = if run.exit_reason == KVM_EXIT_INTERNAL_ERROR {
+        // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so the kernel filled the `internal` member of the union.
+        Some(unsafe { run.__bindgen_anon_1.internal.suberror })
+    } else {
+        None
+    };
+    let rip = vcpu.get_regs().map(|regs| format!(" at rip {:#x}", regs.rip)).unwrap_or_default();
+    match suberror {
+        Some(INTERNAL_ERROR_EMULATION) => {
+            format!(
+                "emulation failure{rip}: KVM's instruction emulator cannot run this instruction (KVM internal error)"
+            )
+        }
+        Some(other) => format!("KVM internal error, suberror {other}{rip}"),
+        None => format!("KVM internal error{rip}"),
+    }
+}
+
+/// Stores `value` into `kvm_run.immediate_exit`. `immediate_exit` is the one byte of `kvm_run` that another thread
+/// writes too (a kick, see `KvmGuest::handle`), so every write of it is atomic.
+pub(crate) fn set_immediate_exit(vcpu: &mut VcpuFd, value: u8) {
+    let field = std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit);
+    // SAFETY: `field` points at the `immediate_exit` byte of this vCPU's kvm_run mapping, which lives as long as
+    // `vcpu`; a u8 is always aligned for AtomicU8, and every access of it from this crate is atomic.
+    unsafe { AtomicU8::from_ptr(field) }.store(value, Ordering::SeqCst);
+}
+
+/// The address of `kvm_run.immediate_exit`, for kicks from another thread.
+pub(crate) fn immediate_exit_address(vcpu: &mut VcpuFd) -> usize {
+    std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit) as usize
+}
+
+/// The event of one `KVM_RUN`, or None for an internal error (which `run_once` describes).
+fn classify(vcpu: &mut VcpuFd) -> Result<Option<Event>, KvmError> {
     let exit = match vcpu.run() {
         Ok(exit) => exit,
-        Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => return Ok(Event::Interrupted),
+        Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
+            return Ok(Some(Event::Interrupted))
+        }
         Err(error) => return Err(KvmError::Ioctl { operation: "KVM_RUN", source: error }),
     };
-    Ok(match exit {
+    Ok(Some(match exit {
         VcpuExit::IoOut(port, data) => Event::Out { port, size: data.len() as u8, value: little_endian(data) },
         VcpuExit::IoIn(port, data) => Event::In { port, size: data.len() as u8 },
         VcpuExit::Hlt => Event::Halt,
@@ -59,17 +109,17 @@ pub(crate) fn run_once(vcpu: &mut VcpuFd) -> Result<Event, KvmError> {
             Event::Fatal(format!("MMIO write of {} bytes at {gpa:#x}: the guest ABI is port I/O only", data.len()))
         }
         VcpuExit::FailEntry(reason, cpu) => Event::Fatal(format!("entry failed: reason {reason:#x} on cpu {cpu}")),
-        VcpuExit::InternalError => Event::Fatal("KVM internal error (emulation failed)".into()),
+        VcpuExit::InternalError => return Ok(None),
         other => Event::Fatal(format!("unexpected exit {other:?}")),
-    })
+    }))
 }
 
 /// Completes the instruction of the last I/O exit inside KVM without running any guest instruction: KVM
 /// finishes a pending port access before it honours `immediate_exit`.
 pub(crate) fn complete_io(vcpu: &mut VcpuFd) -> Result<(), KvmError> {
-    vcpu.set_kvm_immediate_exit(1);
+    set_immediate_exit(vcpu, 1);
     let result = vcpu.run().map(|_| ()).map_err(|error| error.errno());
-    vcpu.set_kvm_immediate_exit(0);
+    set_immediate_exit(vcpu, 0);
     match result {
         Err(errno) if errno == libc::EINTR => Ok(()),
         Err(errno) => {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::kvm_usable;
+use common::{kvm_usable, output_within};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -17,6 +17,8 @@ const FTVM: &str = env!("CARGO_BIN_EXE_ftvm");
 /// Requests of the kv guest's load: enough for disk writes, reads and several checkpoints, and quick.
 const KV_REQUESTS: &str = "60";
 /// Lines of ftvm's own results on stdout (everything else is the guest's console).
+/// Guard against a hang of a command that should finish (never a speed check).
+const HANG_GUARD: std::time::Duration = std::time::Duration::from_secs(120);
 const RESULT_KEYS: [&str; 8] =
     ["state-hash=", "exits=", "powered-off=", "responses=", "log-entries=", "log-bytes=", "checkpoints=", "idle="];
 
@@ -309,4 +311,194 @@ fn without_kvm_every_vm_command_says_so() {
     assert_eq!(text(&output.stderr), expected);
     assert!(!output.status.success());
     assert!(!Path::new(log).exists(), "nothing is recorded without KVM");
+}
+
+/// `ftvm ARGS` under the hang guard; a hang fails the test with what it printed.
+fn ftvm_guarded(args: &[&str]) -> Output {
+    let mut command = Command::new(FTVM);
+    command.args(args).env_remove("FTVM_KVM_PATH");
+    output_within(&mut command, HANG_GUARD).unwrap_or_else(|hang| panic!("ftvm {args:?}: {hang}"))
+}
+
+/// The fault guest `name` (corpus/faults) written to a file, as a user would pass it.
+fn fault_guest_file(name: &str) -> PathBuf {
+    let path = scratch_dir().join(format!("{name}.elf"));
+    std::fs::write(&path, kvm_backend::corpus::fault_guest_elf(name).expect("a fault guest")).expect("written");
+    path
+}
+
+fn path_arg(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+/// A guest that triple-faults, makes an MMIO access or stops the CPL0 emulator failed: `run`, `record` and
+/// `replay` name the reason and exit with status 6, never "powered-off=4294967295" with status 0. A guest's own
+/// non-zero power-off status shows as status 5 (before: every one of them exited 0).
+#[test]
+fn failed_guests_and_non_zero_power_offs_show_in_the_exit_status() {
+    if !kvm_usable() {
+        return;
+    }
+    let cases: [(&str, &[&str]); 3] = [
+        ("triple-fault", &["triple fault"]),
+        ("mmio", &["MMIO read of 4 bytes at 0xd0000000"]),
+        ("sse-at-cpl0", &["emulation failure", "triple fault"]),
+    ];
+    for (name, reasons) in cases {
+        let elf = fault_guest_file(name);
+        let log = scratch_dir().join(format!("{name}.log"));
+        let run = ftvm_guarded(&["run", "--guest", path_arg(&elf)]);
+        let record = ftvm_guarded(&["record", "--guest", path_arg(&elf), "--log", path_arg(&log)]);
+        let replay = ftvm_guarded(&["replay", "--guest", path_arg(&elf), "--log", path_arg(&log)]);
+        for (command, output) in [("run", &run), ("record", &record), ("replay", &replay)] {
+            let stderr = text(&output.stderr);
+            assert_eq!(output.status.code(), Some(6), "{name} {command}: {stderr}{}", text(&output.stdout));
+            assert!(stderr.contains("failed"), "{name} {command}: {stderr}");
+            assert!(reasons.iter().any(|reason| stderr.contains(reason)), "{name} {command}: {reasons:?} in {stderr}");
+            assert!(result(output, "powered-off").is_none(), "{name} {command} did not power off");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+        assert_eq!(
+            result(&replay, "state-hash"),
+            result(&record, "state-hash"),
+            "{name}: replay reaches the same state"
+        );
+    }
+    let elf = fault_guest_file("exit7");
+    let log = scratch_dir().join("exit7.log");
+    let run = ftvm_guarded(&["run", "--guest", path_arg(&elf)]);
+    let record = ftvm_guarded(&["record", "--guest", path_arg(&elf), "--log", path_arg(&log)]);
+    let replay = ftvm_guarded(&["replay", "--guest", path_arg(&elf), "--log", path_arg(&log)]);
+    for (command, output) in [("run", &run), ("record", &record), ("replay", &replay)] {
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(5), "exit7 {command}: {stderr}");
+        assert_eq!(result(output, "powered-off").as_deref(), Some("7"), "exit7 {command}");
+        assert!(stderr.contains("powered off with status 7"), "exit7 {command}: {stderr}");
+    }
+}
+
+/// `--timeout-ms` stops a guest that spins at CPL3 without a single exit (before: the vCPU thread stayed inside
+/// KVM_RUN and ftvm ran forever). The kick is reported as a timeout, not as a guest exit, and what was recorded
+/// before it still replays.
+#[test]
+fn timeout_stops_a_guest_that_never_exits() {
+    if !kvm_usable() {
+        return;
+    }
+    let elf = fault_guest_file("spin");
+    let run = ftvm_guarded(&["run", "--guest", path_arg(&elf), "--timeout-ms", "300"]);
+    let stderr = text(&run.stderr);
+    assert_eq!(run.status.code(), Some(4), "timed out: {stderr}");
+    assert!(stderr.contains("timed out"), "{stderr}");
+    assert!(console(&run).contains("spin: looping at CPL3 without exits"), "the guest ran: {}", text(&run.stdout));
+    assert!(result(&run, "powered-off").is_none(), "the kick is not a guest exit");
+    let log = scratch_dir().join("spin.log");
+    let record = ftvm_guarded(&["record", "--guest", path_arg(&elf), "--log", path_arg(&log), "--timeout-ms", "300"]);
+    assert_eq!(record.status.code(), Some(4), "{}", text(&record.stderr));
+    let exits = result(&record, "exits").expect("record prints its exits");
+    assert_eq!(result(&run, "exits"), Some(exits.clone()), "the kick is not counted as an exit");
+    let replay = ftvm_guarded(&["replay", "--guest", path_arg(&elf), "--log", path_arg(&log)]);
+    assert!(replay.status.success(), "the recording up to the kick replays: {}", text(&replay.stderr));
+    assert_eq!(result(&replay, "exits"), Some(exits));
+}
+
+/// The client load of the kv guest follows the image, not the name `kv` (before: `--guest path/to/kv.elf` ran
+/// without a load, and the idle guest kept ftvm waiting forever).
+#[test]
+fn the_kv_load_follows_the_image_not_the_name() {
+    if !kvm_usable() {
+        return;
+    }
+    let elf = scratch_dir().join("copy-of-kv.elf");
+    std::fs::write(&elf, kvm_backend::corpus::guest_elf("kv").expect("kv")).expect("written");
+    let log = scratch_dir().join("copy-of-kv.log");
+    let recorded = ftvm_guarded(&["record", "--guest", path_arg(&elf), "--log", path_arg(&log), "--requests", "0"]);
+    // `--requests 0` asks for no load explicitly: an idle guest, which record reports and ends.
+    assert!(recorded.status.success(), "{}", text(&recorded.stderr));
+    assert_eq!(result(&recorded, "responses").as_deref(), Some("0"));
+    let recorded = ftvm_guarded(&["record", "--guest", path_arg(&elf), "--log", path_arg(&log)]);
+    assert!(recorded.status.success(), "{}", text(&recorded.stderr));
+    assert_eq!(result(&recorded, "responses").as_deref(), Some("200"), "the default load of kv");
+    let replayed = ftvm_guarded(&["replay", "--guest", path_arg(&elf), "--log", path_arg(&log)]);
+    assert!(replayed.status.success(), "{}", text(&replayed.stderr));
+    assert_eq!(result(&replayed, "state-hash"), result(&recorded, "state-hash"));
+}
+
+/// Limits `ftvm`'s address space, so that a read without a bound fails fast instead of taking the machine's memory
+/// (before the fix `replay --log /dev/zero` took 7 GB in 3 s).
+fn ftvm_bounded_memory(args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(FTVM);
+    command.args(args).env_remove("FTVM_KVM_PATH");
+    // SAFETY: setrlimit is async-signal-safe and changes only the child's own limit.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 4 << 30, rlim_max: 4 << 30 };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    output_within(&mut command, HANG_GUARD).unwrap_or_else(|hang| panic!("ftvm {args:?}: {hang}"))
+}
+
+/// Logs and guest images are read with a bound: a device, an oversized (sparse) file and a FIFO that never ends
+/// are refused with an error naming the path and the limit.
+#[test]
+fn oversized_logs_and_images_are_refused_with_the_limit() {
+    let sparse_image = scratch_dir().join("huge.elf");
+    let file = std::fs::File::create(&sparse_image).expect("created");
+    file.set_len((64 << 20) + 1).expect("sparse");
+    for (args, wanted) in [
+        (vec!["run", "--guest", "/dev/zero"], vec!["/dev/zero", "not a regular file"]),
+        (vec!["run", "--guest", path_arg(&sparse_image)], vec![path_arg(&sparse_image), "67108864 bytes"]),
+    ] {
+        let output = ftvm_bounded_memory(&args);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        for word in wanted {
+            assert!(stderr.contains(word), "{args:?}: {word:?} in {stderr}");
+        }
+        assert!(!stderr.contains("panicked") && !stderr.contains("memory allocation"), "{stderr}");
+    }
+    // A FIFO whose writer never stops: only the bound ends the read.
+    let fifo = scratch_dir().join("endless.fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let c_path = std::ffi::CString::new(path_arg(&fifo)).expect("no NUL");
+    // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let writer_path = fifo.clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let Ok(mut pipe) = std::fs::OpenOptions::new().write(true).open(&writer_path) else { return };
+        let chunk = vec![0u8; 1 << 20];
+        while pipe.write_all(&chunk).is_ok() {}
+    });
+    let output = ftvm_bounded_memory(&["run", "--guest", path_arg(&fifo)]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(path_arg(&fifo)) && stderr.contains("67108864 bytes"), "{stderr}");
+    // Had ftvm never opened the FIFO, the writer would wait in its open for good: a reader of our own releases
+    // it (its writes then fail once this reader is gone too).
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo);
+    }
+    writer.join().expect("the writer stops when the reader leaves");
+    if !kvm_usable() {
+        return;
+    }
+    let sparse_log = scratch_dir().join("huge.log");
+    let file = std::fs::File::create(&sparse_log).expect("created");
+    file.set_len((1 << 30) + 1).expect("sparse");
+    for (log, wanted) in [("/dev/zero", "not a regular file"), (path_arg(&sparse_log), "1073741824 bytes")] {
+        let output = ftvm_bounded_memory(&["replay", "--guest", "kv", "--log", log]);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{log}: {stderr}");
+        assert!(stderr.contains(&format!("log {log}")) && stderr.contains(wanted), "{log}: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("memory allocation"), "{stderr}");
+    }
+    let _ = std::fs::remove_file(&sparse_log);
+    let _ = std::fs::remove_file(&sparse_image);
 }

@@ -65,13 +65,88 @@ pub const STORAGE_TIMEOUT_MS_DEFAULT: u64 = 500;
 /// handles the network: one exit per slice roughly halves the Output Rule's hold (the backup acks after its
 /// slice) at a cost of a few µs of driver work per exit.
 pub const SLICE_EXITS_MAX_DEFAULT: u64 = 1;
+/// Largest config file read.
+const CONFIG_BYTES_MAX: u64 = 1 << 20;
+/// Largest key file read (a key is a line of hex).
+const KEY_FILE_BYTES_MAX: u64 = 64 << 10;
 /// Shortest pre-shared key accepted.
 const KEY_BYTES_MIN: usize = 16;
+/// Longest node name: it goes into the arbiter record (with a process id) and the handshake.
+pub const NAME_BYTES_MAX: usize = 32;
+/// Largest disk created or accepted: 2^31 sectors (1 TiB).
+pub const DISK_SECTORS_MAX: u64 = 1 << 31;
+
+/// Which node a config is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Primary,
+    Backup,
+}
+
+/// Every setting of a node, checked: what `NodeConfig::settings` makes of a config.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    pub name: String,
+    pub guest: String,
+    /// `kvm` or `model`.
+    pub machine: String,
+    /// The protocol settings (`image_digest` is filled in once the guest image is read).
+    pub protocol: ft::Config,
+    /// The backup's `channel_listen`, or the primary's `channel_peer`.
+    pub channel: SocketAddr,
+    pub heartbeat_listen: SocketAddr,
+    pub heartbeat_peer: SocketAddr,
+    pub service: SocketAddr,
+    pub status: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    pub disk: PathBuf,
+    pub arbiter: PathBuf,
+    /// The disk size asked for (`disk_sectors`), if the config says; the default otherwise.
+    pub disk_sectors: u64,
+    pub disk_sectors_given: bool,
+    pub storage_timeout_ms: u64,
+    pub sync_writes: bool,
+    pub go_live_command: Option<String>,
+    pub key: Vec<u8>,
+}
+
+fn bad(key: &str, value: impl std::fmt::Display, reason: impl std::fmt::Display) -> CliError {
+    CliError::Usage(format!("config: `{key}` = {value}: {reason}"))
+}
+
+/// A node name: 1 to 32 letters, digits, `.`, `_` or `-`, and not `-` (the arbiter's "nobody").
+fn check_name(name: &str) -> Result<(), CliError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > NAME_BYTES_MAX || !name.chars().all(allowed) || name == "-" {
+        return Err(bad(
+            "name",
+            format!("{name:?}"),
+            format!("a node name is 1 to {NAME_BYTES_MAX} letters, digits, '.', '_' or '-', and not \"-\""),
+        ));
+    }
+    Ok(())
+}
+
+/// An address a node listens on or sends to: port 0 is no address anyone can reach.
+fn check_port(key: &str, addr: SocketAddr) -> Result<SocketAddr, CliError> {
+    if addr.port() == 0 {
+        return Err(bad(key, addr, "port 0 is not an address a peer or a client can reach"));
+    }
+    Ok(addr)
+}
+
+/// An address this node sends to: also not the unspecified address.
+fn check_peer(key: &str, addr: SocketAddr) -> Result<SocketAddr, CliError> {
+    if addr.ip().is_unspecified() {
+        return Err(bad(key, addr, "the unspecified address is not one to send to"));
+    }
+    check_port(key, addr)
+}
 
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<NodeConfig, CliError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| CliError::io(format!("config {}", path.display()), &error))?;
+        let text = kvm_backend::files::read_text_bounded(path, CONFIG_BYTES_MAX)
+            .map_err(|error| CliError::Io { what: format!("config {}", path.display()), reason: error.to_string() })?;
         toml::from_str(&text).map_err(|error| CliError::Usage(format!("config {}: {error}", path.display())))
     }
 
@@ -118,17 +193,121 @@ impl NodeConfig {
 
     /// The pre-shared key.
     pub fn key(&self) -> Result<Vec<u8>, CliError> {
-        let hex = match (&self.key_hex, &self.key_file) {
-            (Some(hex), _) => hex.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|error| CliError::io(format!("key file {}", path.display()), &error))?,
+        let (hex, source) = match (&self.key_hex, &self.key_file) {
+            (Some(hex), _) => (hex.clone(), "`key_hex`".to_string()),
+            (None, Some(path)) => {
+                let text =
+                    kvm_backend::files::read_text_bounded(path, KEY_FILE_BYTES_MAX).map_err(|error| CliError::Io {
+                        what: format!("key file {} (`key_file`)", path.display()),
+                        reason: error.to_string(),
+                    })?;
+                (text, format!("the key file {} (`key_file`)", path.display()))
+            }
             (None, None) => return Err(CliError::Usage("config: `key_hex` or `key_file` is required".into())),
         };
-        let key = decode_hex(hex.trim()).ok_or_else(|| CliError::Usage("config: the key is not hexadecimal".into()))?;
+        let key = decode_hex(hex.trim())
+            .ok_or_else(|| CliError::Usage(format!("config: {source}: the key is not hexadecimal")))?;
         if key.len() < KEY_BYTES_MIN {
-            return Err(CliError::Usage(format!("config: the key must have at least {KEY_BYTES_MIN} bytes")));
+            return Err(CliError::Usage(format!(
+                "config: {source}: the key has {} bytes, it must have at least {KEY_BYTES_MIN}",
+                key.len()
+            )));
         }
         Ok(key)
+    }
+
+    /// Checks every setting a node of `side` needs, and reads its key: the first thing a node does, before any
+    /// network or storage activity. An error names the key.
+    pub fn settings(&self, side: Side) -> Result<NodeSettings, CliError> {
+        let name = self.name.clone().unwrap_or_else(|| {
+            match side {
+                Side::Primary => "primary",
+                Side::Backup => "backup",
+            }
+            .to_string()
+        });
+        check_name(&name)?;
+        let guest = NodeConfig::required(&self.guest, "guest")?.clone();
+        let machine = self.machine.clone().unwrap_or_else(|| "kvm".into());
+        if machine != "kvm" && machine != "model" {
+            return Err(bad("machine", format!("{machine:?}"), "expected \"kvm\" or \"model\""));
+        }
+        let protocol = self.protocol(0);
+        protocol.validate().map_err(|error| CliError::Usage(format!("config: {error}")))?;
+        let storage_timeout_ms = self.storage_timeout_ms.unwrap_or(STORAGE_TIMEOUT_MS_DEFAULT);
+        if storage_timeout_ms == 0 || storage_timeout_ms > ft::config::DURATION_MS_MAX {
+            let range = format!("must be between 1 and {}", ft::config::DURATION_MS_MAX);
+            return Err(bad("storage_timeout_ms", storage_timeout_ms, range));
+        }
+        let disk_sectors = self.disk_sectors.unwrap_or(DISK_SECTORS_DEFAULT);
+        if disk_sectors == 0 || disk_sectors > DISK_SECTORS_MAX {
+            return Err(bad("disk_sectors", disk_sectors, format!("must be between 1 and {DISK_SECTORS_MAX}")));
+        }
+        let channel = match side {
+            Side::Primary => check_peer("channel_peer", *NodeConfig::required(&self.channel_peer, "channel_peer")?)?,
+            Side::Backup => {
+                check_port("channel_listen", *NodeConfig::required(&self.channel_listen, "channel_listen")?)?
+            }
+        };
+        let heartbeat_listen =
+            check_port("heartbeat_listen", *NodeConfig::required(&self.heartbeat_listen, "heartbeat_listen")?)?;
+        let heartbeat_peer =
+            check_peer("heartbeat_peer", *NodeConfig::required(&self.heartbeat_peer, "heartbeat_peer")?)?;
+        if heartbeat_peer == heartbeat_listen {
+            return Err(bad(
+                "heartbeat_peer",
+                heartbeat_peer,
+                "this node's own `heartbeat_listen`: its heartbeats would come back to it",
+            ));
+        }
+        let service = check_port("service", *NodeConfig::required(&self.service, "service")?)?;
+        if service == heartbeat_listen {
+            return Err(bad("service", service, "also this node's `heartbeat_listen` (both are UDP)"));
+        }
+        let status = self.status.map(|addr| check_port("status", addr)).transpose()?;
+        let metrics = self.metrics.map(|addr| check_port("metrics", addr)).transpose()?;
+        let listening =
+            [("channel_listen", (side == Side::Backup).then_some(channel)), ("status", status), ("metrics", metrics)];
+        for (at, (key, addr)) in listening.iter().enumerate() {
+            if let Some((other, _)) = listening[..at].iter().find(|(_, other)| other.is_some() && other == addr) {
+                return Err(bad(
+                    key,
+                    addr.expect("found equal to a Some"),
+                    format!("also this node's `{other}` (both are TCP)"),
+                ));
+            }
+        }
+        let disk = NodeConfig::required(&self.disk, "disk")?.clone();
+        let arbiter = NodeConfig::required(&self.arbiter, "arbiter")?.clone();
+        if disk == arbiter {
+            return Err(bad("arbiter", arbiter.display(), "the same file as `disk`"));
+        }
+        if let Some(command) = &self.go_live_command {
+            if command.trim().is_empty() {
+                return Err(bad("go_live_command", "\"\"", "an empty command (leave the key out for none)"));
+            }
+        }
+        let key = self.key()?;
+        Ok(NodeSettings {
+            name,
+            guest,
+            machine,
+            protocol,
+            channel,
+            heartbeat_listen,
+            heartbeat_peer,
+            service,
+            status,
+            metrics,
+            disk,
+            arbiter,
+            disk_sectors,
+            disk_sectors_given: self.disk_sectors.is_some(),
+            storage_timeout_ms,
+            sync_writes: self.sync_writes.unwrap_or(true),
+            go_live_command: self.go_live_command.clone(),
+            key,
+        })
     }
 
     /// The protocol tunables, from the defaults of `ft::Config` and our timeouts.
@@ -183,8 +362,33 @@ mod tests {
         ] {
             let config: NodeConfig = toml::from_str(text).unwrap_or_else(|error| panic!("{name}: {error}"));
             assert!(config.guest.is_some() && config.service.is_some() && config.arbiter.is_some(), "{name}");
-            assert_eq!(config.channel_peer.is_some(), name.contains("primary") || name.ends_with('a'), "{name}");
+            let primary = name.contains("primary") || name.ends_with('a');
+            assert_eq!(config.channel_peer.is_some(), primary, "{name}");
+            // Every setting passes the startup checks (the two-host samples' key file lives on those hosts).
+            let config = NodeConfig { key_hex: config.key_hex.clone().or(Some("ab".repeat(32))), ..config };
+            let side = if primary { Side::Primary } else { Side::Backup };
+            config.settings(side).unwrap_or_else(|error| panic!("{name}: {error}"));
         }
+    }
+
+    #[test]
+    fn settings_name_the_key_at_fault() {
+        let sample: NodeConfig = toml::from_str(include_str!("../../../corpus/configs/primary.toml")).unwrap();
+        let refused = |config: NodeConfig| config.settings(Side::Primary).expect_err("refused").to_string();
+        let error = refused(NodeConfig { failure_timeout_ms: Some(0), ..sample.clone() });
+        assert!(error.contains("`failure_timeout_ms`"), "{error}");
+        let error = refused(NodeConfig { name: Some("a\nb".into()), ..sample.clone() });
+        assert!(error.contains("`name`"), "{error}");
+        let error = refused(NodeConfig { heartbeat_peer: sample.heartbeat_listen, ..sample.clone() });
+        assert!(error.contains("`heartbeat_peer`"), "{error}");
+        let error = refused(NodeConfig { channel_peer: Some("0.0.0.0:7102".parse().unwrap()), ..sample.clone() });
+        assert!(error.contains("`channel_peer`"), "{error}");
+        let error = refused(NodeConfig { status: sample.metrics, ..sample.clone() });
+        assert!(error.contains("`metrics`") && error.contains("`status`"), "{error}");
+        let error = refused(NodeConfig { disk_sectors: Some(DISK_SECTORS_MAX + 1), ..sample.clone() });
+        assert!(error.contains("`disk_sectors`"), "{error}");
+        let error = refused(NodeConfig { go_live_command: Some(" ".into()), ..sample });
+        assert!(error.contains("`go_live_command`"), "{error}");
     }
 
     #[test]

@@ -541,7 +541,7 @@ pub fn trial(options: &DemoOptions, index: u32) -> Result<Trial, CliError> {
     let b_live = b_status.as_ref().is_some_and(|s| s["role"] == "live, not protected" || s["role"] == "primary");
     let b_epoch = b_status.as_ref().and_then(|s| s["epoch"].as_u64()).unwrap_or(0);
     let a_alive = scratch.alive("a");
-    out.split_brain = a_alive || (b_live && (record.owner != "b" || b_epoch != record.epoch));
+    out.split_brain = a_alive || (b_live && (record.owner_name() != "b" || b_epoch != record.epoch));
     out.timeline.push((at(Instant::now()), format!("arbiter: epoch {} owner {}", record.epoch, record.owner)));
     // Stop the new primary before reading its disk: everything it answered is on the disk already.
     scratch.kill("b");

@@ -43,14 +43,20 @@ impl GuestImage {
                 names.join(", ")
             )));
         }
-        let bytes = kvm_backend::read_image(path)
+        let bytes = kvm_backend::files::read_bounded(path, kvm_backend::IMAGE_BYTES_MAX)
             .map_err(|error| CliError::Guest { guest: spec.to_string(), reason: error.to_string() })?;
         Ok(GuestImage { name: spec.to_string(), bytes })
     }
 
-    /// Whether this is the corpus key-value service (which idles until it gets requests).
+    /// The corpus guest this image is, by content (a corpus guest copied to a file is still that guest), or None.
+    pub fn corpus_name(&self) -> Option<&'static str> {
+        corpus::guest_names().find(|name| corpus::guest_elf(name) == Some(self.bytes.as_slice()))
+    }
+
+    /// Whether this is the corpus key-value service (which idles until it gets requests): decided by the image,
+    /// not by how it was named on the command line.
     pub fn is_kv(&self) -> bool {
-        self.name == "kv"
+        self.corpus_name() == Some("kv")
     }
 
     /// What the pair's `image_digest` carries: a backup refuses a primary running another image.
@@ -78,6 +84,18 @@ pub fn new_guest(kvm_path: &Path, image: &GuestImage) -> Result<KvmGuest, CliErr
         }
         other => CliError::Guest { guest: image.name.clone(), reason: other.to_string() },
     })
+}
+
+/// Checks that the model guest has the workload of `image` (a corpus guest, by content or name).
+pub fn check_model_guest(image: &GuestImage) -> Result<(), CliError> {
+    let name = image.corpus_name().unwrap_or(&image.name);
+    match model_guest::ModelGuest::from_name(name) {
+        Some(_) => Ok(()),
+        None => Err(CliError::Usage(format!(
+            "config: `guest` = {:?}: the model guest (`machine` = \"model\") has no such workload (it has kv, timer, cpu)",
+            image.name
+        ))),
+    }
 }
 
 /// Which machine a node runs its guest on.
@@ -118,16 +136,21 @@ pub fn demo_machine(kvm_path: &Path) -> MachineKind {
     }
 }
 
-/// The guest of a `primary`/`backup` node: a KVM VM, or the model guest running the same corpus workload.
+/// The guest of a `primary`/`backup` node: a KVM VM (with its handle, which says why it failed), or the model
+/// guest running the same corpus workload.
 pub fn new_node_guest(
     kvm_path: &Path,
     image: &GuestImage,
     machine: Option<&str>,
-) -> Result<Box<dyn ft::Guest>, CliError> {
+) -> Result<(Box<dyn ft::Guest>, Option<kvm_backend::GuestHandle>), CliError> {
     match machine.unwrap_or("kvm") {
-        "kvm" => Ok(Box::new(new_guest(kvm_path, image)?)),
-        "model" => model_guest::ModelGuest::from_name(&image.name)
-            .map(|guest| Box::new(guest) as Box<dyn ft::Guest>)
+        "kvm" => {
+            let guest = new_guest(kvm_path, image)?;
+            let handle = guest.handle();
+            Ok((Box::new(guest), Some(handle)))
+        }
+        "model" => model_guest::ModelGuest::from_name(image.corpus_name().unwrap_or(&image.name))
+            .map(|guest| (Box::new(guest) as Box<dyn ft::Guest>, None))
             .ok_or_else(|| {
                 CliError::Usage(format!("the model guest has no workload {:?} (it has kv, timer, cpu)", image.name))
             }),
@@ -161,15 +184,16 @@ impl Disk {
     pub fn open(path: Option<&PathBuf>) -> Result<Disk, CliError> {
         let Some(path) = path else { return Ok(Disk::zeroed(DISK_SECTORS_DEFAULT)) };
         let what = || format!("disk {}", path.display());
-        let length = std::fs::metadata(path).map_err(|error| CliError::io(what(), &error))?.len();
-        if length == 0 || length % abi::SECTOR_BYTES as u64 != 0 || length > DISK_BYTES_MAX {
+        let bytes = kvm_backend::files::read_bounded(path, DISK_BYTES_MAX)
+            .map_err(|error| CliError::Io { what: what(), reason: error.to_string() })?;
+        let length = bytes.len();
+        if length == 0 || length % abi::SECTOR_BYTES != 0 {
             return Err(CliError::Usage(format!(
                 "{}: {length} bytes; a disk must be a non-empty multiple of {} bytes, at most {DISK_BYTES_MAX}",
                 what(),
                 abi::SECTOR_BYTES
             )));
         }
-        let bytes = std::fs::read(path).map_err(|error| CliError::io(what(), &error))?;
         Ok(Disk { bytes })
     }
 

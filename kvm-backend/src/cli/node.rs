@@ -3,10 +3,11 @@
 //! disk image and arbiter of [`SharedStorage`], the authenticated logging channel of [`auth`], and the guest's
 //! service address, bound by the live primary only.
 
-use std::cell::RefCell;
-use std::net::SocketAddr;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::Path;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,11 +17,11 @@ use ft::{Action, ArbiterOutcome, Event, Node};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use crate::cli::auth::{self, ChannelCounters};
-use crate::cli::config::{NodeConfig, DISK_SECTORS_DEFAULT, STORAGE_TIMEOUT_MS_DEFAULT};
+use crate::cli::config::{NodeConfig, NodeSettings, Side};
 use crate::cli::error::CliError;
 use crate::cli::machine::{self, GuestImage, OsEntropy};
 use crate::cli::status::{self, Board, SharedBoard};
-use crate::cli::storage::SharedStorage;
+use crate::cli::storage::{SharedStorage, StorageProblem};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartAs {
@@ -28,17 +29,59 @@ pub enum StartAs {
     Backup,
 }
 
+/// The owner this node writes into the arbiter record when it wins a test-and-set: its name and a random id of
+/// this process, so that two nodes configured with the same name can never both win (the record's idempotence
+/// for the winner's retry is keyed on the owner), while a retry of this process still finds its own win.
+fn arbiter_identity(name: &str) -> String {
+    let mut id = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut file| std::io::Read::read_exact(&mut file, &mut id));
+    if random.is_err() {
+        // Still distinct between processes: the pid and the time.
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        id = (since.as_nanos() as u64 ^ (u64::from(std::process::id()) << 40)).to_le_bytes();
+    }
+    format!("{name}/{:016x}", u64::from_le_bytes(id))
+}
+
+/// Outputs released while the service address is not bound yet (a backup going live while the port is still
+/// held, or its IP still moving), sent once it is: the paper's "re-send what may not have been sent" must reach
+/// the outside. Beyond this many the oldest are dropped (and counted), as a full NIC queue would.
+const SERVICE_QUEUE_MAX: usize = 1024;
+/// Period of the retries of a busy service address.
+const SERVICE_RETRY: Duration = Duration::from_millis(5);
+/// Period of the warning that says what a node waits for while its service address is busy.
+const SERVICE_WAIT_WARNING: Duration = Duration::from_secs(1);
+
+/// The bound service address: tokio's socket for receiving, and a clone of the descriptor for sending at once
+/// from `Outside::release` (tokio's `try_send_to` reports a fresh socket as not writable until its reactor has
+/// turned, which would drop exactly the outputs re-sent at go-live).
+struct ServiceSocket {
+    receive: Rc<UdpSocket>,
+    send: std::net::UdpSocket,
+}
+
 struct NetHost {
     start: Instant,
+    /// This host itself, for the tasks it starts (binding the service address at go-live).
+    me: Weak<NetHost>,
     name: String,
-    key: Vec<u8>,
-    pair_id: u64,
+    /// Who this node is in the arbiter record.
+    identity: String,
     heartbeat: UdpSocket,
     peer_heartbeat: SocketAddr,
-    /// `sent_ms` of the newest heartbeat accepted: older or repeated ones are replays (or reordered) and dropped.
-    heartbeat_last_ms: std::cell::Cell<Option<u64>>,
+    /// The heartbeat keys of the logging channel's session: no heartbeat is sent or accepted before one exists.
+    heartbeats: RefCell<Option<auth::HeartbeatKeys>>,
+    /// Refused heartbeats since the last warning about them, and when that was (the warnings are rate-limited).
+    heartbeats_refused: Cell<(u64, Option<Instant>)>,
     service_addr: SocketAddr,
-    service: RefCell<Option<Rc<UdpSocket>>>,
+    service: RefCell<Option<ServiceSocket>>,
+    /// Datagrams released before the service address was bound, oldest first, and how many were dropped.
+    service_queue: RefCell<VecDeque<(SocketAddrV4, Vec<u8>)>>,
+    service_queue_dropped: Cell<u64>,
+    /// Whether a task is binding the service address.
+    service_binding: Cell<bool>,
+    /// Wakes `recv_frame` once the service address is bound.
+    service_bound: tokio::sync::Notify,
     /// Run (with `sh -c`) when this node goes live, before it binds the service: moves the service IP and
     /// announces it (gratuitous ARP) in a deployment where the two hosts have their own addresses.
     go_live_command: Option<String>,
@@ -65,26 +108,99 @@ impl NetHost {
         timed(&self.stuck_storage, self.storage_timeout, task).await
     }
 
-    /// The service socket, bound (with retries) once this node is live.
-    async fn bind_service(&self) -> Option<Rc<UdpSocket>> {
-        if let Some(socket) = self.service.borrow().clone() {
-            return Some(socket);
+    /// Binds the service address once: on success the datagrams released meanwhile leave, in order, and
+    /// `recv_frame` starts serving.
+    fn try_bind_service(&self) -> std::io::Result<()> {
+        if self.service.borrow().is_some() {
+            return Ok(());
         }
-        if !self.board.borrow().is_live() {
-            return None;
+        let socket = std::net::UdpSocket::bind(self.service_addr)?;
+        socket.set_nonblocking(true)?;
+        let send = socket.try_clone()?;
+        let receive = Rc::new(UdpSocket::from_std(socket)?);
+        tracing::info!("{}: service address {} bound", self.name, self.service_addr);
+        let queued: Vec<_> = self.service_queue.borrow_mut().drain(..).collect();
+        if !queued.is_empty() {
+            tracing::info!(
+                "{}: sending {} outputs released before the service address was bound",
+                self.name,
+                queued.len()
+            );
         }
-        match UdpSocket::bind(self.service_addr).await {
-            Ok(socket) => {
-                tracing::info!("{}: service address {} bound", self.name, self.service_addr);
-                let socket = Rc::new(socket);
-                *self.service.borrow_mut() = Some(socket.clone());
-                self.board.borrow_mut().snapshot.service_bound = true;
-                Some(socket)
+        let dropped = self.service_queue_dropped.replace(0);
+        if dropped > 0 {
+            tracing::warn!(
+                "{}: {dropped} outputs released before the service address was bound were dropped",
+                self.name
+            );
+        }
+        for (target, payload) in queued {
+            let _ = send.send_to(&payload, SocketAddr::V4(target));
+        }
+        *self.service.borrow_mut() = Some(ServiceSocket { receive, send });
+        self.board.borrow_mut().snapshot.service_bound = true;
+        self.service_bound.notify_one();
+        Ok(())
+    }
+
+    /// Binds the service address, retrying while it is busy (an old primary on this host still holds it, or the
+    /// moved IP is not there yet) and saying every second what it waits for; gives up at `deadline`, if any.
+    async fn bind_service(&self, deadline: Option<Instant>) -> std::io::Result<()> {
+        let mut warned: Option<Instant> = None;
+        loop {
+            let error = match self.try_bind_service() {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            let busy = matches!(error.kind(), std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable);
+            if !busy || deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Err(error);
             }
-            Err(error) => {
-                tracing::debug!("{}: binding service address {}: {error}; retrying", self.name, self.service_addr);
-                None
+            if warned.is_none_or(|at| at.elapsed() >= SERVICE_WAIT_WARNING) {
+                warned = Some(Instant::now());
+                tracing::warn!(
+                    "{}: waiting for the service address {} ({}): held by another process (an old primary?) or not \
+                     on this host yet; {} outputs wait for it",
+                    self.name,
+                    self.service_addr,
+                    crate::cli::error::io_reason(&error),
+                    self.service_queue.borrow().len()
+                );
             }
+            tokio::time::sleep(SERVICE_RETRY).await;
+        }
+    }
+
+    /// At go-live: bind the service address now if it is free, else in a task that retries until it is.
+    fn take_service_address(&self) {
+        if self.service.borrow().is_some() || self.service_binding.get() {
+            return;
+        }
+        if self.try_bind_service().is_ok() {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        self.service_binding.set(true);
+        tokio::task::spawn_local(async move {
+            if let Err(error) = me.bind_service(None).await {
+                tracing::error!("{}: cannot bind the service address {}: {error}", me.name, me.service_addr);
+            }
+            me.service_binding.set(false);
+        });
+    }
+
+    /// Counts a refused heartbeat, and says so at most once a second.
+    fn heartbeat_refused(&self, from: SocketAddr, why: &str) {
+        let (count, warned) = self.heartbeats_refused.get();
+        let count = count + 1;
+        if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!(
+                "{}: heartbeat from {from} refused: {why} ({count} refused since the last warning)",
+                self.name
+            );
+            self.heartbeats_refused.set((0, Some(Instant::now())));
+        } else {
+            self.heartbeats_refused.set((count, warned));
         }
     }
 }
@@ -115,26 +231,22 @@ impl Clock for NetHost {
 
 impl Datagrams for NetHost {
     async fn send_heartbeat(&self, frame: Vec<u8>) {
-        let datagram = auth::seal_heartbeat(&self.key, self.pair_id, frame);
+        // Heartbeats are tagged under the channel's session key: without a session there is nobody to send to.
+        let Some(datagram) = self.heartbeats.borrow().as_ref().map(|keys| keys.seal(frame)) else { return };
         let _ = self.heartbeat.send_to(&datagram, self.peer_heartbeat).await;
     }
 
+    /// The next heartbeat of the session's peer. The transport checks the tag (session, direction, counter);
+    /// the protocol core checks role, epoch and freshness (`sent_ms`) itself.
     async fn recv_heartbeat(&self) -> Option<Vec<u8>> {
         let mut buffer = vec![0u8; 512];
         loop {
             let (length, from) = self.heartbeat.recv_from(&mut buffer).await.ok()?;
-            match auth::open_heartbeat(&self.key, self.pair_id, &buffer[..length]) {
-                Some(frame) => {
-                    if let Ok((_, ft::wire::Message::Heartbeat { sent_ms, .. })) = ft::wire::decode(&frame) {
-                        if self.heartbeat_last_ms.get().is_some_and(|last| sent_ms <= last) {
-                            tracing::debug!("{}: heartbeat from {from} dropped: replayed or reordered", self.name);
-                            continue;
-                        }
-                        self.heartbeat_last_ms.set(Some(sent_ms));
-                    }
-                    return Some(frame);
-                }
-                None => tracing::warn!("{}: heartbeat from {from} refused: bad tag (wrong key or tampered)", self.name),
+            let opened = self.heartbeats.borrow().as_ref().map(|keys| keys.open(&buffer[..length]));
+            match opened {
+                Some(Ok(frame)) => return Some(frame),
+                Some(Err(refused)) => self.heartbeat_refused(from, &refused.to_string()),
+                None => self.heartbeat_refused(from, "no logging channel session yet"),
             }
         }
     }
@@ -156,7 +268,7 @@ impl BlockStorage for NetHost {
 
 impl Arbiter for NetHost {
     async fn test_and_set(&self, expected_epoch: u64) -> ArbiterOutcome {
-        let me = self.name.clone();
+        let me = self.identity.clone();
         match self.blocking(move |storage| storage.test_and_set(expected_epoch, &me)).await {
             Some(Ok(outcome)) => {
                 tracing::info!("{}: test-and-set on epoch {expected_epoch}: {outcome:?}", self.name);
@@ -178,11 +290,19 @@ impl Outside for NetHost {
     fn release(&self, _epoch: u64, output: &Output) {
         match output.kind {
             OutputKind::NetTransmit => {
-                if let (Some((target, payload)), Some(socket)) =
-                    (ft::kv::datagram_from_frame(&output.bytes), self.service.borrow().as_ref())
-                {
-                    let _ = socket.try_send_to(payload, SocketAddr::V4(target));
+                let Some((target, payload)) = ft::kv::datagram_from_frame(&output.bytes) else { return };
+                if let Some(socket) = self.service.borrow().as_ref() {
+                    // Non-blocking: a full socket buffer drops the datagram, as a congested network would.
+                    let _ = socket.send.send_to(payload, SocketAddr::V4(target));
+                    return;
                 }
+                // Not bound yet (going live while the port is busy): the output leaves once it is.
+                let mut queue = self.service_queue.borrow_mut();
+                if queue.len() == SERVICE_QUEUE_MAX {
+                    queue.pop_front();
+                    self.service_queue_dropped.set(self.service_queue_dropped.get() + 1);
+                }
+                queue.push_back((target, payload.to_vec()));
             }
             OutputKind::Console => {
                 use std::io::Write;
@@ -197,8 +317,10 @@ impl Outside for NetHost {
     async fn recv_frame(&self) -> Option<Vec<u8>> {
         let mut buffer = vec![0u8; ft::abi::NET_FRAME_BYTES_MAX];
         loop {
-            let Some(socket) = self.bind_service().await else {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            let socket = self.service.borrow().as_ref().map(|socket| socket.receive.clone());
+            let Some(socket) = socket else {
+                // Only a live node binds the service address (at start, or when the observer sees it go live).
+                self.service_bound.notified().await;
                 continue;
             };
             let (length, from) = socket.recv_from(&mut buffer).await.ok()?;
@@ -213,10 +335,10 @@ impl Observer for NetHost {
         // The clock now, not the driver's `now_ns` (taken before the guest slice that produced the action): the
         // hold and ack-delay figures measure when things really happen.
         let now_ns = self.now();
-        let mut board = self.board.borrow_mut();
         match observation {
             Observation::Action(action) => {
-                board.observe_action(now_ns, action);
+                // The board's borrow ends here: going live below updates it too.
+                self.board.borrow_mut().observe_action(now_ns, action);
                 if let Action::Notify(event) = action {
                     match event {
                         Event::Checkpoint { .. } => {}
@@ -225,12 +347,15 @@ impl Observer for NetHost {
                             if let Some(command) = &self.go_live_command {
                                 run_go_live_command(&self.name, command);
                             }
+                            // Before the outputs the new primary re-sends, which follow this notice: they leave
+                            // now, or from the queue once the address is free.
+                            self.take_service_address();
                         }
                         _ => tracing::info!("{}: {event:?}", self.name),
                     }
                 }
             }
-            Observation::Received(message) => board.observe_received(now_ns, message),
+            Observation::Received(message) => self.board.borrow_mut().observe_received(now_ns, message),
             Observation::ChannelError(reason) => tracing::warn!("{}: logging channel: {reason}", self.name),
         }
     }
@@ -275,60 +400,134 @@ fn run_go_live_command(name: &str, command: &str) {
     }
 }
 
-/// `ftvm primary` / `ftvm backup`.
+/// Longest a backup waits for one connection's handshake (each connection has its own clock).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Handshakes a backup runs at once; a connection beyond this evicts the oldest pending one, so idle or slow
+/// connections can never keep the real primary out.
+const HANDSHAKES_PENDING_MAX: usize = 64;
+
+/// The sockets a node listens on, bound at startup before any storage activity: a busy port is an error that
+/// names the address and the key.
+struct Listeners {
+    heartbeat: UdpSocket,
+    channel: Option<TcpListener>,
+    status: Option<TcpListener>,
+    metrics: Option<TcpListener>,
+}
+
+async fn bind_listeners(settings: &NodeSettings, side: Side) -> Result<Listeners, CliError> {
+    let busy = |what: &str, key: &str, addr: SocketAddr, error: std::io::Error| {
+        CliError::io(format!("{what} address {addr} (`{key}`)"), &error)
+    };
+    let addr = settings.heartbeat_listen;
+    let heartbeat = UdpSocket::bind(addr).await.map_err(|error| busy("heartbeat", "heartbeat_listen", addr, error))?;
+    let channel = match side {
+        Side::Backup => Some(
+            TcpListener::bind(settings.channel)
+                .await
+                .map_err(|error| busy("logging channel", "channel_listen", settings.channel, error))?,
+        ),
+        Side::Primary => None,
+    };
+    let mut tcp = Vec::new();
+    for (key, addr) in [("status", settings.status), ("metrics", settings.metrics)] {
+        let listener = match addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|error| busy(key, key, addr, error))?),
+            None => None,
+        };
+        tcp.push(listener);
+    }
+    let metrics = tcp.pop().flatten();
+    let status = tcp.pop().flatten();
+    Ok(Listeners { heartbeat, channel, status, metrics })
+}
+
+/// Runs `work` on the blocking pool under `timeout`: None if it did not answer in time (a hung mount).
+async fn storage_call<T: Send + 'static>(timeout: Duration, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::time::timeout(timeout, tokio::task::spawn_blocking(work)).await.ok().and_then(Result::ok)
+}
+
+/// `ftvm primary` / `ftvm backup`. In this order: KVM (unless the model guest runs); every setting, the guest
+/// image and the key file (errors name the key or the path); the shared storage's directories and existing
+/// files, read-only (a wrong file is an error, storage that does not answer is waited for, and a primary refuses
+/// a pair that failed over); this node's ports (a busy one is an error naming it); and only then is shared
+/// storage created or used, the service address taken (waiting for it until the startup timeout) and the peer
+/// contacted.
 pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(), CliError> {
-    let guest_spec = NodeConfig::required(&config.guest, "guest")?.clone();
-    let image = GuestImage::resolve(&guest_spec)?;
-    if config.machine.as_deref() != Some("model") {
+    let side = match start_as {
+        StartAs::Primary => Side::Primary,
+        StartAs::Backup => Side::Backup,
+    };
+    // A node on KVM needs it before anything else makes sense.
+    if config.machine.as_deref().is_none_or(|machine| machine == "kvm") {
         machine::check_kvm(kvm_path)?;
     }
-    let key = config.key()?;
+    let mut settings = config.settings(side)?;
+    let image = GuestImage::resolve(&settings.guest)?;
+    settings.protocol.image_digest = image.digest();
+    if settings.machine == "model" {
+        machine::check_model_guest(&image)?;
+    }
     let storage = Arc::new(SharedStorage {
-        disk: NodeConfig::required(&config.disk, "disk")?.clone(),
-        arbiter: NodeConfig::required(&config.arbiter, "arbiter")?.clone(),
-        sync_writes: config.sync_writes.unwrap_or(true),
+        disk: settings.disk.clone(),
+        arbiter: settings.arbiter.clone(),
+        sync_writes: settings.sync_writes,
     });
-    let protocol = config.protocol(image.digest());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|error| CliError::io("tokio runtime", &error))?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let name = config.name.clone().unwrap_or_else(|| format!("{start_as:?}").to_lowercase());
+        let name = settings.name.clone();
         let start = Instant::now();
-        // Storage may be unreachable at start: wait for it (nothing can go live without it anyway).
-        let sectors = config.disk_sectors.unwrap_or(DISK_SECTORS_DEFAULT);
-        let record = loop {
-            let result = storage.create_if_missing(sectors).and_then(|()| storage.record());
-            match result {
-                Ok(record) => break record,
-                Err(error) => {
-                    tracing::warn!("{name}: shared storage unreachable ({error}); waiting");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+        let storage_timeout = Duration::from_millis(settings.storage_timeout_ms);
+        // The files first, read-only. Storage that does not answer at all (a hung mount) is waited for: nothing
+        // can go live without it anyway.
+        let existing = loop {
+            let (checked, sectors, exact) = (storage.clone(), settings.disk_sectors, settings.disk_sectors_given);
+            match storage_call(storage_timeout, move || checked.check(sectors, exact)).await {
+                Some(Ok(record)) => break record,
+                Some(Err(StorageProblem::Bad(reason))) => {
+                    return Err(CliError::Usage(format!("shared storage: {reason}")))
+                }
+                Some(Err(StorageProblem::Unreachable(reason))) => {
+                    tracing::warn!("{name}: shared storage unreachable ({reason}); waiting")
+                }
+                None => {
+                    tracing::warn!("{name}: shared storage unreachable (no answer within {storage_timeout:?}); waiting")
                 }
             }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        if start_as == StartAs::Primary && record.owner != crate::cli::storage::NOBODY {
-            // Somebody went live in this pair already: a fresh primary would start its guest from the disk image
-            // and race the live one. Re-protection (cloning the live VM to a new backup) is not implemented.
-            return Err(CliError::Usage(format!(
-                "the pair already failed over (arbiter {}: epoch {}, owner {}); re-protection is not implemented: \
-                 to cold-start the guest from the disk image, stop every node and remove the arbiter file",
-                storage.arbiter.display(),
-                record.epoch,
-                record.owner
-            )));
+        if let Some(record) = existing.filter(|_| start_as == StartAs::Primary) {
+            refuse_failed_over_pair(&storage, &record)?;
+        }
+        let listeners = bind_listeners(&settings, side).await?;
+        // Now storage may be written: the files the check found missing are created. A path that existed at the
+        // check and is gone now is a mount that went away: waited for.
+        let record = loop {
+            let (prepared, sectors) = (storage.clone(), settings.disk_sectors);
+            let result = storage_call(storage_timeout, move || {
+                prepared.create_if_missing(sectors).and_then(|()| prepared.record())
+            })
+            .await;
+            match result {
+                Some(Ok(record)) => break record,
+                Some(Err(error)) => tracing::warn!("{name}: shared storage unreachable ({error}); waiting"),
+                None => {
+                    tracing::warn!("{name}: shared storage unreachable (no answer within {storage_timeout:?}); waiting")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        if start_as == StartAs::Primary {
+            refuse_failed_over_pair(&storage, &record)?;
         }
         let disk_sectors = storage.disk_sectors().map_err(|error| CliError::io("disk image", &error))?;
-        let heartbeat_listen = *NodeConfig::required(&config.heartbeat_listen, "heartbeat_listen")?;
-        let heartbeat = UdpSocket::bind(heartbeat_listen)
-            .await
-            .map_err(|error| CliError::io(format!("heartbeat address {heartbeat_listen}"), &error))?;
-        let service_addr = *NodeConfig::required(&config.service, "service")?;
         let peer = match start_as {
-            StartAs::Primary => config.channel_peer.map(|a| a.to_string()).unwrap_or_default(),
-            StartAs::Backup => config.heartbeat_peer.map(|a| a.to_string()).unwrap_or_default(),
+            StartAs::Primary => settings.channel.to_string(),
+            StartAs::Backup => settings.heartbeat_peer.to_string(),
         };
         let mut board = Board::default();
         board.snapshot.name = name.clone();
@@ -338,59 +537,71 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
         };
         board.snapshot.epoch = record.epoch;
         board.snapshot.peer = peer;
-        board.snapshot.service = service_addr.to_string();
+        board.snapshot.service = settings.service.to_string();
         let board = Rc::new(RefCell::new(board));
-        let host = Rc::new(NetHost {
+        let host = Rc::new_cyclic(|me| NetHost {
             start,
+            me: me.clone(),
             name: name.clone(),
-            key: key.clone(),
-            pair_id: protocol.pair_id,
-            heartbeat,
-            peer_heartbeat: *NodeConfig::required(&config.heartbeat_peer, "heartbeat_peer")?,
-            heartbeat_last_ms: std::cell::Cell::new(None),
-            service_addr,
+            identity: arbiter_identity(&name),
+            heartbeat: listeners.heartbeat,
+            peer_heartbeat: settings.heartbeat_peer,
+            heartbeats: RefCell::new(None),
+            heartbeats_refused: Cell::new((0, None)),
+            service_addr: settings.service,
             service: RefCell::new(None),
-            go_live_command: config.go_live_command.clone(),
+            service_queue: RefCell::new(VecDeque::new()),
+            service_queue_dropped: Cell::new(0),
+            service_binding: Cell::new(false),
+            service_bound: tokio::sync::Notify::new(),
+            go_live_command: settings.go_live_command.clone(),
             storage: storage.clone(),
-            storage_timeout: Duration::from_millis(config.storage_timeout_ms.unwrap_or(STORAGE_TIMEOUT_MS_DEFAULT)),
+            storage_timeout,
             stuck_storage: StuckRequests::default(),
             board: board.clone(),
             counters: Rc::new(ChannelCounters::default()),
         });
-        serve_status(&host, config.status, config.metrics).await?;
-        let guest = machine::new_node_guest(kvm_path, &image, config.machine.as_deref())?;
+        serve_status(&host, listeners.status, listeners.metrics);
+        let (guest, guest_handle) = machine::new_node_guest(kvm_path, &image, Some(&settings.machine))?;
         let mut entropy = OsEntropy::open()?;
+        let protocol = settings.protocol.clone();
         let startup = Duration::from_millis(protocol.startup_timeout_ms);
+        let key = settings.key.clone();
         let (node, channel) = match start_as {
             StartAs::Primary => {
                 let epoch = record.epoch;
                 // The primary is live from the start: it takes the service address (its go-live command, if any,
-                // moves the IP here) and binds it, waiting while an old primary still holds it.
-                if let Some(command) = &config.go_live_command {
+                // moves the IP here) and binds it, waiting (and saying so) while an old primary still holds it,
+                // until its startup timeout.
+                if let Some(command) = &settings.go_live_command {
                     run_go_live_command(&name, command);
                 }
-                while host.bind_service().await.is_none() {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                let peer = *NodeConfig::required(&config.channel_peer, "channel_peer")?;
-                let channel = connect(&name, peer, &key, protocol.pair_id, epoch, startup).await;
+                host.bind_service(Some(Instant::now() + startup)).await.map_err(|error| {
+                    CliError::io(format!("service address {} (`service`)", settings.service), &error)
+                })?;
+                let channel = connect(&name, settings.channel, &key, protocol.pair_id, epoch, startup).await?;
                 tracing::info!("{name}: primary of pair {} at epoch {epoch}, guest {}", protocol.pair_id, image.name);
                 let primary = ft::primary::Primary::new(protocol.clone(), guest, disk_sectors, epoch, host.now());
                 (Node::Primary(Box::new(primary)), channel)
             }
             StartAs::Backup => {
-                let listen = *NodeConfig::required(&config.channel_listen, "channel_listen")?;
-                let listener = TcpListener::bind(listen)
-                    .await
-                    .map_err(|error| CliError::io(format!("logging channel address {listen}"), &error))?;
-                tracing::info!("{name}: backup of pair {}, waiting for the primary on {listen}", protocol.pair_id);
-                let channel = accept(&name, &listener, &key, protocol.pair_id, &storage, startup).await;
+                let listener = listeners.channel.expect("a backup binds its channel address");
+                tracing::info!(
+                    "{name}: backup of pair {}, waiting for the primary on {}",
+                    protocol.pair_id,
+                    settings.channel
+                );
+                let gate =
+                    Gate { name: &name, key: &key, pair_id: protocol.pair_id, storage: &storage, storage_timeout };
+                let channel = accept(&gate, &listener, startup).await?;
                 let backup = ft::backup::Backup::new(protocol.clone(), guest, disk_sectors, host.now());
                 (Node::Backup(Box::new(backup)), channel)
             }
         };
         let channel = channel.map(|(stream, session)| {
             board.borrow_mut().snapshot.epoch = session.epoch;
+            // From now on heartbeats are tagged under this session's key, and only its peer's are accepted.
+            *host.heartbeats.borrow_mut() = Some(session.heartbeats(start_as == StartAs::Primary));
             auth::secure(stream, session, start_as == StartAs::Primary, host.counters.clone())
         });
         let stopped = ft::driver::run(host.clone(), node, channel, &mut entropy).await;
@@ -400,23 +611,43 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
             board.snapshot.stopped = Some(format!("{stopped:?}"));
         }
         tracing::warn!("{name}: stopped: {stopped:?}");
+        let failure = guest_handle.as_ref().and_then(kvm_backend::GuestHandle::failure);
+        let guest_spec = settings.guest.clone();
         match stopped {
+            // A shutdown (triple fault, MMIO, emulation failure) reaches the platform as a power-off with status
+            // u32::MAX; the KVM exit says why.
+            ft::Stopped::PoweredOff { .. } if failure.is_some() => {
+                Err(CliError::GuestFailed { guest: guest_spec, reason: failure.unwrap_or_default() })
+            }
             ft::Stopped::PoweredOff { status: 0 } => Ok(()),
+            ft::Stopped::PoweredOff { status } => Err(CliError::GuestStatus { guest: guest_spec, status }),
+            ft::Stopped::GuestFailed(reason) => Err(CliError::GuestFailed { guest: guest_spec, reason }),
             ft::Stopped::Diverged(divergence) => Err(CliError::Diverged(divergence)),
             other => Err(CliError::Protocol(format!("{name} stopped: {other:?}"))),
         }
     })
 }
 
-async fn serve_status(
-    host: &Rc<NetHost>,
-    status_addr: Option<SocketAddr>,
-    metrics_addr: Option<SocketAddr>,
-) -> Result<(), CliError> {
-    for (addr, prometheus) in [(status_addr, false), (metrics_addr, true)] {
-        let Some(addr) = addr else { continue };
-        let listener =
-            TcpListener::bind(addr).await.map_err(|error| CliError::io(format!("status address {addr}"), &error))?;
+/// A primary refuses to start if somebody went live in this pair already: a fresh primary would start its guest
+/// from the disk image and race the live one. Re-protection (cloning the live VM to a new backup) is not
+/// implemented.
+fn refuse_failed_over_pair(storage: &SharedStorage, record: &crate::cli::storage::Record) -> Result<(), CliError> {
+    if record.owner == crate::cli::storage::NOBODY {
+        return Ok(());
+    }
+    Err(CliError::Usage(format!(
+        "the pair already failed over (arbiter {}: epoch {}, owner {}); re-protection is not implemented: to \
+         cold-start the guest from the disk image, stop every node and remove the arbiter file",
+        storage.arbiter.display(),
+        record.epoch,
+        record.owner
+    )))
+}
+
+/// Serves the status and metrics endpoints on their listeners (bound at startup).
+fn serve_status(host: &Rc<NetHost>, status: Option<TcpListener>, metrics: Option<TcpListener>) {
+    for (listener, prometheus) in [(status, false), (metrics, true)] {
+        let Some(listener) = listener else { continue };
         let host = host.clone();
         let render = Rc::new(move |path: &str| {
             let snapshot = host.board.borrow().snapshot(host.now(), &host.counters);
@@ -430,7 +661,11 @@ async fn serve_status(
         });
         tokio::task::spawn_local(status::serve(listener, render));
     }
-    Ok(())
+}
+
+/// A handshake error that ends the node (a misconfigured pair), or None for one worth a retry.
+fn fatal(error: &auth::AuthError) -> Option<CliError> {
+    error.is_fatal().then(|| CliError::Usage(error.to_string()))
 }
 
 /// The primary's side of the logging channel: connect (retrying until `startup`) and authenticate.
@@ -441,7 +676,7 @@ async fn connect(
     pair_id: u64,
     epoch: u64,
     startup: Duration,
-) -> Option<(TcpStream, auth::Session)> {
+) -> Result<Option<(TcpStream, auth::Session)>, CliError> {
     let deadline = Instant::now() + startup;
     while Instant::now() < deadline {
         let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(peer)).await
@@ -450,56 +685,120 @@ async fn connect(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let handshake = auth::handshake_as_primary(&mut stream, key, pair_id, epoch);
+        let handshake = auth::handshake_as_primary(&mut stream, key, pair_id, epoch, name);
         match tokio::time::timeout_at(deadline.into(), handshake).await {
             Ok(Ok(session)) => {
                 tracing::info!("{name}: logging channel to {peer} authenticated (epoch {epoch})");
-                return Some((stream, session));
+                return Ok(Some((stream, session)));
+            }
+            Ok(Err(error)) => {
+                tracing::error!("{name}: logging channel to {peer} refused: {error}");
+                if let Some(fatal) = fatal(&error) {
+                    return Err(fatal);
+                }
             }
             // Refused (wrong key, another pair) or cut during the handshake: retry until the deadline, since the
             // backup may still be starting; then run without it.
-            Ok(Err(error)) => tracing::error!("{name}: logging channel to {peer} refused: {error}"),
             Err(_) => tracing::error!("{name}: logging channel to {peer}: handshake timed out"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tracing::warn!("{name}: no backup at {peer} within {startup:?}; running without a backup");
-    None
+    Ok(None)
 }
 
-/// The backup's side: accept until an authenticated primary of this pair connects, refusing (and logging)
-/// everything else, until `startup` runs out.
-async fn accept(
-    name: &str,
-    listener: &TcpListener,
-    key: &[u8],
+/// What a backup checks a primary's handshake against.
+struct Gate<'a> {
+    name: &'a str,
+    key: &'a [u8],
     pair_id: u64,
-    storage: &Arc<SharedStorage>,
+    storage: &'a Arc<SharedStorage>,
+    storage_timeout: Duration,
+}
+
+/// One connection's handshake, with its own timeout; the arbiter's epoch is read only once the hello's tag
+/// checks out.
+async fn handshake_from(
+    mut stream: TcpStream,
+    name: String,
+    key: Vec<u8>,
+    pair_id: u64,
+    storage: Arc<SharedStorage>,
+    storage_timeout: Duration,
+) -> Result<(TcpStream, auth::Session), auth::AuthError> {
+    let _ = stream.set_nodelay(true);
+    let arbiter_epoch = async move {
+        match storage_call(storage_timeout, move || storage.record().map(|record| record.epoch)).await {
+            Some(Ok(epoch)) => Ok(epoch),
+            Some(Err(error)) => Err(error.to_string()),
+            None => Err(format!("no answer within {storage_timeout:?}")),
+        }
+    };
+    let handshake = auth::handshake_as_backup(&mut stream, &key, pair_id, &name, arbiter_epoch);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(session)) => Ok((stream, session)),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(auth::AuthError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))),
+    }
+}
+
+/// The backup's side: accepts connections until an authenticated primary of this pair completes its handshake,
+/// refusing (and logging) everything else, until `startup` runs out. Handshakes run side by side, each with its
+/// own timeout, and the first to complete wins: idle or slow connections cannot keep the real primary waiting.
+async fn accept(
+    gate: &Gate<'_>,
+    listener: &TcpListener,
     startup: Duration,
-) -> Option<(TcpStream, auth::Session)> {
+) -> Result<Option<(TcpStream, auth::Session)>, CliError> {
+    let name = gate.name;
     let deadline = tokio::time::Instant::now() + startup;
+    let mut pending = tokio::task::JoinSet::new();
+    let mut order: VecDeque<tokio::task::AbortHandle> = VecDeque::new();
     loop {
-        let accepted = tokio::time::timeout_at(deadline, listener.accept()).await;
-        let Ok(Ok((mut stream, from))) = accepted else {
-            tracing::warn!("{name}: no authenticated primary within {startup:?}");
-            return None;
-        };
-        let _ = stream.set_nodelay(true);
-        let storage = storage.clone();
-        let arbiter_epoch =
-            tokio::task::spawn_blocking(move || storage.record().map(|r| r.epoch)).await.ok().and_then(Result::ok);
-        let Some(arbiter_epoch) = arbiter_epoch else {
-            tracing::error!("{name}: refused logging channel from {from}: arbiter unreachable, cannot check its epoch");
-            continue;
-        };
-        let handshake = auth::handshake_as_backup(&mut stream, key, pair_id, arbiter_epoch);
-        match tokio::time::timeout(Duration::from_secs(2), handshake).await {
-            Ok(Ok(session)) => {
-                tracing::info!("{name}: logging channel from {from} authenticated (epoch {})", session.epoch);
-                return Some((stream, session));
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, from)) => {
+                    order.retain(|handle| !handle.is_finished());
+                    if order.len() >= HANDSHAKES_PENDING_MAX {
+                        if let Some(oldest) = order.pop_front() {
+                            tracing::warn!("{name}: {HANDSHAKES_PENDING_MAX} handshakes pending: dropping the oldest");
+                            oldest.abort();
+                        }
+                    }
+                    let task = handshake_from(
+                        stream,
+                        name.to_string(),
+                        gate.key.to_vec(),
+                        gate.pair_id,
+                        gate.storage.clone(),
+                        gate.storage_timeout,
+                    );
+                    order.push_back(pending.spawn_local(async move { (from, task.await) }));
+                }
+                Err(error) => {
+                    // Out of descriptors, or the like: let the pending handshakes go on, then accept again.
+                    tracing::warn!("{name}: accepting a logging channel: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(done) = pending.join_next(), if !pending.is_empty() => match done {
+                Ok((from, Ok((stream, session)))) => {
+                    tracing::info!("{name}: logging channel from {from} authenticated (epoch {})", session.epoch);
+                    // The other handshakes end with `pending`.
+                    return Ok(Some((stream, session)));
+                }
+                Ok((from, Err(error))) => {
+                    tracing::error!("{name}: refused logging channel from {from}: {error}");
+                    if let Some(fatal) = fatal(&error) {
+                        return Err(fatal);
+                    }
+                }
+                Err(_) => {} // evicted
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!("{name}: no authenticated primary within {startup:?}");
+                return Ok(None);
             }
-            Ok(Err(error)) => tracing::error!("{name}: refused logging channel from {from}: {error}"),
-            Err(_) => tracing::error!("{name}: refused logging channel from {from}: handshake timed out"),
         }
     }
 }
@@ -507,6 +806,23 @@ async fn accept(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two nodes configured with the same name (two processes, each with its own identity) cannot both win the
+    /// arbiter; the winner's retry within its process still wins (before: the idempotence was keyed on the
+    /// name, so the second node named alike won the epoch the first had won).
+    #[test]
+    fn two_nodes_named_alike_cannot_both_win_the_arbiter() {
+        let dir = std::env::temp_dir().join(format!("ftvm-identity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let storage = SharedStorage { disk: dir.join("disk.img"), arbiter: dir.join("arbiter"), sync_writes: false };
+        storage.create_if_missing(8).unwrap();
+        let (first, second) = (arbiter_identity("a"), arbiter_identity("a"));
+        assert_eq!(storage.test_and_set(1, &first).unwrap(), ArbiterOutcome::Won { epoch: 2 });
+        assert_eq!(storage.test_and_set(1, &second).unwrap(), ArbiterOutcome::Lost { epoch: 2 }, "the other 'a'");
+        assert_eq!(storage.test_and_set(1, &first).unwrap(), ArbiterOutcome::Won { epoch: 2 }, "the winner's retry");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// A storage request that timed out must finish before the next one starts: otherwise a retried write can
     /// be overtaken by its first attempt landing late (issue 7).

@@ -14,7 +14,7 @@ use ft::wire::{self, Message, StreamDecoder};
 use ft::{Action, Config, Event, Position, Progress, Stopped};
 use kvm_backend::KvmGuest;
 
-use crate::cli::error::{io_reason, CliError};
+use crate::cli::error::CliError;
 use crate::cli::machine::{self, Clock, GuestImage};
 use crate::cli::tap::ConsoleTap;
 
@@ -32,6 +32,9 @@ pub struct ReplayResult {
     pub entries: u64,
     pub checkpoints: u64,
     pub powered_off: Option<u32>,
+    /// The guest failed (triple fault, MMIO, emulation failure) where the recorded one did: its power-off status
+    /// is then `u32::MAX`, and this is why.
+    pub failure: Option<String>,
     pub elapsed: Duration,
 }
 
@@ -45,13 +48,17 @@ struct LogFile {
     checkpoints: Vec<Option<(Position, u64)>>,
 }
 
+/// Largest log replayed: it is read whole (and decoded into memory) before replay starts.
+pub const LOG_BYTES_MAX: u64 = 1 << 30;
+
 fn log_error(path: &Path, what: impl Into<String>) -> CliError {
     CliError::Log { path: path.display().to_string(), what: what.into() }
 }
 
 /// Reads and checks every frame of `path`; any damage is an error naming the frame.
 fn read_log(path: &Path) -> Result<LogFile, CliError> {
-    let bytes = std::fs::read(path).map_err(|error| log_error(path, io_reason(&error)))?;
+    let bytes =
+        kvm_backend::files::read_bounded(path, LOG_BYTES_MAX).map_err(|error| log_error(path, error.to_string()))?;
     let mut decoder = StreamDecoder::new();
     decoder.feed(&bytes);
     let mut messages = Vec::new();
@@ -138,7 +145,9 @@ pub fn run(options: ReplayOptions) -> Result<ReplayResult, CliError> {
             ),
         ));
     }
-    let (guest, console) = ConsoleTap::new(machine::new_guest(&options.kvm_path, &options.image)?);
+    let guest = machine::new_guest(&options.kvm_path, &options.image)?;
+    let handle = guest.handle();
+    let (guest, console) = ConsoleTap::new(guest);
     let config = Config { pair_id: log.pair_id, image_digest: log.image_digest, ..Config::default() };
     let clock = Clock::start();
     let started = Instant::now();
@@ -161,7 +170,9 @@ pub fn run(options: ReplayOptions) -> Result<ReplayResult, CliError> {
             break;
         }
     }
-    replay.finish(&log.checkpoints, started)
+    let mut result = replay.finish(&log.checkpoints, started)?;
+    result.failure = handle.failure();
+    Ok(result)
 }
 
 struct Replay<'a> {
@@ -230,6 +241,7 @@ impl Replay<'_> {
             entries,
             checkpoints: self.checkpoints,
             powered_off: self.powered_off,
+            failure: None,
             elapsed: started.elapsed(),
         })
     }

@@ -75,7 +75,7 @@ fn measure_once(options: &ReportOptions, guest: &str, log: &Path) -> Result<Row,
         record: recorded.elapsed,
         replay: replayed.elapsed,
         log_bytes: recorded.log_bytes,
-        hashes_match: recorded.state_hash == replayed.state_hash && recorded.console == replayed.console,
+        hashes_match: recorded.state_hash == Some(replayed.state_hash) && recorded.console == replayed.console,
     })
 }
 

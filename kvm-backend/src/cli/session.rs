@@ -9,13 +9,14 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ft::log::{Entry, LogIndex, Output, OutputKind};
 use ft::primary::Primary;
 use ft::wire::{Message, StreamEncoder};
 use ft::{Action, ArbiterOutcome, Config, Event, Progress, Stopped, StorageDone};
-use kvm_backend::KvmGuest;
+use kvm_backend::{GuestHandle, KvmGuest};
 
 use crate::cli::error::CliError;
 use crate::cli::machine::{self, Clock, Disk, GuestImage, OsEntropy};
@@ -41,21 +42,26 @@ pub struct SessionOptions {
 }
 
 /// How a session ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ending {
-    PoweredOff {
-        status: u32,
-    },
+    /// The guest wrote `POWER_OFF` with this status.
+    PoweredOff { status: u32 },
+    /// The guest cannot go on (triple fault, MMIO, emulation failure): `Exit::Shutdown`, which the protocol sees
+    /// as a power-off with status `u32::MAX`, named here from the KVM exit.
+    GuestFailed { reason: String },
     /// The workload got every response.
     WorkloadDone,
     /// The guest waits for something that will never come (no timer, no frames).
     Idle,
+    /// `--timeout-ms` passed (the guest may have been kicked out of `KVM_RUN` between two exits).
     TimedOut,
 }
 
 pub struct SessionResult {
     pub ending: Ending,
-    pub state_hash: u64,
+    /// The final state's hash; None when a timeout stopped the guest between two exits, a state no replay can
+    /// reach (the recording then ends at the last exit, and replay verifies everything up to it).
+    pub state_hash: Option<u64>,
     pub exits: u64,
     /// Released console output.
     pub console: Vec<u8>,
@@ -101,9 +107,43 @@ fn log_error(path: &Path, error: &std::io::Error) -> CliError {
     CliError::Log { path: path.display().to_string(), what: crate::cli::error::io_reason(error) }
 }
 
+/// Kicks the guest out of `KVM_RUN` when the timeout passes, from a thread of its own: a guest that never exits
+/// keeps the driver's thread inside `KVM_RUN`, where no check between slices would ever run. Dropping it cancels
+/// the kick.
+struct KickTimer {
+    cancel: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KickTimer {
+    fn start(handle: GuestHandle, timeout: Duration) -> KickTimer {
+        let (cancel, cancelled) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("ftvm-timeout".into())
+            .spawn(move || {
+                if cancelled.recv_timeout(timeout) == Err(mpsc::RecvTimeoutError::Timeout) {
+                    handle.kick();
+                }
+            })
+            .ok();
+        KickTimer { cancel: Some(cancel), thread }
+    }
+}
+
+impl Drop for KickTimer {
+    fn drop(&mut self) {
+        drop(self.cancel.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The driver's state between the primary and the outside.
 struct Driver {
     guest_name: String,
+    /// Kicks the guest and says why it stopped, from outside the primary that owns it.
+    handle: GuestHandle,
     primary: Box<Primary<KvmGuest>>,
     clock: Clock,
     entropy: OsEntropy,
@@ -129,6 +169,7 @@ struct Driver {
 pub fn run(options: SessionOptions, log: Option<&Path>) -> Result<SessionResult, CliError> {
     machine::check_kvm(&options.kvm_path)?;
     let guest = machine::new_guest(&options.kvm_path, &options.image)?;
+    let handle = guest.handle();
     let log = log.map(LogWriter::create).transpose()?;
     let recording = log.is_some();
     let config = Config {
@@ -141,6 +182,7 @@ pub fn run(options: SessionOptions, log: Option<&Path>) -> Result<SessionResult,
     let primary = Box::new(Primary::new(config, guest, options.disk.sectors(), EPOCH, clock.now_ns()));
     let mut driver = Driver {
         guest_name: options.image.name.clone(),
+        handle,
         primary,
         clock,
         entropy: OsEntropy::open()?,
@@ -185,6 +227,7 @@ impl Driver {
 
     fn run_to_end(&mut self, timeout: Option<Duration>) -> Result<Ending, CliError> {
         let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        let _kick = timeout.map(|timeout| KickTimer::start(self.handle.clone(), timeout));
         if let Some(frame) = self.workload.as_mut().and_then(KvWorkload::next_frame) {
             self.primary.handle_net_frame(self.clock.now_ns(), frame);
         }
@@ -196,15 +239,22 @@ impl Driver {
             self.answer();
             if let Some(stopped) = self.stopped.take() {
                 return match stopped {
-                    Stopped::PoweredOff { status } => Ok(Ending::PoweredOff { status }),
-                    Stopped::GuestFailed(reason) => Err(self.guest_error(reason)),
+                    // A shutdown reaches the platform as a power-off with status u32::MAX; the KVM exit says why.
+                    Stopped::PoweredOff { status } => match self.handle.failure() {
+                        Some(reason) => Ok(Ending::GuestFailed { reason }),
+                        None => Ok(Ending::PoweredOff { status }),
+                    },
+                    Stopped::GuestFailed(reason) => Err(CliError::GuestFailed {
+                        guest: self.guest_name.clone(),
+                        reason: format!("{reason} (at exit {})", self.primary.position().exits),
+                    }),
                     other => Err(CliError::Protocol(format!("the primary stopped: {other:?}"))),
                 };
             }
             if self.workload.as_ref().is_some_and(KvWorkload::done) {
                 return Ok(Ending::WorkloadDone);
             }
-            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            if self.handle.kicked() || deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Ok(Ending::TimedOut);
             }
             if progress == Progress::Idle && !self.delivered {
@@ -325,8 +375,13 @@ impl Driver {
     /// off has logged one already), and the end-of-recording frame, without which a log is truncated.
     fn finish(mut self, ending: Ending, started: Instant) -> Result<SessionResult, CliError> {
         let exits = self.primary.position().exits;
-        let state_hash = if self.log.is_some() {
-            if !matches!(ending, Ending::PoweredOff { .. }) {
+        let state_hash = if self.handle.interrupted() {
+            // Kicked between two exits: no checkpoint of this state could be replayed; the log ends at the last
+            // exit.
+            None
+        } else if self.log.is_some() {
+            // A power-off (and a failed guest's shutdown) logged its checkpoint already.
+            if !matches!(ending, Ending::PoweredOff { .. } | Ending::GuestFailed { .. }) {
                 let now_ns = self.clock.now_ns();
                 let result = self.primary.checkpoint_now(now_ns);
                 result.map_err(|error| self.guest_error(error.to_string()))?;
@@ -334,12 +389,12 @@ impl Driver {
             }
             match self.last_checkpoint {
                 // The hash the log ends with is the final state's: no need to hash all of memory again.
-                Some((at, hash)) if at == exits => hash,
+                Some((at, hash)) if at == exits => Some(hash),
                 _ => return Err(CliError::Protocol("the final checkpoint was not logged".into())),
             }
         } else {
             let result = self.primary.state_hash();
-            result.map_err(|error| self.guest_error(error.to_string()))?
+            Some(result.map_err(|error| self.guest_error(error.to_string()))?)
         };
         let log_bytes = match self.log.take() {
             Some(mut log) => {

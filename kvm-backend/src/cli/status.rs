@@ -77,10 +77,6 @@ const HOLDS_KEPT: usize = 10_000;
 pub type SharedBoard = Rc<RefCell<Board>>;
 
 impl Board {
-    pub fn is_live(&self) -> bool {
-        matches!(self.snapshot.role.as_str(), "primary" | "live, not protected")
-    }
-
     pub fn observe_action(&mut self, now_ns: u64, action: &Action) {
         match action {
             Action::Send(Message::Log { index, entry }) => {
@@ -289,6 +285,21 @@ pub async fn serve(listener: TcpListener, render: Render) {
     }
 }
 
+/// `ftvm status --addr ADDR --wait-ms T`: [`fetch`], retrying for up to `wait` while nothing listens at `addr`
+/// yet (a node that is starting).
+pub fn fetch_waiting(addr: SocketAddr, path: &str, wait: std::time::Duration) -> Result<String, CliError> {
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)) {
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            _ => break,
+        }
+    }
+    fetch(addr, path)
+}
+
 /// `ftvm status --addr ADDR`: fetches `path` from a node's status endpoint and returns the body.
 pub fn fetch(addr: SocketAddr, path: &str) -> Result<String, CliError> {
     use std::io::{Read, Write};
@@ -299,8 +310,10 @@ pub fn fetch(addr: SocketAddr, path: &str) -> Result<String, CliError> {
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
         .map_err(|error| CliError::io(what(), &error))?;
+    // Status pages are a few KiB; whatever answers on the address gets no more than this.
+    const RESPONSE_BYTES_MAX: u64 = 1 << 20;
     let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|error| CliError::io(what(), &error))?;
+    stream.take(RESPONSE_BYTES_MAX).read_to_string(&mut response).map_err(|error| CliError::io(what(), &error))?;
     match response.split_once("\r\n\r\n") {
         Some((_, body)) => Ok(body.to_string()),
         None => Err(CliError::Io { what: what(), reason: "not an HTTP response".into() }),

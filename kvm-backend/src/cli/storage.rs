@@ -28,6 +28,11 @@ const RECORD_HEADER: &str = "ftvm-arbiter v1";
 pub const NOBODY: &str = "-";
 
 impl Record {
+    /// The configured name of the owner (the record holds it with the winning process's id: `name/id`).
+    pub fn owner_name(&self) -> &str {
+        self.owner.split('/').next().unwrap_or(&self.owner)
+    }
+
     fn encode(&self) -> String {
         format!("{RECORD_HEADER}\nepoch={}\nowner={}\n", self.epoch, self.owner)
     }
@@ -84,29 +89,145 @@ fn lock(file: &File, kind: Lock) -> io::Result<()> {
     }
 }
 
+/// Largest arbiter record read: a record is under 100 bytes, anything far bigger is not one.
+const RECORD_BYTES_MAX: u64 = 4096;
+
 fn read_record(file: &mut File) -> io::Result<Record> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     file.seek(SeekFrom::Start(0))?;
-    file.read_to_string(&mut text)?;
-    Record::decode(&text)
+    file.take(RECORD_BYTES_MAX + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > RECORD_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not an arbiter record: over {RECORD_BYTES_MAX} bytes"),
+        ));
+    }
+    Record::decode(&String::from_utf8_lossy(&bytes))
+}
+
+/// What the startup check of the shared storage found wrong.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StorageProblem {
+    /// The configuration or the files are wrong (a missing directory, a file that is not an arbiter record, a
+    /// disk of the wrong size): an error, the node does not start.
+    Bad(String),
+    /// The storage does not answer as storage should (an I/O error of a gone mount): wait and retry.
+    Unreachable(String),
+}
+
+/// Whether an error opening or reading shared storage means "not reachable now" (a hung or gone network mount),
+/// not "configured wrong".
+fn is_unreachable(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EIO | libc::ESTALE | libc::ETIMEDOUT | libc::ENOTCONN | libc::EHOSTDOWN | libc::EHOSTUNREACH)
+            | Some(libc::ENETUNREACH | libc::ENOLCK | libc::ECONNREFUSED | libc::ECONNRESET)
+    )
 }
 
 impl SharedStorage {
+    /// The startup check, read-only: the directories of the disk image and the arbiter exist, an existing disk
+    /// is a regular file of whole sectors (of `sectors` sectors, if `exact`), and an existing arbiter is an
+    /// arbiter record, which is returned. Files that do not exist yet are fine: `create_if_missing` makes them.
+    pub fn check(&self, sectors: u64, exact: bool) -> Result<Option<Record>, StorageProblem> {
+        let io = |what: &str, path: &std::path::Path, error: io::Error| {
+            let reason = format!("{what} {}: {}", path.display(), crate::cli::error::io_reason(&error));
+            if is_unreachable(&error) {
+                StorageProblem::Unreachable(reason)
+            } else {
+                StorageProblem::Bad(reason)
+            }
+        };
+        for (key, path) in [("disk", &self.disk), ("arbiter", &self.arbiter)] {
+            let directory = match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => std::path::Path::new("."),
+            };
+            match std::fs::metadata(directory) {
+                Ok(metadata) if metadata.is_dir() => {}
+                Ok(_) => {
+                    return Err(StorageProblem::Bad(format!("`{key}`: {} is not a directory", directory.display())))
+                }
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageProblem::Bad(format!(
+                        "`{key}` = {}: the directory {} does not exist (create it, or mount the shared storage there)",
+                        path.display(),
+                        directory.display()
+                    )))
+                }
+                Err(error) => return Err(io(&format!("`{key}`: directory"), directory, error)),
+            }
+        }
+        match std::fs::metadata(&self.disk) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io("disk image", &self.disk, error)),
+            Ok(metadata) if !metadata.is_file() => {
+                return Err(StorageProblem::Bad(format!("disk image {}: not a regular file", self.disk.display())))
+            }
+            // Empty: created by a node that died before sizing it; `create_if_missing` sizes it.
+            Ok(metadata) if metadata.len() == 0 => {}
+            Ok(metadata) => {
+                let length = metadata.len();
+                let wanted = sectors * SECTOR_BYTES as u64;
+                if length % SECTOR_BYTES as u64 != 0 {
+                    return Err(StorageProblem::Bad(format!(
+                        "disk image {}: {length} bytes, not a whole number of {SECTOR_BYTES}-byte sectors",
+                        self.disk.display()
+                    )));
+                }
+                if exact && length != wanted {
+                    return Err(StorageProblem::Bad(format!(
+                        "disk image {}: {length} bytes, but `disk_sectors` = {sectors} asks for {wanted} (the \
+                         setting is the size of a disk created here: leave it out to use the disk as it is)",
+                        self.disk.display()
+                    )));
+                }
+            }
+        }
+        match std::fs::metadata(&self.arbiter) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(io("arbiter", &self.arbiter, error)),
+            Ok(metadata) if !metadata.is_file() => {
+                Err(StorageProblem::Bad(format!("arbiter {}: not a regular file", self.arbiter.display())))
+            }
+            Ok(_) => match self.record() {
+                Ok(record) => Ok(Some(record)),
+                Err(error) if error.kind() == io::ErrorKind::InvalidData => Err(StorageProblem::Bad(format!(
+                    "arbiter {}: {} (remove it to start the pair afresh, if no node of it is live)",
+                    self.arbiter.display(),
+                    crate::cli::error::io_reason(&error)
+                ))),
+                Err(error) => Err(io("arbiter", &self.arbiter, error)),
+            },
+        }
+    }
+
     /// Creates the disk image (zeroed, `sectors` long) and the arbiter record (epoch 1) if they do not exist.
+    /// The record appears whole: it is written to a file of its own and hard-linked into place, which fails if
+    /// the other node's link came first (atomic on local file systems and NFS), so nobody ever reads a
+    /// half-made record.
     pub fn create_if_missing(&self, sectors: u64) -> io::Result<()> {
         let disk = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&self.disk)?;
         if disk.metadata()?.len() == 0 {
             disk.set_len(sectors * SECTOR_BYTES as u64)?;
             disk.sync_all()?;
         }
-        match OpenOptions::new().write(true).create_new(true).open(&self.arbiter) {
-            Ok(mut file) => {
-                lock(&file, Lock::Exclusive)?;
-                file.write_all(Record { epoch: 1, owner: NOBODY.into() }.encode().as_bytes())?;
-                file.sync_all()
-            }
+        if self.arbiter.exists() {
+            return Ok(());
+        }
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let mut fresh = self.arbiter.clone().into_os_string();
+        fresh.push(format!(".new-{}-{}", std::process::id(), since.as_nanos()));
+        let fresh = PathBuf::from(fresh);
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&fresh)?;
+        let written = file
+            .write_all(Record { epoch: 1, owner: NOBODY.into() }.encode().as_bytes())
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::hard_link(&fresh, &self.arbiter));
+        let _ = std::fs::remove_file(&fresh);
+        match written {
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(error) => Err(error),
+            other => other,
         }
     }
 
@@ -192,6 +313,30 @@ mod tests {
         let storage = SharedStorage { disk: dir.join("disk.img"), arbiter: dir.join("arbiter"), sync_writes: false };
         storage.create_if_missing(8).unwrap();
         storage
+    }
+
+    /// The startup check tells a wrong config or wrong files (errors) from storage that does not answer (waited
+    /// for), and finds nothing wrong with files it will create.
+    #[test]
+    fn the_startup_check_names_what_is_wrong() {
+        let s = storage("check");
+        assert_eq!(s.check(8, true), Ok(Some(Record { epoch: 1, owner: NOBODY.into() })));
+        assert!(matches!(s.check(9, true), Err(StorageProblem::Bad(reason)) if reason.contains("`disk_sectors` = 9")));
+        assert!(s.check(9, false).is_ok(), "a disk of another size is fine unless disk_sectors says");
+        std::fs::write(&s.arbiter, "").unwrap();
+        assert!(
+            matches!(s.check(8, true), Err(StorageProblem::Bad(reason)) if reason.contains("not an arbiter record"))
+        );
+        std::fs::remove_file(&s.arbiter).unwrap();
+        std::fs::write(&s.disk, [0u8; 1000]).unwrap();
+        assert!(matches!(s.check(8, false), Err(StorageProblem::Bad(reason)) if reason.contains("1000 bytes")));
+        std::fs::remove_file(&s.disk).unwrap();
+        assert_eq!(s.check(8, true), Ok(None), "missing files are created later");
+        s.create_if_missing(8).unwrap();
+        assert_eq!(s.record().unwrap(), Record { epoch: 1, owner: NOBODY.into() });
+        let gone = SharedStorage { disk: "/nonexistent/d/disk".into(), arbiter: s.arbiter.clone(), sync_writes: false };
+        assert!(matches!(gone.check(8, true), Err(StorageProblem::Bad(reason)) if reason.contains("does not exist")));
+        let _ = std::fs::remove_dir_all(s.disk.parent().unwrap());
     }
 
     #[test]
