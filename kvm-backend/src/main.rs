@@ -265,6 +265,7 @@ fn describe(name: &str) -> &'static str {
             "CPU-bound: 2^28 iterations of an integer hash at CPL3, a yield every 2^21; prints the result, powers off"
         }
         "kv" => "key-value service over the network device, persisted on the disk; idles until requests come",
+        "kvq" => "the same service with eight requests in flight: overlapping disk IO, reads checked against writes",
         "timer" => "1 ms timer for 2000 ticks, reading clock and entropy on each; prints digests, powers off",
         _ => "",
     }

@@ -142,4 +142,3 @@ fn record_event(world: &mut World, id: NodeId, event: &Event, host: &SimHost) ->
     world.log(who, event.to_string());
     None
 }
-

@@ -53,10 +53,10 @@ impl GuestImage {
         corpus::guest_names().find(|name| corpus::guest_elf(name) == Some(self.bytes.as_slice()))
     }
 
-    /// Whether this is the corpus key-value service (which idles until it gets requests): decided by the image,
-    /// not by how it was named on the command line.
+    /// Whether this is one of the corpus key-value services, `kv` or the pipelined `kvq` (they idle until they
+    /// get requests): decided by the image, not by how it was named on the command line.
     pub fn is_kv(&self) -> bool {
-        self.corpus_name() == Some("kv")
+        matches!(self.corpus_name(), Some("kv" | "kvq"))
     }
 
     /// What the pair's `image_digest` carries: a backup refuses a primary running another image.
