@@ -5,7 +5,7 @@
 //! replays it and checks every output and checkpoint; `report` measures all three. Logs go to stderr
 //! (`FTVM_LOG=debug` for more); console output and `key=value` results go to stdout.
 
-mod cli;
+use kvm_backend::cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -453,7 +453,7 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::EXIT_STATUSES;
-    use crate::cli::error::{EXIT_DIVERGED, EXIT_FAILURE, EXIT_GUEST_FAILED, EXIT_GUEST_STATUS, EXIT_TIMEOUT};
+    use kvm_backend::cli::error::{EXIT_DIVERGED, EXIT_FAILURE, EXIT_GUEST_FAILED, EXIT_GUEST_STATUS, EXIT_TIMEOUT};
 
     #[test]
     fn the_help_lists_every_exit_status() {

@@ -145,7 +145,7 @@ fn check_peer(key: &str, addr: SocketAddr) -> Result<SocketAddr, CliError> {
 
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<NodeConfig, CliError> {
-        let text = kvm_backend::files::read_text_bounded(path, CONFIG_BYTES_MAX)
+        let text = crate::files::read_text_bounded(path, CONFIG_BYTES_MAX)
             .map_err(|error| CliError::Io { what: format!("config {}", path.display()), reason: error.to_string() })?;
         toml::from_str(&text).map_err(|error| CliError::Usage(format!("config {}: {error}", path.display())))
     }
@@ -196,11 +196,10 @@ impl NodeConfig {
         let (hex, source) = match (&self.key_hex, &self.key_file) {
             (Some(hex), _) => (hex.clone(), "`key_hex`".to_string()),
             (None, Some(path)) => {
-                let text =
-                    kvm_backend::files::read_text_bounded(path, KEY_FILE_BYTES_MAX).map_err(|error| CliError::Io {
-                        what: format!("key file {} (`key_file`)", path.display()),
-                        reason: error.to_string(),
-                    })?;
+                let text = crate::files::read_text_bounded(path, KEY_FILE_BYTES_MAX).map_err(|error| CliError::Io {
+                    what: format!("key file {} (`key_file`)", path.display()),
+                    reason: error.to_string(),
+                })?;
                 (text, format!("the key file {} (`key_file`)", path.display()))
             }
             (None, None) => return Err(CliError::Usage("config: `key_hex` or `key_file` is required".into())),

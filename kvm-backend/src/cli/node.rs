@@ -611,7 +611,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
             board.snapshot.stopped = Some(format!("{stopped:?}"));
         }
         tracing::warn!("{name}: stopped: {stopped:?}");
-        let failure = guest_handle.as_ref().and_then(kvm_backend::GuestHandle::failure);
+        let failure = guest_handle.as_ref().and_then(crate::GuestHandle::failure);
         let guest_spec = settings.guest.clone();
         match stopped {
             // A shutdown (triple fault, MMIO, emulation failure) reaches the platform as a power-off with status

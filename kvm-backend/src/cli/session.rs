@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::{GuestHandle, KvmGuest};
 use ft::log::{Entry, LogIndex, Output, OutputKind};
 use ft::primary::Primary;
 use ft::wire::{Message, StreamEncoder};
 use ft::{Action, ArbiterOutcome, Config, Event, Progress, Stopped, StorageDone};
-use kvm_backend::{GuestHandle, KvmGuest};
 
 use crate::cli::error::CliError;
 use crate::cli::machine::{self, Clock, Disk, GuestImage, OsEntropy};
