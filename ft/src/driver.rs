@@ -109,6 +109,18 @@ impl<T: Clock + Datagrams + BlockStorage + Arbiter + Outside + Observer + 'stati
 const STORAGE_RETRY_NS: u64 = 20_000_000;
 /// Bytes read from the channel per read call.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// After a Goodbye, how long the channel is kept open (reading and discarding) for the peer to close it.
+const LINGER_NS: u64 = 1_000_000_000;
+
+/// The clean end of a channel. Dropping a socket with unread data (the backup's last acks) resets the
+/// connection, and a reset can overtake the Goodbye still on its way: the backup would take the reset for a
+/// failure and go live after a clean power-off (found by reverting the Goodbye fix in the simulator). So after
+/// a Goodbye the reader keeps reading until the peer closes, or `LINGER_NS` passes.
+#[derive(Default)]
+struct Linger {
+    goodbye_sent: bool,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
 
 enum Completion {
     Storage(StorageDone),
@@ -148,6 +160,7 @@ where
     let mut heartbeats_open = true;
     let mut frames_open = true;
     let writes = WriteAttempts::default();
+    let mut linger = Linger::default();
     // Frames read but not yet handed to the node, because it wanted no more log (flow control, per frame).
     let mut frames_waiting = false;
     loop {
@@ -165,9 +178,13 @@ where
         let progress = node.run_guest(now_ns, entropy);
         while let Some(action) = node.poll_action() {
             host.observe(now_ns, Observation::Action(&action));
-            perform(&host, &node, action, &mut encoder, &mut channel_out, &mut reader, &done_tx, &writes);
+            let channel = (&mut encoder, &mut channel_out, &mut reader, &mut linger);
+            perform(&host, &node, action, channel, &done_tx, &writes);
         }
         if let Some(stopped) = node.stopped() {
+            if let Some(task) = linger.task.take() {
+                let _ = task.await;
+            }
             return stopped.clone();
         }
         let run_again_ns = (progress == Progress::Ran).then(|| now_ns + host.guest_slice_ns());
@@ -282,19 +299,23 @@ fn channel_lost<H: Host, G: Guest, R>(
     node.handle_channel_closed(now_ns, reason);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn perform<H: Host, G: Guest, R>(
+/// The driver's side of the logging channel, as `perform` needs it.
+type ChannelParts<'a, R> =
+    (&'a mut StreamEncoder, &'a mut Option<mpsc::UnboundedSender<Vec<u8>>>, &'a mut Option<R>, &'a mut Linger);
+
+fn perform<H: Host, G: Guest, R: AsyncRead + Unpin + 'static>(
     host: &Rc<H>,
     node: &Node<G>,
     action: Action,
-    encoder: &mut StreamEncoder,
-    channel_out: &mut Option<mpsc::UnboundedSender<Vec<u8>>>,
-    reader: &mut Option<R>,
+    (encoder, channel_out, reader, linger): ChannelParts<'_, R>,
     done_tx: &mpsc::UnboundedSender<Completion>,
     writes: &WriteAttempts,
 ) {
     match action {
         Action::Send(message) => {
+            if matches!(message, Message::Goodbye { .. }) {
+                linger.goodbye_sent = true;
+            }
             if let Some(out) = channel_out {
                 // A closed writer shows up as ChannelWriteFailed; nothing to do here.
                 let _ = out.send(encoder.encode(&message));
@@ -318,10 +339,31 @@ fn perform<H: Host, G: Guest, R>(
             });
         }
         Action::CloseChannel => {
+            // The writer task sends what is queued, then shuts its side down.
             *channel_out = None;
-            *reader = None;
+            match reader.take() {
+                Some(reader) if linger.goodbye_sent => {
+                    linger.task = Some(tokio::task::spawn_local(read_until_closed(reader, host.clone())));
+                }
+                _ => {}
+            }
         }
         Action::Notify(_) => {}
+    }
+}
+
+/// Reads and discards until the peer closes the channel (or it fails), for at most `LINGER_NS`.
+async fn read_until_closed<R: AsyncRead + Unpin, H: Host>(mut reader: R, host: Rc<H>) {
+    let deadline_ns = host.now_ns().saturating_add(LINGER_NS);
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        tokio::select! {
+            read = reader.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            _ = host.sleep_until_ns(deadline_ns) => return,
+        }
     }
 }
 

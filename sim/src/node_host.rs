@@ -249,7 +249,7 @@ pub async fn node_main(id: NodeId, world: SharedWorld, setup: NodeSetup) -> turm
         storage: storage_host::Client { node: id, timeout: setup.storage_timeout },
         slice_ns: setup.slice_ns,
         buffered_max: config.log_entries_buffered_max,
-        dead: Rc::new(Cell::new(false)),
+        dead: world.borrow().dead[id.index()].clone(),
         reissues_left: Cell::new(0),
     });
     let guest: Box<dyn ft::Guest> = Box::new(HashTap::new((setup.guests)(), id, world.clone()));
@@ -268,7 +268,7 @@ pub async fn node_main(id: NodeId, world: SharedWorld, setup: NodeSetup) -> turm
             (node, accept(config.startup_timeout_ms).await)
         }
     };
-    let channel = stream.map(|inner| SimChannel { inner, node: id, world: world.clone(), dead: host.dead.clone() });
+    let channel = stream.map(|inner| SimChannel::new(inner, id, world.clone(), host.dead.clone()));
     let mut entropy = SimEntropy(ChaCha8Rng::seed_from_u64(setup.seed ^ (0x5eed_0000 + id as u64)));
     let stopped = ft::driver::run(host.clone(), node, channel, &mut entropy).await;
     if !host.dead.get() {

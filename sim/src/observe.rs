@@ -72,6 +72,9 @@ fn record(host: &SimHost, world: &mut World, now_ns: u64, observation: &Observat
             world.backup_acked_max = world.backup_acked_max.max(*received);
         }
         Observation::Action(Action::Send(Message::Goodbye { .. })) => return Some(Edge::DuringPowerOff),
+        Observation::Received(Message::Goodbye { .. }) => {
+            world.goodbye_received_ns.get_or_insert(now_ns);
+        }
         Observation::Received(Message::Log { index, entry }) => {
             check::replay::on_log_received(world, *index);
             if let Entry::Output { record, .. } = entry {

@@ -61,6 +61,9 @@ pub enum Fault {
     Crash(NodeId),
     /// Crash and immediate restart of the host process (it comes back without its VM).
     Bounce(NodeId),
+    /// The host is lost without a word: it sends nothing more, but its connections stay open (no FIN, no
+    /// reset), so only the failure timeout can tell (a frozen or unplugged host).
+    Freeze(NodeId),
     Partition {
         cut: Cut,
         duration_ms: u64,
@@ -187,7 +190,7 @@ impl Plan {
         let kv = matches!(workload, Workload::Kv | Workload::KvPipelined);
         let heartbeat_interval_ms = rng.random_range(5..=40);
         let small = |rng: &mut ChaCha8Rng| rng.random_ratio(1, 4);
-        let backup_cost_us = if small(rng) { rng.random_range(1_500..=4_000) } else { 1_000 };
+        let backup_cost_us = if small(rng) { rng.random_range(1_500..=3_000) } else { 1_000 };
         let mut plan = Plan {
             version: PLAN_VERSION,
             workload,
@@ -217,8 +220,10 @@ impl Plan {
         };
         if backup_cost_us > 1_000 {
             // Without the CPU-share throttle (not built yet) a slower backup's lag is bounded only by its buffer:
-            // keep that small enough for failover to finish within the liveness bound.
+            // keep that small enough for failover to finish within the liveness bound. Flow control then runs
+            // the pair at the backup's pace; slices of one exit would make that too slow to serve anybody.
             plan.log_entries_buffered_max = rng.random_range(4..=128);
+            plan.slice_exits_max = pick(rng, &[16, 64]);
         }
         plan
     }
@@ -234,7 +239,21 @@ impl Plan {
         match rng.random_range(0..10) {
             0..=4 => {
                 let node = if rng.random_ratio(3, 5) { NodeId::A } else { NodeId::B };
-                let fault = if rng.random_ratio(1, 3) { Fault::Bounce(node) } else { Fault::Crash(node) };
+                let fault = match rng.random_range(0..4) {
+                    0 => Fault::Bounce(node),
+                    1 => Fault::Freeze(node),
+                    _ => Fault::Crash(node),
+                };
+                if fault == Fault::Freeze(node) && rng.random_bool(0.5) {
+                    // Heartbeats that must not pass for the lost host's: its own replayed, or the survivor's
+                    // reflected back to the survivor.
+                    let (heartbeats, fault) = if rng.random_bool(0.5) {
+                        (node, HeartbeatFault::Replay)
+                    } else {
+                        (node.other(), HeartbeatFault::Reflect)
+                    };
+                    self.faults.push((at_ms, Fault::Heartbeats { node: heartbeats, fault, duration_ms: 1_500 }));
+                }
                 self.faults.push((at_ms, fault));
             }
             5 | 6 => {
@@ -287,7 +306,7 @@ impl Plan {
     /// The node the run's planned failure takes down first (a crash point counts).
     pub fn crashed(&self) -> Option<NodeId> {
         let timed = self.faults.iter().find_map(|(_, fault)| match fault {
-            Fault::Crash(node) | Fault::Bounce(node) => Some(*node),
+            Fault::Crash(node) | Fault::Bounce(node) | Fault::Freeze(node) => Some(*node),
             _ => None,
         });
         timed.or(self.crash_point.map(|point| point.node))

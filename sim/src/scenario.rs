@@ -163,7 +163,7 @@ fn duration_of(fault: &Fault) -> Option<u64> {
         | Fault::SlowStorage { duration_ms, .. }
         | Fault::StorageRequests { duration_ms, .. }
         | Fault::Heartbeats { duration_ms, .. } => Some(*duration_ms),
-        Fault::Crash(_) | Fault::Bounce(_) | Fault::CorruptChannel { .. } => None,
+        Fault::Crash(_) | Fault::Bounce(_) | Fault::Freeze(_) | Fault::CorruptChannel { .. } => None,
     }
 }
 
@@ -193,6 +193,10 @@ fn inject(sim: &mut turmoil::Sim, world: &SharedWorld, plan: &Plan, fault: &Faul
         }
         Fault::Bounce(node) => {
             sim.bounce(node.host());
+            w.crashed[node.index()] = true;
+        }
+        Fault::Freeze(node) => {
+            w.dead[node.index()].set(true);
             w.crashed[node.index()] = true;
         }
         Fault::Partition { cut: Cut::OneWay(from, to), .. } => sim.partition_oneway(from.host(), to.host()),
@@ -227,6 +231,6 @@ fn heal(sim: &mut turmoil::Sim, world: &SharedWorld, plan: &Plan, fault: &Fault)
         Fault::SlowStorage { .. } => w.faults.storage_delay_ms = 0,
         Fault::StorageRequests { node, .. } => w.faults.requests[node.index()] = None,
         Fault::Heartbeats { node, .. } => w.faults.heartbeats[node.index()] = None,
-        Fault::Crash(_) | Fault::Bounce(_) | Fault::CorruptChannel { .. } => {}
+        Fault::Crash(_) | Fault::Bounce(_) | Fault::Freeze(_) | Fault::CorruptChannel { .. } => {}
     }
 }

@@ -158,6 +158,10 @@ pub struct World {
     pub crashed: [bool; 2],
     /// Nodes that died at their crash point and wait for the scenario loop to crash their host.
     pub crash_requests: Vec<NodeId>,
+    /// Each node's "dead" switch: set, its host sends and receives nothing more (a crash point or a frozen host).
+    pub dead: [Rc<std::cell::Cell<bool>>; 2],
+    /// When the backup received the primary's goodbye (a clean power-off): nobody may go live after it.
+    pub goodbye_received_ns: Option<u64>,
     pub powered_off: [bool; 2],
     pub went_live_ns: Option<u64>,
 }
@@ -196,6 +200,8 @@ impl World {
             started: [false; 2],
             crashed: [false; 2],
             crash_requests: Vec::new(),
+            dead: [Rc::new(std::cell::Cell::new(false)), Rc::new(std::cell::Cell::new(false))],
+            goodbye_received_ns: None,
             powered_off: [false; 2],
             went_live_ns: None,
         };

@@ -39,7 +39,7 @@ pub struct ReplayResult {
 }
 
 /// A decoded log file: the hello, then log entries and release notices in channel order.
-struct LogFile {
+pub struct LogFile {
     pair_id: u64,
     image_digest: u64,
     /// (frame number, message) of everything after the hello.
@@ -55,18 +55,24 @@ fn log_error(path: &Path, what: impl Into<String>) -> CliError {
     CliError::Log { path: path.display().to_string(), what: what.into() }
 }
 
-/// Reads and checks every frame of `path`; any damage is an error naming the frame.
+/// Reads and checks every frame of `path`; any damage is an error naming the path and the frame.
 fn read_log(path: &Path) -> Result<LogFile, CliError> {
     let bytes = crate::files::read_bounded(path, LOG_BYTES_MAX).map_err(|error| log_error(path, error.to_string()))?;
+    parse_log(&bytes).map_err(|what| log_error(path, what))
+}
+
+/// Checks every frame of a recording (the bytes of a log file): any damage is an error naming the frame. The
+/// decoder of `ftvm replay`'s outside input, public for the fuzzer (fuzz/fuzz_targets/recording.rs).
+pub fn parse_log(bytes: &[u8]) -> Result<LogFile, String> {
     let mut decoder = StreamDecoder::new();
-    decoder.feed(&bytes);
+    decoder.feed(bytes);
     let mut messages = Vec::new();
     let mut offset = 0usize;
     for frame in 0.. {
         let message = match decoder.next_message() {
             Ok(Some(message)) => message,
             Ok(None) => break,
-            Err(error) => return Err(log_error(path, format!("frame {frame} at byte {offset}: {error}"))),
+            Err(error) => return Err(format!("frame {frame} at byte {offset}: {error}")),
         };
         // The decoder accepted a whole frame here, so its header (and length field) is within `bytes`.
         let length = u32::from_le_bytes([bytes[offset + 4], bytes[offset + 5], bytes[offset + 6], bytes[offset + 7]]);
@@ -74,23 +80,20 @@ fn read_log(path: &Path) -> Result<LogFile, CliError> {
         messages.push((frame, message));
     }
     if let Err(error) = decoder.finish() {
-        return Err(log_error(
-            path,
-            format!("frame {} at byte {offset}: {error}: the log is truncated", messages.len()),
-        ));
+        return Err(format!("frame {} at byte {offset}: {error}: the log is truncated", messages.len()));
     }
     let mut messages = messages.into_iter();
     let (pair_id, image_digest) = match messages.next() {
         Some((_, Message::Hello { pair_id, image_digest, .. })) => (pair_id, image_digest),
-        Some((_, other)) => return Err(log_error(path, format!("frame 0 is {other:?}, not a hello"))),
-        None => return Err(log_error(path, "empty: no hello frame")),
+        Some((_, other)) => return Err(format!("frame 0 is {other:?}, not a hello")),
+        None => return Err("empty: no hello frame".into()),
     };
     let mut checkpoints = Vec::new();
     let mut rest = Vec::new();
     let mut end = None;
     for (frame, message) in messages {
         if end.is_some() {
-            return Err(log_error(path, format!("frame {frame}: {message:?} after the end of the recording")));
+            return Err(format!("frame {frame}: {message:?} after the end of the recording"));
         }
         match &message {
             Message::Log { entry: Entry::Checkpoint { position, hash }, .. } => {
@@ -102,25 +105,21 @@ fn read_log(path: &Path) -> Result<LogFile, CliError> {
                 end = Some(*entries);
                 continue;
             }
-            other => return Err(log_error(path, format!("frame {frame}: unexpected {other:?} in a log"))),
+            other => return Err(format!("frame {frame}: unexpected {other:?} in a log")),
         }
         rest.push((frame, message));
     }
     // A recording that died (or a file cut at a frame boundary) has no end marker: replaying it would verify a
     // prefix and report a state that no complete run ends in.
     match end {
-        None => Err(log_error(
-            path,
-            format!(
-                "the log is truncated: it ends after {} entries without its end-of-recording frame (the recording \
-                 stopped before it finished)",
-                checkpoints.len()
-            ),
+        None => Err(format!(
+            "the log is truncated: it ends after {} entries without its end-of-recording frame (the recording \
+             stopped before it finished)",
+            checkpoints.len()
         )),
-        Some(entries) if entries != checkpoints.len() as u64 => Err(log_error(
-            path,
-            format!("the recording says it holds {entries} entries, the file has {}", checkpoints.len()),
-        )),
+        Some(entries) if entries != checkpoints.len() as u64 => {
+            Err(format!("the recording says it holds {entries} entries, the file has {}", checkpoints.len()))
+        }
         Some(_) => Ok(LogFile { pair_id, image_digest, messages: rest, checkpoints }),
     }
 }

@@ -19,8 +19,23 @@ pub fn on_went_live(world: &mut World, node: NodeId, epoch: u64) {
     }
 }
 
-/// Outputs that left without a log entry, grouped by the epoch that was newest when they left.
+/// Outputs that left without a log entry, grouped by the epoch that was newest when they left; and no grant
+/// after the backup had the primary's goodbye (a clean power-off leaves nobody to go live).
 pub fn check(world: &mut World) {
+    if let Some(goodbye_ns) = world.goodbye_received_ns {
+        let late: Vec<_> = world.grants.iter().filter(|grant| grant.at_ns > goodbye_ns).copied().collect();
+        for grant in late {
+            world.violation(
+                "S3 one primary per epoch",
+                format!(
+                    "the arbiter granted epoch {} to {} after the backup had the primary's goodbye: a clean \
+                     power-off was taken for a failure",
+                    grant.epoch,
+                    grant.node.host()
+                ),
+            );
+        }
+    }
     let mut sources: BTreeMap<u64, Vec<NodeId>> = BTreeMap::new();
     for release in world.releases.iter().filter(|release| release.log_index.is_none()) {
         let epoch = world.grants.iter().rev().find(|grant| grant.at_ns <= release.at_ns).map_or(1, |g| g.epoch);
