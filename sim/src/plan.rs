@@ -252,7 +252,9 @@ impl Plan {
                     } else {
                         (node.other(), HeartbeatFault::Reflect)
                     };
-                    self.faults.push((at_ms, Fault::Heartbeats { node: heartbeats, fault, duration_ms: 1_500 }));
+                    // Until the heal: a detector fooled by them would wait for it (`check::detection` says so).
+                    let duration_ms = HEAL_MS - at_ms;
+                    self.faults.push((at_ms, Fault::Heartbeats { node: heartbeats, fault, duration_ms }));
                 }
                 self.faults.push((at_ms, fault));
             }

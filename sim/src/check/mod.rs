@@ -5,6 +5,7 @@
 //! S1 Output Rule, S2 output consistency (outputs, client history, disk), S3 one live primary per epoch, S4
 //! in-order replay, S5 state hashes, S6 liveness.
 
+pub mod detection;
 pub mod disk;
 pub mod epochs;
 pub mod history;
