@@ -128,6 +128,8 @@ struct NodeArgs {
     slice_exits_max: Option<u64>,
     #[arg(long, value_name = "true|false")]
     sync_writes: Option<bool>,
+    #[arg(long, value_name = "true|false")]
+    write_journal: Option<bool>,
     #[arg(long, value_name = "SHELL COMMAND")]
     go_live_command: Option<String>,
 }
@@ -162,6 +164,7 @@ impl NodeArgs {
             disk_sectors: self.disk_sectors,
             slice_exits_max: self.slice_exits_max,
             sync_writes: self.sync_writes,
+            write_journal: self.write_journal,
             go_live_command: self.go_live_command,
         };
         Ok(file.overridden_by(flags))

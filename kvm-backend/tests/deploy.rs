@@ -490,9 +490,10 @@ fn the_write_journal_shows_every_landed_write_and_grant() {
     for line in journal.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         let value = |name: &str| {
-            fields.iter().find_map(|field| field.strip_prefix(&format!("{name}=")[..])).unwrap_or_else(|| {
-                panic!("journal line {line:?} has no {name}")
-            })
+            fields
+                .iter()
+                .find_map(|field| field.strip_prefix(&format!("{name}=")[..]))
+                .unwrap_or_else(|| panic!("journal line {line:?} has no {name}"))
         };
         let epoch: u64 = value("epoch").parse().expect("an epoch");
         match fields[0] {

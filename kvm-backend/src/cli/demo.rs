@@ -535,6 +535,7 @@ pub fn trial(options: &DemoOptions, index: u32) -> Result<Trial, CliError> {
         disk: configs.a.disk.clone().expect("set"),
         arbiter: configs.a.arbiter.clone().expect("set"),
         sync_writes: false,
+        journal: None,
     };
     let record = storage.record().map_err(|error| CliError::io("arbiter", &error))?;
     let b_status = status_json(configs.b.status);

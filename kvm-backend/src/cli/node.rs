@@ -472,6 +472,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
         disk: settings.disk.clone(),
         arbiter: settings.arbiter.clone(),
         sync_writes: settings.sync_writes,
+        journal: settings.write_journal.then(|| crate::cli::storage::journal_path(&settings.disk)),
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -815,7 +816,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ftvm-identity-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let storage = SharedStorage { disk: dir.join("disk.img"), arbiter: dir.join("arbiter"), sync_writes: false };
+        let storage = SharedStorage {
+            disk: dir.join("disk.img"),
+            arbiter: dir.join("arbiter"),
+            sync_writes: false,
+            journal: None,
+        };
         storage.create_if_missing(8).unwrap();
         let (first, second) = (arbiter_identity("a"), arbiter_identity("a"));
         assert_eq!(storage.test_and_set(1, &first).unwrap(), ArbiterOutcome::Won { epoch: 2 });
