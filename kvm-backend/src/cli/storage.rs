@@ -534,6 +534,33 @@ mod tests {
         assert_eq!(Journal::read(Path::new("/nonexistent/journal")), Ok(Journal::default()));
     }
 
+    /// A write of epoch 1 that landed after the arbiter granted epoch 2 is a deposed node writing: split brain,
+    /// whatever the nodes say of themselves.
+    #[test]
+    fn a_deposed_write_after_a_newer_grant_is_split_brain() {
+        let journal = Journal::parse(
+            "write epoch=1 sector=2 sectors=1\ngrant epoch=2 owner=b/1\nwrite epoch=2 sector=2 sectors=1\n\
+             write epoch=1 sector=3 sectors=4\n",
+        );
+        let evidence = journal.split_brain();
+        assert_eq!(evidence.len(), 1, "{evidence:?}");
+        assert!(evidence[0].contains("epoch 1") && evidence[0].contains("epoch 2"), "{evidence:?}");
+        assert!(evidence[0].contains("sectors 3..7"), "{evidence:?}");
+    }
+
+    /// Two grants of one epoch: two nodes were told they own it.
+    #[test]
+    fn an_epoch_granted_twice_is_split_brain() {
+        let journal = Journal::parse("grant epoch=2 owner=b/1\ngrant epoch=2 owner=a/2\n");
+        let evidence = journal.split_brain();
+        assert_eq!(evidence.len(), 1, "{evidence:?}");
+        assert!(evidence[0].contains("epoch 2 was granted twice"), "{evidence:?}");
+        assert!(evidence[0].contains("b/1") && evidence[0].contains("a/2"), "{evidence:?}");
+        let clean =
+            Journal::parse("write epoch=1 sector=2 sectors=1\ngrant epoch=2 owner=b/1\ngrant epoch=3 owner=a/2\n");
+        assert!(clean.split_brain().is_empty(), "{:?}", clean.split_brain());
+    }
+
     #[test]
     fn old_epochs_are_fenced_and_missing_storage_is_unreachable() {
         let s = storage("fence");
