@@ -375,6 +375,9 @@ impl JournalEntry {
     }
 }
 
+/// Deposed writes described one by one in [`Journal::split_brain`]; beyond, a count.
+const SPLIT_BRAIN_SENTENCES_MAX: u64 = 5;
+
 /// Largest write journal read back (a line per write: a demo trial writes a few thousand).
 const JOURNAL_BYTES_MAX: u64 = 256 << 20;
 
@@ -422,7 +425,43 @@ impl Journal {
     /// What the storage saw of a split brain, as sentences (none: no evidence): a write of an epoch that landed
     /// after the arbiter granted a newer epoch (a deposed node's write), and an epoch granted twice.
     pub fn split_brain(&self) -> Vec<String> {
-        Vec::new()
+        let mut evidence = Vec::new();
+        // The newest grant so far, and every epoch granted with its owner.
+        let mut newest: Option<(u64, &str)> = None;
+        let mut granted: std::collections::HashMap<u64, &str> = std::collections::HashMap::new();
+        let mut deposed_writes = 0u64;
+        for entry in &self.entries {
+            match entry {
+                JournalEntry::Write { epoch, sector, sectors } => {
+                    if let Some((newer, owner)) = newest.filter(|(newer, _)| newer > epoch) {
+                        deposed_writes += 1;
+                        if deposed_writes <= SPLIT_BRAIN_SENTENCES_MAX {
+                            evidence.push(format!(
+                                "a write of epoch {epoch} (sectors {sector}..{}) landed after the arbiter granted                                  epoch {newer} to {owner}: a deposed node wrote to the disk",
+                                sector.saturating_add(u64::from(*sectors))
+                            ));
+                        }
+                    }
+                }
+                JournalEntry::Grant { epoch, owner } => {
+                    if let Some(first) = granted.get(epoch) {
+                        evidence.push(format!("epoch {epoch} was granted twice: to {first}, then to {owner}"));
+                    } else if let Some((newer, newer_owner)) = newest.filter(|(newer, _)| newer > epoch) {
+                        evidence.push(format!(
+                            "epoch {epoch} was granted to {owner} after epoch {newer} had been granted to {newer_owner}"
+                        ));
+                    }
+                    granted.entry(*epoch).or_insert(owner);
+                    if newest.is_none_or(|(newer, _)| *epoch > newer) {
+                        newest = Some((*epoch, owner));
+                    }
+                }
+            }
+        }
+        if deposed_writes > SPLIT_BRAIN_SENTENCES_MAX {
+            evidence.push(format!("... {deposed_writes} writes of deposed epochs in all"));
+        }
+        evidence
     }
 }
 
