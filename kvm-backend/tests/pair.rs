@@ -382,7 +382,7 @@ fn backup_refuses_a_primary_with_the_wrong_key() {
     }
     assert!(put(pair.service, 1, 1, 11, Duration::from_secs(2)).is_some());
     // After its startup timeout the backup finds the arbiter moved on and halts: never live.
-    pair.wait("b halts", Duration::from_secs(10), |pair| pair.log("b").contains("LostRace"));
+    pair.wait("b halts", Duration::from_secs(10), |pair| pair.log("b").contains("lost the go-live race"));
     assert!(pair.arbiter().contains("owner=a"), "{}", pair.arbiter());
 }
 
@@ -426,8 +426,8 @@ fn cutting_channel_and_heartbeats_leaves_exactly_one_side_live() {
     let arbiter = pair.arbiter();
     let (winner, loser) = if arbiter.contains("owner=a") { ("a", "b") } else { ("b", "a") };
     pair.wait("the winner is live", Duration::from_secs(5), |pair| pair.role(winner) == "live, not protected");
-    pair.wait("the loser halts", Duration::from_secs(10), |pair| pair.log(loser).contains("LostRace"));
-    assert!(!pair.log(loser).contains("WentLive"), "the loser never went live: {}", pair.log(loser));
+    pair.wait("the loser halts", Duration::from_secs(10), |pair| pair.log(loser).contains("lost the go-live race"));
+    assert!(!pair.log(loser).contains("LIVE in epoch"), "the loser never went live: {}", pair.log(loser));
     let answer = put(pair.service, 2, 7, 71, Duration::from_secs(3)).expect("the winner serves");
     assert_eq!((answer.status, answer.value), (Status::Ok, 71), "{winner} serves");
     // Attempts of one request id may be applied more than once (the helper resends until answered).
