@@ -264,7 +264,7 @@ fn two_hosts_in_namespaces_the_service_ip_moves_to_the_backup() {
     nodes.start(&network, 'B', "backup");
     nodes.start(&network, 'A', "primary");
     let start = Instant::now();
-    while !nodes.log('A').contains("ChannelUp") {
+    while !nodes.log('A').contains("the logging channel is up") {
         assert!(start.elapsed() < Duration::from_secs(10), "pair not up:\n{}\n{}", nodes.log('A'), nodes.log('B'));
         std::thread::sleep(Duration::from_millis(20));
     }
