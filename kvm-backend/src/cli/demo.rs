@@ -88,7 +88,8 @@ pub fn trial_seed(seed: u64, index: u32) -> u64 {
 pub struct Trial {
     pub seed: u64,
     pub failover_ms: Option<f64>,
-    /// Why the backup declared the primary failed, in its own words.
+    /// When and why the backup declared the primary failed, in its own words ("after 151 ms without word: no
+    /// word from it within the failure timeout").
     pub detected_by: Option<String>,
     pub requests_ok: u64,
     pub requests_indeterminate: u64,
@@ -593,8 +594,9 @@ pub fn trial(options: &DemoOptions, index: u32) -> Result<Trial, CliError> {
         }
         if seconds >= -0.001 && seconds < FAILOVER_DEADLINE.as_secs_f64() {
             if out.detected_by.is_none() {
-                if let Some((_, cause)) = text.split_once("without word: ") {
-                    out.detected_by = Some(cause.to_string());
+                // "b: declaring the peer failed after 151 ms without word: no word from it within ..."
+                if let Some((_, how)) = text.split_once("declaring the peer failed ") {
+                    out.detected_by = Some(how.to_string());
                 }
             }
             out.timeline.push((at(kill_at) + seconds.max(0.0) * 1e3, text));
