@@ -212,16 +212,51 @@ fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The lowest port of the kernel's ephemeral range (where `bind(0)` and `connect` take their local ports).
+fn ephemeral_ports_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next().and_then(|low| low.parse().ok()))
+        .unwrap_or(32_768)
+}
+
+/// A local port that is free now, for a node to bind a moment later. Taken below the ephemeral range: a port that
+/// `bind(0)` hands out and the caller releases is soon handed to somebody's `connect` (the demo's status requests,
+/// the primary's channel), and the node that wanted it fails to start.
+fn free_port(tcp: bool) -> Result<SocketAddr, CliError> {
+    let start = ephemeral_ports_start().min(32_768);
+    let low = 10_000u16.min(start / 2);
+    let span = u64::from(start.saturating_sub(low).max(1));
+    // Ports handed out lately: a pair's ports must differ, and none is bound until its node starts.
+    static RECENT: std::sync::Mutex<std::collections::VecDeque<u16>> =
+        std::sync::Mutex::new(std::collections::VecDeque::new());
+    let mut recent = RECENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut state = splitmix(unique() ^ (u64::from(std::process::id()) << 32));
+    for _ in 0..256 {
+        state = splitmix(state);
+        let port = low + (state % span) as u16;
+        if recent.contains(&port) {
+            continue;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let free = if tcp { std::net::TcpListener::bind(addr).is_ok() } else { UdpSocket::bind(addr).is_ok() };
+        if free {
+            if recent.len() == 64 {
+                recent.pop_front();
+            }
+            recent.push_back(port);
+            return Ok(addr);
+        }
+    }
+    Err(CliError::Io { what: "a free local port".into(), reason: "256 tries found none".into() })
+}
+
 fn free_tcp() -> Result<SocketAddr, CliError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map_err(|error| CliError::io("a free local TCP port", &error))
+    free_port(true)
 }
 
 fn free_udp() -> Result<SocketAddr, CliError> {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|socket| socket.local_addr())
-        .map_err(|error| CliError::io("a free local UDP port", &error))
+    free_port(false)
 }
 
 /// The two configs of a localhost pair in `dir`.
@@ -350,6 +385,18 @@ fn second_of_day(time: SystemTime) -> f64 {
     time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64() % 86_400.0
 }
 
+/// The last lines of a node's log, for an error that says what the node said.
+fn log_tail(path: &Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(4)..].join(" | ");
+    if tail.is_empty() {
+        "(nothing)".into()
+    } else {
+        tail
+    }
+}
+
 /// Whether the backup's log says its test-and-set got no answer from the arbiter.
 fn arbiter_blocked(b_log: &Path) -> bool {
     std::fs::read_to_string(b_log).is_ok_and(|log| log.contains("the arbiter did not answer"))
@@ -435,7 +482,11 @@ pub fn trial(options: &DemoOptions, index: u32) -> Result<Trial, CliError> {
         status_json(configs.a.status).is_some_and(|s| s["channel_up"] == true && s["service_bound"] == true)
     });
     if !protected {
-        out.errors.push("the pair did not come up within 10 s".into());
+        out.errors.push(format!(
+            "the pair did not come up within 10 s; a's log ends: {}; b's log ends: {}",
+            log_tail(&scratch.dir.join("a.log")),
+            log_tail(&scratch.dir.join("b.log"))
+        ));
         return Ok(out);
     }
     out.timeline.push((at(Instant::now()), "the logging channel is up and authenticated: a is protected by b".into()));
