@@ -128,6 +128,8 @@ struct NodeArgs {
     slice_exits_max: Option<u64>,
     #[arg(long, value_name = "true|false")]
     sync_writes: Option<bool>,
+    #[arg(long, value_name = "true|false")]
+    write_journal: Option<bool>,
     #[arg(long, value_name = "SHELL COMMAND")]
     go_live_command: Option<String>,
 }
@@ -162,10 +164,42 @@ impl NodeArgs {
             disk_sectors: self.disk_sectors,
             slice_exits_max: self.slice_exits_max,
             sync_writes: self.sync_writes,
+            write_journal: self.write_journal,
             go_live_command: self.go_live_command,
         };
         Ok(file.overridden_by(flags))
     }
+}
+
+/// The load and the kill of `ftvm demo` and `ftvm report-failover`.
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// Seed of the client load and the kill moments (default: from the clock; printed either way).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Failure detection timeout of the pair.
+    #[arg(long, default_value_t = 150)]
+    failure_timeout_ms: u64,
+    /// Client threads.
+    #[arg(long, default_value_t = 4)]
+    clients: u32,
+    /// Requests each client keeps in flight.
+    #[arg(long, default_value_t = 4)]
+    in_flight: u32,
+    /// The kill lands at a random moment between these many milliseconds after the load starts.
+    #[arg(long, value_name = "MIN-MAX", default_value = "200-1000", value_parser = parse_range)]
+    kill_after_ms: (u64, u64),
+}
+
+/// `MIN-MAX`, two whole numbers with MIN <= MAX.
+fn parse_range(text: &str) -> Result<(u64, u64), String> {
+    let (low, high) = text.split_once('-').ok_or_else(|| format!("{text:?}: expected MIN-MAX"))?;
+    let number = |part: &str| part.trim().parse::<u64>().map_err(|error| format!("{part:?}: {error}"));
+    let (low, high) = (number(low)?, number(high)?);
+    if low > high {
+        return Err(format!("{text:?}: MIN is greater than MAX"));
+    }
+    Ok((low, high))
 }
 
 #[derive(Subcommand)]
@@ -174,34 +208,29 @@ enum Command {
     Primary(NodeArgs),
     /// Run the backup of a fault-tolerant pair (replays the primary's log, takes over when it fails).
     Backup(NodeArgs),
-    /// The whole story on localhost: a pair, a client, kill -9 of the primary, failover, checks.
+    /// The whole story on localhost: a pair of the pipelined kv guest, clients with requests in flight, kill -9
+    /// of the primary (or the loss of its host) at a random moment, failover, and checks of what the outside saw.
     Demo {
         /// Print a JSON summary instead of the timeline.
         #[arg(long)]
         json: bool,
         #[arg(long, default_value_t = 1)]
         trials: u32,
-        /// Seed of the client load and the kill moments (default: from the clock).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Failure detection timeout of the pair.
-        #[arg(long, default_value_t = 150)]
-        failure_timeout_ms: u64,
-        /// Freeze the primary (SIGSTOP, a silent failure detected by the timeout) instead of kill -9.
-        #[arg(long)]
-        freeze: bool,
+        /// Host loss instead of kill -9: the primary is frozen (SIGSTOP), so no FIN or RST reaches the backup and
+        /// detection takes the failure timeout.
+        #[arg(long, visible_alias = "freeze")]
+        host_loss: bool,
+        #[command(flatten)]
+        load: LoadArgs,
     },
-    /// Failover time, Output Rule latency, log bandwidth and throughput over demo trials and a non-FT baseline.
+    /// Failover time (kill -9 and host loss), Output Rule latency, log bandwidth and throughput over demo trials
+    /// and a non-FT baseline under the same load.
     ReportFailover {
+        /// Trials of each kind (kill -9, host loss).
         #[arg(long, default_value_t = 5)]
         trials: u32,
-        #[arg(long)]
-        seed: Option<u64>,
-        #[arg(long, default_value_t = 150)]
-        failure_timeout_ms: u64,
-        /// Freeze the primary (SIGSTOP) instead of kill -9.
-        #[arg(long)]
-        freeze: bool,
+        #[command(flatten)]
+        load: LoadArgs,
     },
     /// Print the status of a running node.
     Status {
@@ -324,18 +353,22 @@ fn finish_session(result: &SessionResult, args: &GuestArgs, kv: bool) -> Result<
     }
 }
 
-fn demo_options(
-    kvm_path: PathBuf,
-    trials: u32,
-    seed: Option<u64>,
-    failure_timeout_ms: u64,
-    freeze: bool,
-) -> cli::demo::DemoOptions {
-    let seed = seed.unwrap_or_else(|| {
+fn demo_options(kvm_path: PathBuf, trials: u32, host_loss: bool, load: LoadArgs) -> cli::demo::DemoOptions {
+    let seed = load.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     });
     let machine = cli::machine::demo_machine(&kvm_path);
-    cli::demo::DemoOptions { machine, trials, seed, kill_after_ms: (300, 1500), failure_timeout_ms, freeze }
+    let mode = if host_loss { cli::demo::FailureMode::HostLoss } else { cli::demo::FailureMode::Kill };
+    cli::demo::DemoOptions {
+        machine,
+        trials,
+        seed,
+        kill_after_ms: load.kill_after_ms,
+        mode,
+        failure_timeout_ms: load.failure_timeout_ms,
+        clients: load.clients.max(1),
+        in_flight: load.in_flight.max(1),
+    }
 }
 
 fn execute(cli: Cli) -> Result<(), CliError> {
@@ -346,8 +379,8 @@ fn execute(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Primary(args) => cli::node::run(&kvm_path, args.config()?, StartAs::Primary),
         Command::Backup(args) => cli::node::run(&kvm_path, args.config()?, StartAs::Backup),
-        Command::Demo { json, trials, seed, failure_timeout_ms, freeze } => {
-            let options = demo_options(kvm_path, trials, seed, failure_timeout_ms, freeze);
+        Command::Demo { json, trials, host_loss, load } => {
+            let options = demo_options(kvm_path, trials, host_loss, load);
             if cli::demo::run(&options, json)? {
                 Ok(())
             } else {
@@ -356,8 +389,8 @@ fn execute(cli: Cli) -> Result<(), CliError> {
                 ))
             }
         }
-        Command::ReportFailover { trials, seed, failure_timeout_ms, freeze } => {
-            let options = demo_options(kvm_path, trials, seed, failure_timeout_ms, freeze);
+        Command::ReportFailover { trials, load } => {
+            let options = demo_options(kvm_path, trials, false, load);
             if cli::demo::report(&options)? {
                 Ok(())
             } else {

@@ -264,7 +264,7 @@ fn two_hosts_in_namespaces_the_service_ip_moves_to_the_backup() {
     nodes.start(&network, 'B', "backup");
     nodes.start(&network, 'A', "primary");
     let start = Instant::now();
-    while !nodes.log('A').contains("ChannelUp") {
+    while !nodes.log('A').contains("the logging channel is up") {
         assert!(start.elapsed() < Duration::from_secs(10), "pair not up:\n{}\n{}", nodes.log('A'), nodes.log('B'));
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -278,14 +278,14 @@ fn two_hosts_in_namespaces_the_service_ip_moves_to_the_backup() {
     ip(&["-n", network.namespace('A'), "link", "set", "eth0", "down"]).unwrap();
     if !arping {
         eprintln!("NOTE: arping (iputils-arping) not installed: flushing the client's neighbour cache instead");
-        while !nodes.log('B').contains("WentLive") && killed_at.elapsed() < Duration::from_secs(5) {
+        while !nodes.log('B').contains("LIVE in epoch") && killed_at.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(10));
         }
         ip(&["-n", network.namespace('C'), "neigh", "flush", "all"]).unwrap();
     }
     let history = load.join().unwrap();
     let b_log = nodes.log('B');
-    assert!(b_log.contains("WentLive"), "the backup went live:\n{b_log}");
+    assert!(b_log.contains("LIVE in epoch"), "the backup went live:\n{b_log}");
     assert!(b_log.contains(&format!("service address {SERVICE} bound")), "the backup took the service IP:\n{b_log}");
     let after: Vec<Instant> =
         history.answered_at.iter().filter(|(sent, _)| *sent > killed_at).map(|(_, answered)| *answered).collect();

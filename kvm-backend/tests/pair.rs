@@ -1,7 +1,8 @@
 //! A real pair: `ftvm primary` and `ftvm backup` as processes on localhost, the `kv` guest on KVM, a UDP client.
-//! Kill -9 the primary over many trials (through `ftvm demo`), kill the backup, refuse a wrong key, and take the
-//! shared storage away. Every test kills its processes and removes its files on every path (guards), and skips
-//! with a printed reason where /dev/kvm is unusable (fails instead with FT_REQUIRE_KVM=1).
+//! Kill the backup, refuse a wrong key, cut the network, take the shared storage away, and run the demo without
+//! KVM (the hundred kill and host-loss trials of `ftvm demo` are in failover.rs). Every test kills its processes
+//! and removes its files on every path (guards), and skips with a printed reason where /dev/kvm is unusable (fails
+//! instead with FT_REQUIRE_KVM=1).
 
 mod common;
 
@@ -288,34 +289,6 @@ fn put(service: SocketAddr, id: u64, key: u64, value: u64, timeout: Duration) ->
     None
 }
 
-/// kill -9 of the primary at random moments, through `ftvm demo` (trials: FT_PAIR_TRIALS, default 20).
-#[test]
-fn kill_primary_at_random_moments_loses_nothing() {
-    if !kvm_usable() {
-        return;
-    }
-    let trials = std::env::var("FT_PAIR_TRIALS").unwrap_or_else(|_| "20".into());
-    let output = Command::new(FTVM)
-        .args(["demo", "--json", "--trials", &trials])
-        .env_remove("FTVM_KVM_PATH")
-        .env("FTVM_LOG", "warn")
-        .output()
-        .expect("ftvm demo runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
-    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("JSON summary");
-    assert_eq!(summary["requests_lost"], 0, "{stdout}");
-    assert_eq!(summary["divergent_outputs"], 0, "{stdout}");
-    assert_eq!(summary["split_brain"], false, "{stdout}");
-    assert_eq!(summary["disk_consistent"], true, "{stdout}");
-    let failovers = summary["failover_ms_all"].as_array().expect("failovers");
-    assert_eq!(failovers.len().to_string(), trials);
-    assert!(failovers.iter().all(|ms| ms.as_f64().is_some()), "every trial failed over: {stdout}");
-    assert!(summary["requests_ok"].as_u64().unwrap() > 0);
-    eprintln!("{stdout}");
-}
-
 #[test]
 fn killed_backup_leaves_the_primary_live_and_unprotected() {
     if !kvm_usable() {
@@ -382,7 +355,7 @@ fn backup_refuses_a_primary_with_the_wrong_key() {
     }
     assert!(put(pair.service, 1, 1, 11, Duration::from_secs(2)).is_some());
     // After its startup timeout the backup finds the arbiter moved on and halts: never live.
-    pair.wait("b halts", Duration::from_secs(10), |pair| pair.log("b").contains("LostRace"));
+    pair.wait("b halts", Duration::from_secs(10), |pair| pair.log("b").contains("lost the go-live race"));
     assert!(pair.arbiter().contains("owner=a"), "{}", pair.arbiter());
 }
 
@@ -426,8 +399,8 @@ fn cutting_channel_and_heartbeats_leaves_exactly_one_side_live() {
     let arbiter = pair.arbiter();
     let (winner, loser) = if arbiter.contains("owner=a") { ("a", "b") } else { ("b", "a") };
     pair.wait("the winner is live", Duration::from_secs(5), |pair| pair.role(winner) == "live, not protected");
-    pair.wait("the loser halts", Duration::from_secs(10), |pair| pair.log(loser).contains("LostRace"));
-    assert!(!pair.log(loser).contains("WentLive"), "the loser never went live: {}", pair.log(loser));
+    pair.wait("the loser halts", Duration::from_secs(10), |pair| pair.log(loser).contains("lost the go-live race"));
+    assert!(!pair.log(loser).contains("LIVE in epoch"), "the loser never went live: {}", pair.log(loser));
     let answer = put(pair.service, 2, 7, 71, Duration::from_secs(3)).expect("the winner serves");
     assert_eq!((answer.status, answer.value), (Status::Ok, 71), "{winner} serves");
     // Attempts of one request id may be applied more than once (the helper resends until answered).
@@ -444,10 +417,13 @@ fn demo_without_kvm_runs_the_model_guest_over_real_sockets() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let summary: serde_json::Value = serde_json::from_str(&stdout).expect("JSON summary");
-    assert_eq!(summary["guest"], "kv (model guest, no KVM)", "{stdout}");
+    assert_eq!(summary["guest"], "kvq (model guest, no KVM)", "{stdout}");
     assert_eq!(summary["requests_lost"], 0, "{stdout}");
     assert_eq!(summary["divergent_outputs"], 0, "{stdout}");
+    assert_eq!(summary["inconsistent_reads"], 0, "{stdout}");
     assert_eq!(summary["split_brain"], false, "{stdout}");
+    assert!(summary["requests_in_flight_at_kill"].as_u64().is_some_and(|n| n >= 2), "{stdout}");
+    assert!(summary["journal_writes"].as_u64().is_some_and(|n| n > 0), "{stdout}");
     assert!(summary["requests_ok"].as_u64().is_some_and(|ok| ok > 20), "{stdout}");
     assert!(summary["failover_ms"].as_f64().is_some(), "the backup must take over: {stdout}");
 }
@@ -461,28 +437,4 @@ fn a_node_without_kvm_says_kvm_is_required() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_ne!(output.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("KVM is required"), "{stderr}");
-}
-
-/// A hung primary (SIGSTOP) is silent: the backup detects it by the failure timeout (150 ms) and takes over.
-#[test]
-fn frozen_primary_is_detected_by_the_failure_timeout() {
-    if !kvm_usable() {
-        return;
-    }
-    let output = Command::new(FTVM)
-        .args(["demo", "--json", "--freeze", "--trials", "3"])
-        .env_remove("FTVM_KVM_PATH")
-        .env("FTVM_LOG", "warn")
-        .output()
-        .expect("ftvm demo runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("JSON summary");
-    assert_eq!(summary["requests_lost"], 0, "{stdout}");
-    assert_eq!(summary["divergent_outputs"], 0, "{stdout}");
-    assert_eq!(summary["split_brain"], false, "{stdout}");
-    for failover in summary["failover_ms_all"].as_array().expect("failovers") {
-        let ms = failover.as_f64().expect("every trial failed over");
-        assert!((150.0..3000.0).contains(&ms), "detection takes the failure timeout: {ms} ms");
-    }
 }

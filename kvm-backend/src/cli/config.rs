@@ -53,6 +53,9 @@ pub struct NodeConfig {
     pub slice_exits_max: Option<u64>,
     /// fdatasync the disk image after every write (default true).
     pub sync_writes: Option<bool>,
+    /// Keep a journal of every landed write and every arbiter grant next to the disk (`<disk>.journal`), for
+    /// `ftvm demo`'s split-brain check (default false).
+    pub write_journal: Option<bool>,
     /// Run with `sh -c` when this node goes live, before it binds the service address (move the service IP,
     /// send a gratuitous ARP).
     pub go_live_command: Option<String>,
@@ -106,6 +109,7 @@ pub struct NodeSettings {
     pub disk_sectors_given: bool,
     pub storage_timeout_ms: u64,
     pub sync_writes: bool,
+    pub write_journal: bool,
     pub go_live_command: Option<String>,
     pub key: Vec<u8>,
 }
@@ -179,6 +183,7 @@ impl NodeConfig {
             storage_timeout_ms,
             slice_exits_max,
             sync_writes,
+            write_journal,
             go_live_command
         )
     }
@@ -304,6 +309,7 @@ impl NodeConfig {
             disk_sectors_given: self.disk_sectors.is_some(),
             storage_timeout_ms,
             sync_writes: self.sync_writes.unwrap_or(true),
+            write_journal: self.write_journal.unwrap_or(false),
             go_live_command: self.go_live_command.clone(),
             key,
         })

@@ -1,32 +1,62 @@
 //! `ftvm demo`: the whole story on localhost. A backup and a primary run as child processes (this binary's
-//! `backup` and `primary` commands, the `kv` guest on KVM), a client drives the guest's service over UDP, the
-//! primary is killed with SIGKILL at a random moment, the backup detects it, wins the test-and-set, goes live and
-//! binds the service address, and the client carries on. Then every key is read back and checked against the
-//! acknowledged puts, the disk image against the answers, and the arbiter and the nodes' status for split brain.
-//! `report-failover` runs the same trials and a non-FT baseline and prints the figures.
+//! `backup` and `primary` commands, the pipelined key-value guest `kvq` on KVM, or on the model guest without
+//! KVM), several clients each keep several requests in flight against the guest's service over UDP
+//! ([`crate::cli::load`]), and at a random moment the primary is killed (kill -9) or its host is lost (SIGSTOP:
+//! it sends nothing more, not even a FIN or RST, so only the failure timeout can tell), with outputs held by the
+//! Output Rule and disk IO pending. The backup detects it, wins the test-and-set, goes live and binds the service
+//! address, and the clients carry on.
+//!
+//! Then the demo believes the outside, not the nodes: every answer is checked against one history of the puts
+//! (no acknowledged put lost), two answers to one request id must be byte-identical, a read the guest found
+//! inconsistent fails the trial, the disk image must hold what was read back, and split brain is read from the
+//! shared storage's write journal (a write of a deposed epoch landing after a newer grant, an epoch granted
+//! twice) and the arbiter record. `report-failover` runs kill and host-loss trials and a non-FT baseline and
+//! prints the figures.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use ft::kv::{Op, Request, Response, Status, KEYS};
+use ft::kv::KEYS;
 use serde::Serialize;
 
 use crate::cli::config::{encode_hex, NodeConfig};
 use crate::cli::error::CliError;
+use crate::cli::load::{self, Client, History, Load};
 use crate::cli::machine::{self, splitmix};
 use crate::cli::status;
-use crate::cli::storage::SharedStorage;
+use crate::cli::storage::{journal_path, Journal, SharedStorage, NOBODY};
 
-/// How long one attempt of a request waits for its answer before a new attempt (with a new id) is sent.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(25);
 /// Give up on a failover after this long.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(15);
 /// Keep the load going this long after the first answer of the new primary.
-const AFTER_FAILOVER: Duration = Duration::from_millis(400);
+const AFTER_FAILOVER: Duration = Duration::from_millis(200);
+/// The guest of the demo: the key-value service with up to eight requests in flight.
+const GUEST: &str = "kvq";
+/// Reads in flight while every key is read back.
+const READ_BACK_DEPTH: usize = 8;
+
+/// How the primary fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureMode {
+    /// kill -9: the kernel closes the process's sockets, so the backup hears of it at once.
+    Kill,
+    /// The host is lost (the primary is frozen with SIGSTOP): silence, detected by the failure timeout. On this
+    /// one host the frozen process is killed once the backup is live, to free the service port.
+    HostLoss,
+}
+
+impl FailureMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureMode::Kill => "kill",
+            FailureMode::HostLoss => "host-loss",
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -36,23 +66,49 @@ pub struct DemoOptions {
     pub seed: u64,
     /// Kill the primary between these many milliseconds after the load starts.
     pub kill_after_ms: (u64, u64),
-    /// Freeze the primary (SIGSTOP: a hung host, silent) instead of killing it: detection then takes the failure
-    /// timeout. The frozen process is killed once the backup is live, to free the service port on this host.
-    pub freeze: bool,
+    pub mode: FailureMode,
     pub failure_timeout_ms: u64,
+    /// Client threads, and requests each keeps in flight.
+    pub clients: u32,
+    pub in_flight: u32,
+}
+
+/// The seed of trial `index` of a demo seeded `seed`: the first trial's is the demo's own, so that
+/// `--seed <a trial's seed> --trials 1` runs that trial again (the same kill moment and client load).
+pub fn trial_seed(seed: u64, index: u32) -> u64 {
+    if index == 0 {
+        seed
+    } else {
+        splitmix(seed.wrapping_add(u64::from(index)))
+    }
 }
 
 /// The outcome of one trial.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Trial {
+    pub seed: u64,
     pub failover_ms: Option<f64>,
+    /// When and why the backup declared the primary failed, in its own words ("after 151 ms without word: no
+    /// word from it within the failure timeout").
+    pub detected_by: Option<String>,
     pub requests_ok: u64,
     pub requests_indeterminate: u64,
     pub requests_lost: u64,
     pub divergent_outputs: u64,
+    pub inconsistent_reads: u64,
+    /// Attempts sent and not yet answered (nor given up) when the kill landed.
+    pub requests_in_flight_at_kill: u64,
+    /// Outputs the primary held under the Output Rule just before the kill, from its status.
+    pub outputs_held_at_kill: Option<u64>,
+    /// Host loss: the lost host froze holding the storage's fence lock, and the failover waited for its storage
+    /// lease to expire (its process killed).
+    pub storage_lease_expired: bool,
     pub split_brain: bool,
+    pub split_brain_evidence: Vec<String>,
+    pub journal_writes: u64,
+    pub journal_grants: u64,
     pub disk_consistent: bool,
-    /// Latencies (µs) of requests answered at the first attempt before the kill.
+    /// Latencies (µs) of requests answered in time before the kill.
     #[serde(skip)]
     pub latencies_us: Vec<f64>,
     pub requests_per_s: f64,
@@ -71,7 +127,12 @@ pub struct Trial {
 
 impl Trial {
     pub fn failed(&self) -> bool {
-        self.requests_lost > 0 || self.divergent_outputs > 0 || self.split_brain || !self.errors.is_empty()
+        self.requests_lost > 0
+            || self.divergent_outputs > 0
+            || self.inconsistent_reads > 0
+            || self.split_brain
+            || !self.disk_consistent
+            || !self.errors.is_empty()
     }
 }
 
@@ -101,11 +162,13 @@ impl Scratch {
                 Ok(())
             });
         }
+        // The timeline and the detection cause come from the nodes' info lines, whatever the demo's own level.
+        let log = std::env::var("FTVM_NODE_LOG").unwrap_or_else(|_| "info".into());
         let child = command
             .arg(role)
             .arg("--config")
             .arg(config)
-            .env("FTVM_LOG", std::env::var("FTVM_LOG").unwrap_or_else(|_| "info".into()))
+            .env("FTVM_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -123,8 +186,11 @@ impl Scratch {
         }
     }
 
-    fn alive(&mut self, name: &str) -> bool {
-        self.children.iter_mut().any(|(n, child)| n == name && matches!(child.try_wait(), Ok(None)))
+    fn signal(&self, name: &str, signal: libc::c_int) {
+        if let Some((_, child)) = self.children.iter().find(|(n, _)| n == name) {
+            // SAFETY: kill(2) of our own child's pid, which is not reaped while it is in `children`.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
     }
 }
 
@@ -146,12 +212,51 @@ fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-fn free_tcp() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free local TCP port")
+/// The lowest port of the kernel's ephemeral range (where `bind(0)` and `connect` take their local ports).
+fn ephemeral_ports_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next().and_then(|low| low.parse().ok()))
+        .unwrap_or(32_768)
 }
 
-fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a free local UDP port")
+/// A local port that is free now, for a node to bind a moment later. Taken below the ephemeral range: a port that
+/// `bind(0)` hands out and the caller releases is soon handed to somebody's `connect` (the demo's status requests,
+/// the primary's channel), and the node that wanted it fails to start.
+fn free_port(tcp: bool) -> Result<SocketAddr, CliError> {
+    let start = ephemeral_ports_start().min(32_768);
+    let low = 10_000u16.min(start / 2);
+    let span = u64::from(start.saturating_sub(low).max(1));
+    // Ports handed out lately: a pair's ports must differ, and none is bound until its node starts.
+    static RECENT: std::sync::Mutex<std::collections::VecDeque<u16>> =
+        std::sync::Mutex::new(std::collections::VecDeque::new());
+    let mut recent = RECENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut state = splitmix(unique() ^ (u64::from(std::process::id()) << 32));
+    for _ in 0..256 {
+        state = splitmix(state);
+        let port = low + (state % span) as u16;
+        if recent.contains(&port) {
+            continue;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let free = if tcp { std::net::TcpListener::bind(addr).is_ok() } else { UdpSocket::bind(addr).is_ok() };
+        if free {
+            if recent.len() == 64 {
+                recent.pop_front();
+            }
+            recent.push_back(port);
+            return Ok(addr);
+        }
+    }
+    Err(CliError::Io { what: "a free local port".into(), reason: "256 tries found none".into() })
+}
+
+fn free_tcp() -> Result<SocketAddr, CliError> {
+    free_port(true)
+}
+
+fn free_udp() -> Result<SocketAddr, CliError> {
+    free_port(false)
 }
 
 /// The two configs of a localhost pair in `dir`.
@@ -160,7 +265,13 @@ pub struct PairConfigs {
     pub b: NodeConfig,
 }
 
-pub fn localhost_pair(dir: &Path, seed: u64, failure_timeout_ms: u64, machine: &machine::MachineKind) -> PairConfigs {
+/// A pair of the `kvq` guest on free localhost ports, storage in `dir`, with the write journal on.
+pub fn localhost_pair(
+    dir: &Path,
+    seed: u64,
+    failure_timeout_ms: u64,
+    machine: &machine::MachineKind,
+) -> Result<PairConfigs, CliError> {
     let mut key = Vec::new();
     let mut state =
         seed ^ SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
@@ -168,9 +279,9 @@ pub fn localhost_pair(dir: &Path, seed: u64, failure_timeout_ms: u64, machine: &
         state = splitmix(state);
         key.extend_from_slice(&state.to_le_bytes());
     }
-    let (channel, hb_a, hb_b, service) = (free_tcp(), free_udp(), free_udp(), free_udp());
+    let (channel, hb_a, hb_b, service) = (free_tcp()?, free_udp()?, free_udp()?, free_udp()?);
     let base = NodeConfig {
-        guest: Some("kv".into()),
+        guest: Some(GUEST.into()),
         machine: Some(machine.config_value().into()),
         pair_id: Some(seed | 1),
         service: Some(service),
@@ -183,6 +294,7 @@ pub fn localhost_pair(dir: &Path, seed: u64, failure_timeout_ms: u64, machine: &
         startup_timeout_ms: Some(5_000),
         arbiter_retry_ms: Some(50),
         storage_timeout_ms: Some(500),
+        write_journal: Some(true),
         ..NodeConfig::default()
     };
     let a = NodeConfig {
@@ -190,7 +302,7 @@ pub fn localhost_pair(dir: &Path, seed: u64, failure_timeout_ms: u64, machine: &
         channel_peer: Some(channel),
         heartbeat_listen: Some(hb_a),
         heartbeat_peer: Some(hb_b),
-        status: Some(free_tcp()),
+        status: Some(free_tcp()?),
         ..base.clone()
     };
     let b = NodeConfig {
@@ -198,10 +310,10 @@ pub fn localhost_pair(dir: &Path, seed: u64, failure_timeout_ms: u64, machine: &
         channel_listen: Some(channel),
         heartbeat_listen: Some(hb_b),
         heartbeat_peer: Some(hb_a),
-        status: Some(free_tcp()),
+        status: Some(free_tcp()?),
         ..base
     };
-    PairConfigs { a, b }
+    Ok(PairConfigs { a, b })
 }
 
 fn write_config(dir: &Path, name: &str, config: &NodeConfig) -> Result<PathBuf, CliError> {
@@ -221,162 +333,26 @@ fn wait_for(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
         if condition() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
     false
-}
-
-/// What the client knows of one key: the value of the last acknowledged put, and the values of puts sent
-/// after it whose answers never came (they may or may not have been applied).
-#[derive(Clone, Default)]
-struct KeyModel {
-    acked: Option<u64>,
-    maybe: Vec<u64>,
-}
-
-impl KeyModel {
-    fn allows(&self, value: u64) -> bool {
-        self.acked.map_or(value == 0, |acked| acked == value) || self.maybe.contains(&value)
-    }
-}
-
-/// A sequential client of the kv service.
-pub struct Client {
-    socket: UdpSocket,
-    service: SocketAddr,
-    id: u32,
-    next_request: u64,
-    answers: HashMap<u64, Vec<u8>>,
-    pub divergent: u64,
-    pub lost: u64,
-    pub ok: u64,
-    pub indeterminate: u64,
-    model: Vec<KeyModel>,
-    rng: u64,
-}
-
-pub struct Answer {
-    pub response: Response,
-    pub sent_at: Instant,
-    pub received_at: Instant,
-    pub first_attempt: bool,
-}
-
-impl Client {
-    pub fn new(service: SocketAddr, seed: u64) -> Result<Client, CliError> {
-        let socket = UdpSocket::bind("127.0.0.1:0").map_err(|error| CliError::io("client socket", &error))?;
-        let _ = socket.set_read_timeout(Some(Duration::from_millis(10)));
-        Ok(Client {
-            socket,
-            service,
-            id: 1,
-            next_request: 1,
-            answers: HashMap::new(),
-            divergent: 0,
-            lost: 0,
-            ok: 0,
-            indeterminate: 0,
-            model: vec![KeyModel::default(); KEYS as usize],
-            rng: seed,
-        })
-    }
-
-    fn random(&mut self) -> u64 {
-        self.rng = splitmix(self.rng);
-        self.rng
-    }
-
-    /// Receives one datagram before `until`; checks duplicates of old answers on the way.
-    fn receive(&mut self, until: Instant) -> Option<(Response, Vec<u8>)> {
-        let mut buffer = [0u8; 256];
-        while Instant::now() < until {
-            let Ok((length, _)) = self.socket.recv_from(&mut buffer) else { continue };
-            let bytes = buffer[..length].to_vec();
-            let Ok(response) = Response::decode(&bytes) else { continue };
-            match self.answers.get(&response.request) {
-                Some(first) if *first != bytes => {
-                    self.divergent += 1;
-                    tracing::error!("divergent answers to request {}: {first:?} then {bytes:?}", response.request);
-                }
-                Some(_) => {} // an identical duplicate (re-sent at go-live): fine
-                None => {
-                    self.answers.insert(response.request, bytes.clone());
-                    return Some((response, bytes));
-                }
-            }
-        }
-        None
-    }
-
-    /// One operation, retried with new request ids until answered or `deadline` passes.
-    pub fn operation(&mut self, op: Op, key: u64, deadline: Instant) -> Option<Answer> {
-        let mut first_attempt = true;
-        while Instant::now() < deadline {
-            let request_id = self.next_request;
-            self.next_request += 1;
-            let value = if op == Op::Put { (u64::from(self.id) << 48) | request_id } else { 0 };
-            let request = Request { op, client: self.id, request: request_id, key, value };
-            let sent_at = Instant::now();
-            let _ = self.socket.send_to(&request.encode(), self.service);
-            let until = (sent_at + ATTEMPT_TIMEOUT).min(deadline);
-            while let Some((response, _)) = self.receive(until) {
-                if response.request != request_id {
-                    continue; // a late answer to an earlier attempt (already counted indeterminate)
-                }
-                let received_at = Instant::now();
-                self.ok += 1;
-                let model = &mut self.model[key as usize];
-                if response.status == Status::Ok {
-                    match op {
-                        Op::Put => *model = KeyModel { acked: Some(value), maybe: Vec::new() },
-                        Op::Get => {
-                            if !model.allows(response.value) {
-                                self.lost += 1;
-                                tracing::error!(
-                                    "lost write: key {key} reads {:#x}, acknowledged {:?}",
-                                    response.value,
-                                    model.acked
-                                );
-                            }
-                        }
-                    }
-                }
-                return Some(Answer { response, sent_at, received_at, first_attempt });
-            }
-            if op == Op::Put {
-                self.model[key as usize].maybe.push(value);
-            }
-            self.indeterminate += 1;
-            first_attempt = false;
-        }
-        None
-    }
-
-    /// A random operation: 3 puts to 1 get.
-    pub fn random_operation(&mut self, deadline: Instant) -> Option<Answer> {
-        let op = if self.random().is_multiple_of(4) { Op::Get } else { Op::Put };
-        let key = self.random() % KEYS;
-        self.operation(op, key, deadline)
-    }
-
-    /// Reads every key back; returns the values (None where no answer came).
-    pub fn read_all(&mut self, deadline: Instant) -> Vec<Option<u64>> {
-        (0..KEYS).map(|key| self.operation(Op::Get, key, deadline).map(|answer| answer.response.value)).collect()
-    }
 }
 
 /// Whether the disk image holds, for every key, the value the final read returned (kv record layout: magic u32,
 /// reserved u32, key u64, value u64, version u64 in sector 1 + key).
 fn disk_matches(disk: &Path, values: &[Option<u64>]) -> Result<bool, String> {
     let bytes = std::fs::read(disk).map_err(|error| error.to_string())?;
+    let u64_at = |record: &[u8], at: usize| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&record[at..at + 8]);
+        u64::from_le_bytes(word)
+    };
     for (key, value) in values.iter().enumerate() {
         let Some(value) = value else { return Ok(false) };
         let at = (1 + key) * ft::abi::SECTOR_BYTES;
         let record = bytes.get(at..at + 32).ok_or("disk too small")?;
-        let stored_key = u64::from_le_bytes(record[8..16].try_into().expect("8 bytes"));
-        let stored = u64::from_le_bytes(record[16..24].try_into().expect("8 bytes"));
-        let written = u32::from_le_bytes(record[0..4].try_into().expect("4 bytes")) != 0;
-        let on_disk = if written && stored_key == key as u64 { stored } else { 0 };
+        let written = record[0..4] != [0u8; 4];
+        let on_disk = if written && u64_at(record, 8) == key as u64 { u64_at(record, 16) } else { 0 };
         if on_disk != *value {
             return Ok(false);
         }
@@ -384,32 +360,23 @@ fn disk_matches(disk: &Path, values: &[Option<u64>]) -> Result<bool, String> {
     Ok(true)
 }
 
-/// Lines of a node's log that belong on the timeline, with their wall-clock second of the day.
+/// The lines of a node's log that tell the failover's story (`node::TIMELINE`), with their wall-clock second of
+/// the day and without their prefix.
 fn log_events(path: &Path) -> Vec<(f64, String)> {
-    const INTERESTING: [&str; 8] = [
-        "PeerFailed",
-        "TestAndSetStarted",
-        "test-and-set",
-        "WentLive",
-        "service address",
-        "refused",
-        "LostRace",
-        "stopped",
-    ];
+    let marker = format!("{}: ", crate::cli::node::TIMELINE);
     let Ok(file) = std::fs::File::open(path) else { return Vec::new() };
     BufReader::new(file)
         .lines()
         .map_while(Result::ok)
-        .filter(|line| INTERESTING.iter().any(|word| line.contains(word)))
         .filter_map(|line| {
-            // "2026-11-27T15:30:47.883532Z  INFO ftvm::cli::node: b: ..."
+            // "2026-11-27T15:30:47.883532Z  INFO ftvm::timeline: b: ..."
+            let (_, text) = line.split_once(&marker)?;
             let time = line.get(11..26)?;
             let mut parts = time.split(':');
             let h: f64 = parts.next()?.parse().ok()?;
             let m: f64 = parts.next()?.parse().ok()?;
             let s: f64 = parts.next()?.parse().ok()?;
-            let text = line.split_once("ftvm::cli::node: ").map_or(line.as_str(), |(_, rest)| rest).to_string();
-            Some((h * 3600.0 + m * 60.0 + s, text))
+            Some((h * 3600.0 + m * 60.0 + s, text.to_string()))
         })
         .collect()
 }
@@ -418,161 +385,336 @@ fn second_of_day(time: SystemTime) -> f64 {
     time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64() % 86_400.0
 }
 
-/// One trial: start the pair, load, kill the primary, check.
+/// The last lines of a node's log, for an error that says what the node said.
+fn log_tail(path: &Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(4)..].join(" | ");
+    if tail.is_empty() {
+        "(nothing)".into()
+    } else {
+        tail
+    }
+}
+
+/// Whether the backup's log says its test-and-set got no answer from the arbiter.
+fn arbiter_blocked(b_log: &Path) -> bool {
+    std::fs::read_to_string(b_log).is_ok_and(|log| log.contains("the arbiter did not answer"))
+}
+
+/// What the shared storage saw: the journal's split-brain evidence, and the arbiter record checked against the
+/// journal's grants. Returns the evidence, and errors for a journal that cannot be read or trusted.
+fn storage_evidence(storage: &SharedStorage, out: &mut Trial) -> Result<(), CliError> {
+    let journal = match Journal::read(&journal_path(&storage.disk)) {
+        Ok(journal) => journal,
+        Err(error) => {
+            out.errors.push(error);
+            return Ok(());
+        }
+    };
+    out.journal_writes = journal.writes() as u64;
+    out.journal_grants = journal.grants().count() as u64;
+    out.split_brain_evidence = journal.split_brain();
+    let record = storage.record().map_err(|error| CliError::io("arbiter", &error))?;
+    let last = journal.grants().last().map(|(epoch, owner)| (epoch, owner.to_string()));
+    match last {
+        Some((epoch, owner)) if epoch != record.epoch || owner != record.owner => {
+            out.split_brain_evidence.push(format!(
+                "the arbiter record says epoch {} owned by {}, but the last grant the storage saw was epoch \
+                 {epoch} to {owner}",
+                record.epoch, record.owner
+            ));
+        }
+        None if record.owner != NOBODY => out.split_brain_evidence.push(format!(
+            "the arbiter record says epoch {} owned by {}, which the storage never granted",
+            record.epoch, record.owner
+        )),
+        _ => {}
+    }
+    if !journal.bad_lines.is_empty() {
+        out.errors.push(format!(
+            "the write journal has {} lines that are not entries (first: {:?})",
+            journal.bad_lines.len(),
+            journal.bad_lines[0]
+        ));
+    }
+    if journal.writes() == 0 {
+        out.errors.push("the write journal saw no write: the split-brain check had nothing to look at".into());
+    }
+    out.split_brain = !out.split_brain_evidence.is_empty();
+    out.timeline.push((
+        f64::NAN,
+        format!(
+            "storage journal: {} writes landed, {} grant{}{}; arbiter at epoch {}, owner {}",
+            journal.writes(),
+            out.journal_grants,
+            if out.journal_grants == 1 { "" } else { "s" },
+            if out.split_brain {
+                ": SPLIT BRAIN".to_string()
+            } else {
+                ", no write of a deposed epoch after a newer grant, no epoch granted twice".to_string()
+            },
+            record.epoch,
+            record.owner
+        ),
+    ));
+    Ok(())
+}
+
+/// One trial: start the pair, load it, fail the primary with requests in flight, check what the outside saw.
 pub fn trial(options: &DemoOptions, index: u32) -> Result<Trial, CliError> {
     let mut scratch = Scratch::new("demo")?;
-    let seed = splitmix(options.seed ^ u64::from(index));
-    let configs = localhost_pair(&scratch.dir, seed, options.failure_timeout_ms, &options.machine);
+    let seed = trial_seed(options.seed, index);
+    let configs = localhost_pair(&scratch.dir, seed, options.failure_timeout_ms, &options.machine)?;
     let a_path = write_config(&scratch.dir, "a", &configs.a)?;
     let b_path = write_config(&scratch.dir, "b", &configs.b)?;
-    let mut out = Trial::default();
+    let mut out = Trial { seed, ..Trial::default() };
     let t0 = Instant::now();
-    let wall0 = second_of_day(SystemTime::now()) - 0.0;
     let at = |instant: Instant| instant.duration_since(t0).as_secs_f64() * 1e3;
     let b_pid = scratch.spawn("b", "backup", &b_path)?;
     out.timeline.push((at(Instant::now()), format!("backup b started (pid {b_pid}), waiting for its primary")));
     let a_pid = scratch.spawn("a", "primary", &a_path)?;
     out.timeline.push((
         at(Instant::now()),
-        format!("primary a started (pid {a_pid}), guest kv {}", options.machine.describe()),
+        format!("primary a started (pid {a_pid}): guest {GUEST} {}", options.machine.describe()),
     ));
     let protected = wait_for(Duration::from_secs(10), || {
         status_json(configs.a.status).is_some_and(|s| s["channel_up"] == true && s["service_bound"] == true)
     });
     if !protected {
-        out.errors.push("the pair did not come up within 10 s".into());
+        out.errors.push(format!(
+            "the pair did not come up within 10 s; a's log ends: {}; b's log ends: {}",
+            log_tail(&scratch.dir.join("a.log")),
+            log_tail(&scratch.dir.join("b.log"))
+        ));
         return Ok(out);
     }
-    out.timeline.push((at(Instant::now()), "logging channel up, authenticated: a is protected by b".into()));
-    let service = configs.a.service.expect("set");
-    let mut client = Client::new(service, seed)?;
+    out.timeline.push((at(Instant::now()), "the logging channel is up and authenticated: a is protected by b".into()));
+    let service = configs.a.service.ok_or_else(|| CliError::Usage("no service address".into()))?;
     let load_start = Instant::now();
+    let load = Load::start(service, options.clients, options.in_flight, seed, load_start)?;
     let (low, high) = options.kill_after_ms;
-    let kill_after = Duration::from_millis(low + splitmix(seed) % (high - low).max(1));
-    out.timeline.push((at(load_start), format!("client load starts on {service} (puts and gets, one at a time)")));
-    // Before the kill.
+    let kill_after = Duration::from_millis(low + splitmix(seed ^ 0x6b69_6c6c) % (high.saturating_sub(low) + 1));
+    out.timeline.push((
+        at(load_start),
+        format!(
+            "{} clients start on {service}, each keeping {} requests in flight (3 puts to 1 get); the {} comes \
+             after {} ms",
+            options.clients,
+            options.in_flight,
+            match options.mode {
+                FailureMode::Kill => "kill",
+                FailureMode::HostLoss => "host loss",
+            },
+            kill_after.as_millis()
+        ),
+    ));
     while load_start.elapsed() < kill_after {
-        match client.random_operation(Instant::now() + Duration::from_secs(5)) {
-            Some(answer) if answer.first_attempt => {
-                out.latencies_us.push(answer.received_at.duration_since(answer.sent_at).as_secs_f64() * 1e6)
-            }
-            Some(_) => {}
-            None => {
-                out.errors.push("no answer from the protected primary for 5 s".into());
-                return Ok(out);
-            }
-        }
+        std::thread::sleep(Duration::from_millis(2));
     }
-    let before_kill = client.ok;
-    out.requests_per_s = before_kill as f64 / load_start.elapsed().as_secs_f64();
+    // Just before the kill: what the nodes say of themselves (figures only: the checks believe the outside).
     if let Some(status) = status_json(configs.a.status) {
-        let bytes = status["channel_bytes_sent"].as_f64().unwrap_or(0.0);
-        out.log_bytes_per_request = Some(bytes / before_kill.max(1) as f64);
+        out.outputs_held_at_kill = status["outputs_held"].as_u64();
         out.output_hold_p50_us = status["output_hold_p50_us"].as_f64();
         out.output_hold_p99_us = status["output_hold_p99_us"].as_f64();
+        let bytes = status["channel_bytes_sent"].as_f64().unwrap_or(0.0);
+        out.log_bytes_per_request = Some(bytes / load.answered().max(1) as f64);
     }
-    if let Some(status) = status_json(configs.b.status) {
+    let b_role = status_json(configs.b.status).map(|status| {
         out.ack_delay_p50_us = status["ack_delay_p50_us"].as_f64();
         out.ack_delay_p99_us = status["ack_delay_p99_us"].as_f64();
+        status["role"].as_str().unwrap_or_default().to_string()
+    });
+    if b_role.as_deref() != Some("backup") {
+        out.errors.push(format!(
+            "b was not a backup just before the kill ({}): the pair failed over early",
+            b_role.as_deref().unwrap_or("no status")
+        ));
     }
+    let answered_before = load.answered();
+    out.requests_in_flight_at_kill = load.in_flight();
     let kill_at = Instant::now();
     let kill_wall = second_of_day(SystemTime::now());
-    if options.freeze {
-        if let Some((_, child)) = scratch.children.iter().find(|(name, _)| name == "a") {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGSTOP) };
+    let kill_offset_ns = u64::try_from(kill_at.duration_since(load_start).as_nanos()).unwrap_or(u64::MAX);
+    out.requests_per_s = answered_before as f64 / kill_at.duration_since(load_start).as_secs_f64();
+    let held = out.outputs_held_at_kill.map_or(String::new(), |held| {
+        format!(", {held} output{} held by the Output Rule", if held == 1 { "" } else { "s" })
+    });
+    match options.mode {
+        FailureMode::Kill => {
+            scratch.kill("a");
+            out.timeline.push((
+                at(kill_at),
+                format!(
+                    "KILL -9 of primary a after {answered_before} answers, with {} requests in flight{held}",
+                    out.requests_in_flight_at_kill
+                ),
+            ));
         }
-        out.timeline.push((at(kill_at), format!("FREEZE primary a (SIGSTOP) after {before_kill} answered requests")));
-    } else {
-        scratch.kill("a");
-        out.timeline.push((at(kill_at), format!("KILL -9 primary a after {before_kill} answered requests")));
+        FailureMode::HostLoss => {
+            scratch.signal("a", libc::SIGSTOP);
+            out.timeline.push((
+                at(kill_at),
+                format!(
+                    "HOST LOSS: primary a frozen (SIGSTOP) after {answered_before} answers, with {} requests in \
+                     flight{held}: from now on it sends nothing, not even a FIN or RST",
+                    out.requests_in_flight_at_kill
+                ),
+            ));
+        }
     }
-    let mut frozen = options.freeze;
-    // After the kill: until the new primary answers, then a little longer.
-    let mut first_new: Option<Instant> = None;
-    loop {
-        let sent = Instant::now();
-        if let Some(first) = first_new {
-            if first.elapsed() > AFTER_FAILOVER {
-                break;
-            }
+    // Attempts sent from now on can only be answered by the new primary.
+    load.mark_kill();
+    let mut frozen = options.mode == FailureMode::HostLoss;
+    let b_log = scratch.dir.join("b.log");
+    let mut looks = 0u64;
+    let first = loop {
+        if let Some(first) = load.first_after_kill() {
+            break Some(first);
         }
-        if frozen && status_json(configs.b.status).is_some_and(|s| s["role"] == "live, not protected") {
-            // The frozen primary still holds the service port of this host: now it dies.
+        looks += 1;
+        // The backup's log and status every 10 ms: it has enough to do.
+        let look_at_b = looks.is_multiple_of(5);
+        if frozen && look_at_b && arbiter_blocked(&b_log) {
+            // The lost host froze inside a disk write, holding the shared fence lock on the arbiter record: no
+            // grant is safe while that write may still land, so the test-and-set waits (and b says the arbiter
+            // does not answer). Shared storage revokes a lost host's locks when its lease runs out (NFSv4: the
+            // lease time); here the lost host's process dies, which releases them as the expiry would.
             scratch.kill("a");
             frozen = false;
-            out.timeline
-                .push((at(Instant::now()), "b is live: the frozen primary a is killed (frees the port)".into()));
+            out.storage_lease_expired = true;
+            out.timeline.push((
+                at(Instant::now()),
+                "the lost host holds the storage's fence lock (it froze inside a disk write), so b's test-and-set                  waits: its storage lease expires, a is killed and its locks are released"
+                    .into(),
+            ));
+        }
+        if frozen && look_at_b && status_json(configs.b.status).is_some_and(|s| s["role"] == "live, not protected") {
+            // The frozen primary still holds the service port of this one host: now it dies.
+            scratch.kill("a");
+            frozen = false;
+            out.timeline.push((
+                at(Instant::now()),
+                "b is live: the frozen primary a is killed to free the service port (one host; a second host \
+                 would not need it)"
+                    .into(),
+            ));
         }
         if kill_at.elapsed() > FAILOVER_DEADLINE {
             out.errors.push(format!("no answer within {FAILOVER_DEADLINE:?} of the kill"));
-            break;
+            break None;
         }
-        // Short operation deadlines, so that the loop looks at the nodes often.
-        if let Some(answer) = client.random_operation(Instant::now() + Duration::from_millis(30)) {
-            if first_new.is_none() && answer.sent_at >= sent {
-                first_new = Some(answer.received_at);
-                out.failover_ms = Some(answer.received_at.duration_since(kill_at).as_secs_f64() * 1e3);
-                out.timeline.push((
-                    at(answer.received_at),
-                    format!("first answer from the new primary (request {})", answer.response.request),
-                ));
-            }
-        }
-    }
-    for (wall, text) in log_events(&scratch.dir.join("b.log")) {
-        let ms = at(kill_at) + (wall - kill_wall) * 1e3;
-        if ms >= 0.0 && ms < at(kill_at) + FAILOVER_DEADLINE.as_secs_f64() * 1e3 {
-            out.timeline.push((ms, text));
-        }
-    }
-    let _ = wall0;
-    // Read everything back.
-    let values = client.read_all(Instant::now() + Duration::from_secs(5));
-    out.timeline.push((at(Instant::now()), format!("read back all {KEYS} keys")));
-    // Split brain: the arbiter names one owner of the newest epoch, and only that node is live in it.
-    let storage = SharedStorage {
-        disk: configs.a.disk.clone().expect("set"),
-        arbiter: configs.a.arbiter.clone().expect("set"),
-        sync_writes: false,
+        std::thread::sleep(Duration::from_millis(2));
     };
-    let record = storage.record().map_err(|error| CliError::io("arbiter", &error))?;
-    let b_status = status_json(configs.b.status);
-    let b_live = b_status.as_ref().is_some_and(|s| s["role"] == "live, not protected" || s["role"] == "primary");
-    let b_epoch = b_status.as_ref().and_then(|s| s["epoch"].as_u64()).unwrap_or(0);
-    let a_alive = scratch.alive("a");
-    out.split_brain = a_alive || (b_live && (record.owner_name() != "b" || b_epoch != record.epoch));
-    out.timeline.push((at(Instant::now()), format!("arbiter: epoch {} owner {}", record.epoch, record.owner)));
+    if let Some(first) = first {
+        let received = load_start + Duration::from_nanos(first.received_ns);
+        out.failover_ms = Some(received.saturating_duration_since(kill_at).as_secs_f64() * 1e3);
+        out.timeline.push((
+            at(received),
+            format!("first answer from the new primary (client {}, request {})", first.client, first.request),
+        ));
+        while received.elapsed() < AFTER_FAILOVER {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let clients = load.stop()?;
+    let mut history = History::default();
+    let mut latencies = Vec::new();
+    for client in clients {
+        latencies.extend(
+            client
+                .latencies
+                .iter()
+                .filter(|(_, received)| *received < kill_offset_ns)
+                .map(|(sent, received)| received.saturating_sub(*sent) as f64 / 1e3),
+        );
+        collect(client, &mut history, &mut out);
+    }
+    out.latencies_us = latencies;
+    out.timeline.push((
+        at(Instant::now()),
+        format!(
+            "the clients stop: {} answers, {} attempts never answered",
+            out.requests_ok, out.requests_indeterminate
+        ),
+    ));
+    for (wall, text) in log_events(&scratch.dir.join("b.log")) {
+        let mut seconds = wall - kill_wall;
+        if seconds < -43_200.0 {
+            seconds += 86_400.0; // past midnight
+        }
+        if seconds >= -0.001 && seconds < FAILOVER_DEADLINE.as_secs_f64() {
+            if out.detected_by.is_none() {
+                // "b: declaring the peer failed after 151 ms without word: no word from it within ..."
+                if let Some((_, how)) = text.split_once("declaring the peer failed ") {
+                    out.detected_by = Some(how.to_string());
+                }
+            }
+            out.timeline.push((at(kill_at) + seconds.max(0.0) * 1e3, text));
+        }
+    }
+    if out.detected_by.is_none() && out.failover_ms.is_some() {
+        out.errors.push("b's log does not say why it declared a failed".into());
+    }
+    // Read everything back, as one more client whose reads join the history.
+    let (values, reader) = load::read_back(
+        service,
+        options.clients + 1,
+        load_start,
+        READ_BACK_DEPTH,
+        Instant::now() + Duration::from_secs(5),
+    )?;
+    out.timeline.push((at(Instant::now()), format!("read back all {KEYS} keys")));
+    collect(reader, &mut history, &mut out);
+    let unread: Vec<String> =
+        values.iter().enumerate().filter(|(_, value)| value.is_none()).map(|(key, _)| key.to_string()).collect();
+    if !unread.is_empty() {
+        out.errors.push(format!("no answer to the final read of key(s) {}", unread.join(", ")));
+    }
+    let (lost, contradictions) = history.contradictions();
+    out.requests_lost = lost;
+    for contradiction in contradictions {
+        out.errors.push(format!("a read contradicts the puts: {contradiction}"));
+    }
     // Stop the new primary before reading its disk: everything it answered is on the disk already.
     scratch.kill("b");
+    let storage = SharedStorage {
+        disk: configs.a.disk.clone().unwrap_or_default(),
+        arbiter: configs.a.arbiter.clone().unwrap_or_default(),
+        sync_writes: false,
+        journal: None,
+    };
+    storage_evidence(&storage, &mut out)?;
+    let now = at(Instant::now());
+    if let Some(line) = out.timeline.iter_mut().find(|(ms, _)| ms.is_nan()) {
+        line.0 = now;
+    }
     out.disk_consistent = disk_matches(&storage.disk, &values).unwrap_or(false);
-    for (key, value) in values.iter().enumerate() {
-        match value {
-            None => out.errors.push(format!("key {key}: no answer to the final read")),
-            Some(value) if !client.model[key].allows(*value) => {
-                client.lost += 1;
-                tracing::error!("lost write: key {key} reads {value:#x}, acknowledged {:?}", client.model[key].acked);
-            }
-            Some(_) => {}
-        }
-    }
     if !out.disk_consistent {
-        out.errors.push("the disk image does not match the answers".into());
+        out.errors.push("the disk image does not hold the values read back".into());
     }
-    out.requests_ok = client.ok;
-    out.requests_indeterminate = client.indeterminate;
-    out.requests_lost = client.lost;
-    out.divergent_outputs = client.divergent;
     out.timeline.sort_by(|x, y| x.0.total_cmp(&y.0));
     Ok(out)
 }
 
-/// A primary alone (no backup: outputs released at once), for the non-FT baseline: latencies (µs) and requests
-/// per second over `duration`.
-pub fn baseline(duration: Duration, seed: u64, machine: &machine::MachineKind) -> Result<(Vec<f64>, f64), CliError> {
+/// Adds a client's counts to the trial and its history to `history`.
+fn collect(client: Client, history: &mut History, out: &mut Trial) {
+    let (client_history, counts) = client.finish();
+    history.extend(client_history);
+    out.requests_ok += counts.answered;
+    out.requests_indeterminate += counts.indeterminate;
+    out.divergent_outputs += counts.divergent;
+    out.inconsistent_reads += counts.inconsistent;
+    out.errors.extend(counts.failures);
+}
+
+/// A primary alone (no backup: outputs released at once), for the non-FT baseline, under the same load: latencies
+/// (µs) and requests per second over `duration`.
+pub fn baseline(duration: Duration, options: &DemoOptions) -> Result<(Vec<f64>, f64), CliError> {
     let mut scratch = Scratch::new("baseline")?;
-    let mut configs = localhost_pair(&scratch.dir, seed, 150, machine);
+    let mut configs = localhost_pair(&scratch.dir, options.seed, 150, &options.machine)?;
     configs.a.startup_timeout_ms = Some(100);
+    configs.a.write_journal = Some(false);
     let a_path = write_config(&scratch.dir, "a", &configs.a)?;
     scratch.spawn("a", "primary", &a_path)?;
     let unprotected = wait_for(Duration::from_secs(10), || {
@@ -581,39 +723,134 @@ pub fn baseline(duration: Duration, seed: u64, machine: &machine::MachineKind) -
     if !unprotected {
         return Err(CliError::Protocol("the baseline primary did not go live alone".into()));
     }
-    let mut client = Client::new(configs.a.service.expect("set"), seed)?;
+    let service = configs.a.service.ok_or_else(|| CliError::Usage("no service address".into()))?;
     let start = Instant::now();
+    let load = Load::start(service, options.clients, options.in_flight, options.seed, start)?;
+    std::thread::sleep(duration);
+    let answered = load.answered();
+    let elapsed = start.elapsed();
+    let end_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
     let mut latencies = Vec::new();
-    while start.elapsed() < duration {
-        if let Some(answer) = client.random_operation(Instant::now() + Duration::from_secs(5)) {
-            if answer.first_attempt {
-                latencies.push(answer.received_at.duration_since(answer.sent_at).as_secs_f64() * 1e6);
-            }
-        }
+    for client in load.stop()? {
+        latencies.extend(
+            client
+                .latencies
+                .iter()
+                .filter(|(_, received)| *received < end_ns)
+                .map(|(sent, received)| received.saturating_sub(*sent) as f64 / 1e3),
+        );
     }
-    Ok((latencies, client.ok as f64 / start.elapsed().as_secs_f64()))
+    Ok((latencies, answered as f64 / elapsed.as_secs_f64()))
+}
+
+fn median(sorted: &[f64]) -> Option<f64> {
+    (!sorted.is_empty()).then(|| percentile(sorted, 0.5))
 }
 
 #[derive(Serialize)]
 struct Summary {
     guest: String,
+    mode: FailureMode,
+    seed: u64,
     trials: u32,
+    trial_seeds: Vec<u64>,
+    clients: u32,
+    requests_in_flight_per_client: u32,
+    /// The median.
     failover_ms: Option<f64>,
+    failover_ms_min: Option<f64>,
+    failover_ms_max: Option<f64>,
     failover_ms_all: Vec<Option<f64>>,
+    detected_by_all: Vec<Option<String>>,
     requests_ok: u64,
     requests_indeterminate: u64,
     requests_lost: u64,
     divergent_outputs: u64,
+    inconsistent_reads: u64,
+    /// Summed over the trials; per trial in `requests_in_flight_at_kill_all`.
+    requests_in_flight_at_kill: u64,
+    requests_in_flight_at_kill_all: Vec<u64>,
+    outputs_held_at_kill_all: Vec<Option<u64>>,
+    /// Host loss: trials whose failover waited for the lost host's storage lease (it froze holding the fence).
+    storage_lease_expiries: u64,
     split_brain: bool,
+    split_brain_evidence: Vec<String>,
+    journal_writes: u64,
     disk_consistent: bool,
     errors: Vec<String>,
+}
+
+fn guest_name(machine: &machine::MachineKind) -> String {
+    match machine {
+        machine::MachineKind::Kvm => format!("{GUEST} (KVM)"),
+        machine::MachineKind::Model { .. } => format!("{GUEST} (model guest, no KVM)"),
+    }
+}
+
+fn summary(options: &DemoOptions, trials: &[Trial]) -> Summary {
+    let mut failovers: Vec<f64> = trials.iter().filter_map(|t| t.failover_ms).collect();
+    failovers.sort_by(f64::total_cmp);
+    Summary {
+        guest: guest_name(&options.machine),
+        mode: options.mode,
+        seed: options.seed,
+        trials: options.trials,
+        trial_seeds: trials.iter().map(|t| t.seed).collect(),
+        clients: options.clients,
+        requests_in_flight_per_client: options.in_flight,
+        failover_ms: median(&failovers),
+        failover_ms_min: failovers.first().copied(),
+        failover_ms_max: failovers.last().copied(),
+        failover_ms_all: trials.iter().map(|t| t.failover_ms).collect(),
+        detected_by_all: trials.iter().map(|t| t.detected_by.clone()).collect(),
+        requests_ok: trials.iter().map(|t| t.requests_ok).sum(),
+        requests_indeterminate: trials.iter().map(|t| t.requests_indeterminate).sum(),
+        requests_lost: trials.iter().map(|t| t.requests_lost).sum(),
+        divergent_outputs: trials.iter().map(|t| t.divergent_outputs).sum(),
+        inconsistent_reads: trials.iter().map(|t| t.inconsistent_reads).sum(),
+        requests_in_flight_at_kill: trials.iter().map(|t| t.requests_in_flight_at_kill).sum(),
+        requests_in_flight_at_kill_all: trials.iter().map(|t| t.requests_in_flight_at_kill).collect(),
+        outputs_held_at_kill_all: trials.iter().map(|t| t.outputs_held_at_kill).collect(),
+        storage_lease_expiries: trials.iter().filter(|t| t.storage_lease_expired).count() as u64,
+        split_brain: trials.iter().any(|t| t.split_brain),
+        split_brain_evidence: trials
+            .iter()
+            .flat_map(|t| t.split_brain_evidence.iter().map(move |e| format!("trial seed {}: {e}", t.seed)))
+            .collect(),
+        journal_writes: trials.iter().map(|t| t.journal_writes).sum(),
+        disk_consistent: trials.iter().all(|t| t.disk_consistent),
+        errors: trials
+            .iter()
+            .flat_map(|t| t.errors.iter().map(move |e| format!("trial seed {}: {e}", t.seed)))
+            .collect(),
+    }
+}
+
+fn mode_words(mode: FailureMode) -> &'static str {
+    match mode {
+        FailureMode::Kill => "kill -9 of the primary",
+        FailureMode::HostLoss => "loss of the primary's host (SIGSTOP: silent)",
+    }
+}
+
+fn yes_no(flag: bool, alarm: &str) -> String {
+    if flag {
+        alarm.to_string()
+    } else {
+        "no".to_string()
+    }
 }
 
 /// `ftvm demo`.
 pub fn run(options: &DemoOptions, json: bool) -> Result<bool, CliError> {
     if !json {
         println!(
-            "ftvm demo: backup and primary as child processes on localhost, guest `kv` {}",
+            "ftvm demo: seed {} (run it again with --seed {}), {} trial(s) of {}; backup and primary as child \
+             processes on localhost, guest `{GUEST}` {}",
+            options.seed,
+            options.seed,
+            options.trials,
+            mode_words(options.mode),
             options.machine.describe()
         );
     }
@@ -621,55 +858,51 @@ pub fn run(options: &DemoOptions, json: bool) -> Result<bool, CliError> {
     for index in 0..options.trials {
         let result = trial(options, index)?;
         if !json {
-            println!("\n== trial {} of {} ==", index + 1, options.trials);
+            println!("\n== trial {} of {}, seed {} ==", index + 1, options.trials, result.seed);
             for (ms, text) in &result.timeline {
                 println!("{ms:9.1} ms  {text}");
             }
             println!(
-                "failover {} | {} requests answered, {} attempts unanswered, {} lost, {} divergent | split brain: {} | disk consistent: {}",
+                "failover {}{} | {} requests in flight at the {} | {} answers, {} attempts never answered, {} lost \
+                 puts, {} divergent answers, {} inconsistent reads | split brain: {} | disk consistent: {}",
                 result.failover_ms.map_or("none".into(), |ms| format!("{ms:.1} ms")),
+                result.detected_by.as_ref().map_or(String::new(), |cause| format!(" (detected: {cause})")),
+                result.requests_in_flight_at_kill,
+                options.mode.name(),
                 result.requests_ok,
                 result.requests_indeterminate,
                 result.requests_lost,
                 result.divergent_outputs,
-                if result.split_brain { "YES" } else { "no" },
+                result.inconsistent_reads,
+                yes_no(result.split_brain, "YES"),
                 if result.disk_consistent { "yes" } else { "NO" },
             );
+            for evidence in &result.split_brain_evidence {
+                println!("SPLIT BRAIN: {evidence}");
+            }
             for error in &result.errors {
                 println!("ERROR: {error}");
             }
         }
         trials.push(result);
     }
-    let mut failovers: Vec<f64> = trials.iter().filter_map(|t| t.failover_ms).collect();
-    failovers.sort_by(f64::total_cmp);
-    let summary = Summary {
-        guest: match options.machine {
-            machine::MachineKind::Kvm => "kv (KVM)".to_string(),
-            machine::MachineKind::Model { .. } => "kv (model guest, no KVM)".to_string(),
-        },
-        trials: options.trials,
-        failover_ms: failovers.get(failovers.len() / 2).copied(),
-        failover_ms_all: trials.iter().map(|t| t.failover_ms).collect(),
-        requests_ok: trials.iter().map(|t| t.requests_ok).sum(),
-        requests_indeterminate: trials.iter().map(|t| t.requests_indeterminate).sum(),
-        requests_lost: trials.iter().map(|t| t.requests_lost).sum(),
-        divergent_outputs: trials.iter().map(|t| t.divergent_outputs).sum(),
-        split_brain: trials.iter().any(|t| t.split_brain),
-        disk_consistent: trials.iter().all(|t| t.disk_consistent),
-        errors: trials.iter().flat_map(|t| t.errors.iter().cloned()).collect(),
-    };
+    let summary = summary(options, &trials);
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary).expect("serialisable"));
+        println!("{}", serde_json::to_string_pretty(&summary).map_err(|error| CliError::Protocol(error.to_string()))?);
     } else {
         println!(
-            "\nsummary: {} trial(s), median failover {}, {} requests answered, {} lost, {} divergent, split brain: {}",
+            "\nsummary (seed {}): {} trial(s) of {}, median failover {}, {} answers, {} requests in flight at the \
+             kills, {} lost puts, {} divergent answers, {} inconsistent reads, split brain: {}",
+            summary.seed,
             summary.trials,
+            mode_words(options.mode),
             summary.failover_ms.map_or("none".into(), |ms| format!("{ms:.1} ms")),
             summary.requests_ok,
+            summary.requests_in_flight_at_kill,
             summary.requests_lost,
             summary.divergent_outputs,
-            if summary.split_brain { "YES" } else { "no" }
+            summary.inconsistent_reads,
+            yes_no(summary.split_brain, "YES")
         );
     }
     Ok(!trials.iter().any(Trial::failed))
@@ -682,37 +915,78 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// `ftvm report-failover`: the figures of `trials` demo trials and a non-FT baseline.
-pub fn report(options: &DemoOptions) -> Result<bool, CliError> {
-    let mut trials = Vec::new();
-    for index in 0..options.trials {
-        let result = trial(options, index)?;
-        eprintln!(
-            "trial {}: failover {:?} ms, lost {}, divergent {}",
-            index + 1,
-            result.failover_ms,
-            result.requests_lost,
-            result.divergent_outputs
-        );
-        trials.push(result);
-    }
-    let (mut plain, plain_rps) = baseline(Duration::from_secs(2), options.seed, &options.machine)?;
-    plain.sort_by(f64::total_cmp);
+fn failover_line(mode: FailureMode, trials: &[Trial]) -> String {
     let mut failovers: Vec<f64> = trials.iter().filter_map(|t| t.failover_ms).collect();
     failovers.sort_by(f64::total_cmp);
-    let mut ft: Vec<f64> = trials.iter().flat_map(|t| t.latencies_us.iter().copied()).collect();
-    ft.sort_by(f64::total_cmp);
-    let rps: Vec<f64> = trials.iter().map(|t| t.requests_per_s).collect();
-    let ft_rps = rps.iter().sum::<f64>() / rps.len().max(1) as f64;
-    let per_request: Vec<f64> = trials.iter().filter_map(|t| t.log_bytes_per_request).collect();
-    let bytes = per_request.iter().sum::<f64>() / per_request.len().max(1) as f64;
-    println!("trials={}", trials.len());
-    println!(
-        "failover-ms min={:.1} median={:.1} max={:.1}",
+    format!(
+        "failover-ms {} min={:.1} median={:.1} max={:.1} (n={})",
+        mode.name(),
         failovers.first().copied().unwrap_or(f64::NAN),
         percentile(&failovers, 0.5),
-        failovers.last().copied().unwrap_or(f64::NAN)
+        failovers.last().copied().unwrap_or(f64::NAN),
+        failovers.len()
+    )
+}
+
+/// `ftvm report-failover`: the figures of `trials` kill trials, `trials` host-loss trials and a non-FT baseline
+/// under the same load.
+pub fn report(options: &DemoOptions) -> Result<bool, CliError> {
+    let mut all = Vec::new();
+    let mut by_mode = Vec::new();
+    for mode in [FailureMode::Kill, FailureMode::HostLoss] {
+        let options = DemoOptions { mode, ..options.clone() };
+        let mut trials = Vec::new();
+        for index in 0..options.trials {
+            let result = trial(&options, index)?;
+            eprintln!(
+                "{} trial {} (seed {}): failover {} ms{}, {} in flight, {} lost, {} divergent, {} inconsistent, \
+                 split brain {}",
+                mode.name(),
+                index + 1,
+                result.seed,
+                result.failover_ms.map_or("none".into(), |ms| format!("{ms:.1}")),
+                if result.storage_lease_expired { " (waited for the lost host's storage lease)" } else { "" },
+                result.requests_in_flight_at_kill,
+                result.requests_lost,
+                result.divergent_outputs,
+                result.inconsistent_reads,
+                result.split_brain
+            );
+            for error in &result.errors {
+                eprintln!("  error: {error}");
+            }
+            trials.push(result);
+        }
+        by_mode.push((mode, trials.clone()));
+        all.extend(trials);
+    }
+    let (mut plain, plain_rps) = baseline(Duration::from_secs(2), options)?;
+    plain.sort_by(f64::total_cmp);
+    let mut ft: Vec<f64> = all.iter().flat_map(|t| t.latencies_us.iter().copied()).collect();
+    ft.sort_by(f64::total_cmp);
+    let rps: Vec<f64> = all.iter().map(|t| t.requests_per_s).collect();
+    let ft_rps = rps.iter().sum::<f64>() / rps.len().max(1) as f64;
+    let per_request: Vec<f64> = all.iter().filter_map(|t| t.log_bytes_per_request).collect();
+    let bytes = per_request.iter().sum::<f64>() / per_request.len().max(1) as f64;
+    println!("seed={}", options.seed);
+    println!(
+        "trials={} kill, {} host-loss; load: {} clients x {} requests in flight, guest {}",
+        options.trials,
+        options.trials,
+        options.clients,
+        options.in_flight,
+        guest_name(&options.machine)
     );
+    for (mode, trials) in &by_mode {
+        println!("{}", failover_line(*mode, trials));
+        if *mode == FailureMode::HostLoss {
+            println!(
+                "host-loss-storage-lease-expiries={} of {} (the lost host froze inside a disk write, holding the fence)",
+                trials.iter().filter(|t| t.storage_lease_expired).count(),
+                trials.len()
+            );
+        }
+    }
     println!("latency-us ft p50={:.0} p99={:.0} (n={})", percentile(&ft, 0.5), percentile(&ft, 0.99), ft.len());
     println!(
         "latency-us plain p50={:.0} p99={:.0} (n={})",
@@ -725,8 +999,8 @@ pub fn report(options: &DemoOptions) -> Result<bool, CliError> {
         percentile(&ft, 0.5) - percentile(&plain, 0.5),
         percentile(&ft, 0.99) - percentile(&plain, 0.99)
     );
-    let mut p50: Vec<f64> = trials.iter().filter_map(|t| t.output_hold_p50_us).collect();
-    let mut p99: Vec<f64> = trials.iter().filter_map(|t| t.output_hold_p99_us).collect();
+    let mut p50: Vec<f64> = all.iter().filter_map(|t| t.output_hold_p50_us).collect();
+    let mut p99: Vec<f64> = all.iter().filter_map(|t| t.output_hold_p99_us).collect();
     p50.sort_by(f64::total_cmp);
     p99.sort_by(f64::total_cmp);
     println!(
@@ -734,8 +1008,8 @@ pub fn report(options: &DemoOptions) -> Result<bool, CliError> {
         percentile(&p50, 0.5),
         percentile(&p99, 0.5)
     );
-    let mut a50: Vec<f64> = trials.iter().filter_map(|t| t.ack_delay_p50_us).collect();
-    let mut a99: Vec<f64> = trials.iter().filter_map(|t| t.ack_delay_p99_us).collect();
+    let mut a50: Vec<f64> = all.iter().filter_map(|t| t.ack_delay_p50_us).collect();
+    let mut a99: Vec<f64> = all.iter().filter_map(|t| t.ack_delay_p99_us).collect();
     a50.sort_by(f64::total_cmp);
     a99.sort_by(f64::total_cmp);
     println!(
@@ -746,10 +1020,73 @@ pub fn report(options: &DemoOptions) -> Result<bool, CliError> {
     println!("log-bytes-per-request={bytes:.0}");
     println!("requests-per-s ft={ft_rps:.0} plain={plain_rps:.0}");
     println!(
-        "requests-lost={} divergent-outputs={} split-brain={}",
-        trials.iter().map(|t| t.requests_lost).sum::<u64>(),
-        trials.iter().map(|t| t.divergent_outputs).sum::<u64>(),
-        trials.iter().any(|t| t.split_brain)
+        "requests-in-flight-at-kill total={} requests-lost={} divergent-outputs={} inconsistent-reads={} split-brain={}",
+        all.iter().map(|t| t.requests_in_flight_at_kill).sum::<u64>(),
+        all.iter().map(|t| t.requests_lost).sum::<u64>(),
+        all.iter().map(|t| t.divergent_outputs).sum::<u64>(),
+        all.iter().map(|t| t.inconsistent_reads).sum::<u64>(),
+        all.iter().any(|t| t.split_brain)
     );
-    Ok(!trials.iter().any(Trial::failed))
+    Ok(!all.iter().any(Trial::failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_trial_runs_on_the_demo_seed() {
+        assert_eq!(trial_seed(42, 0), 42);
+        assert_ne!(trial_seed(42, 1), 42);
+        assert_ne!(trial_seed(42, 1), trial_seed(42, 2));
+    }
+
+    /// A trial fails on any one of the outside's findings.
+    #[test]
+    fn every_finding_fails_a_trial() {
+        let clean = Trial { disk_consistent: true, ..Trial::default() };
+        assert!(!clean.failed());
+        for failed in [
+            Trial { requests_lost: 1, ..clean.clone() },
+            Trial { divergent_outputs: 1, ..clean.clone() },
+            Trial { inconsistent_reads: 1, ..clean.clone() },
+            Trial { split_brain: true, ..clean.clone() },
+            Trial { disk_consistent: false, ..clean.clone() },
+            Trial { errors: vec!["x".into()], ..clean.clone() },
+        ] {
+            assert!(failed.failed(), "{failed:?}");
+        }
+    }
+
+    /// The arbiter record must be the journal's last grant: a record that moved without a grant the storage saw
+    /// is split brain evidence.
+    #[test]
+    fn an_arbiter_record_the_journal_never_granted_is_evidence() {
+        let dir = std::env::temp_dir().join(format!("ftvm-demo-evidence-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let disk = dir.join("disk.img");
+        let storage = SharedStorage {
+            disk: disk.clone(),
+            arbiter: dir.join("arbiter"),
+            sync_writes: false,
+            journal: Some(journal_path(&disk)),
+        };
+        storage.create_if_missing(8).unwrap();
+        let target = ft::log::DiskTarget { tag: 1, sector: 1, sectors: 1 };
+        storage.write(1, target, &[1u8; 512]).unwrap();
+        storage.test_and_set(1, "b/1").unwrap();
+        let mut out = Trial::default();
+        storage_evidence(&storage, &mut out).unwrap();
+        assert!(!out.split_brain, "{out:?}");
+        assert_eq!((out.journal_writes, out.journal_grants), (1, 1));
+        // The record moves on behind the storage's back (no journaled grant).
+        let unjournaled = SharedStorage { journal: None, ..storage.clone() };
+        unjournaled.test_and_set(2, "a/2").unwrap();
+        let mut out = Trial::default();
+        storage_evidence(&storage, &mut out).unwrap();
+        assert!(out.split_brain, "{out:?}");
+        assert!(out.split_brain_evidence[0].contains("epoch 3 owned by a/2"), "{out:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

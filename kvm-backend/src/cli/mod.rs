@@ -4,6 +4,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod load;
 pub mod machine;
 pub mod node;
 pub mod replay;

@@ -43,6 +43,10 @@ fn arbiter_identity(name: &str) -> String {
     format!("{name}/{:016x}", u64::from_le_bytes(id))
 }
 
+/// The `tracing` target of the lines that tell a failover's story (detection, the arbiter, going live, the service
+/// address, stopping), as sentences: `ftvm demo` puts them on its timeline.
+pub const TIMELINE: &str = "ftvm::timeline";
+
 /// Outputs released while the service address is not bound yet (a backup going live while the port is still
 /// held, or its IP still moving), sent once it is: the paper's "re-send what may not have been sent" must reach
 /// the outside. Beyond this many the oldest are dropped (and counted), as a full NIC queue would.
@@ -118,7 +122,7 @@ impl NetHost {
         socket.set_nonblocking(true)?;
         let send = socket.try_clone()?;
         let receive = Rc::new(UdpSocket::from_std(socket)?);
-        tracing::info!("{}: service address {} bound", self.name, self.service_addr);
+        tracing::info!(target: TIMELINE, "{}: service address {} bound", self.name, self.service_addr);
         let queued: Vec<_> = self.service_queue.borrow_mut().drain(..).collect();
         if !queued.is_empty() {
             tracing::info!(
@@ -271,7 +275,19 @@ impl Arbiter for NetHost {
         let me = self.identity.clone();
         match self.blocking(move |storage| storage.test_and_set(expected_epoch, &me)).await {
             Some(Ok(outcome)) => {
-                tracing::info!("{}: test-and-set on epoch {expected_epoch}: {outcome:?}", self.name);
+                match outcome {
+                    ArbiterOutcome::Won { epoch } => {
+                        tracing::info!(target: TIMELINE, "{}: the arbiter granted epoch {epoch} to {}", self.name, self.identity)
+                    }
+                    ArbiterOutcome::Lost { epoch } => tracing::info!(
+                        target: TIMELINE,
+                        "{}: the arbiter refused: it is at epoch {epoch} already, somebody else went live",
+                        self.name
+                    ),
+                    ArbiterOutcome::Unreachable => {
+                        tracing::warn!(target: TIMELINE, "{}: the arbiter did not answer", self.name)
+                    }
+                }
                 outcome
             }
             Some(Err(error)) => {
@@ -343,7 +359,7 @@ impl Observer for NetHost {
                     match event {
                         Event::Checkpoint { .. } => {}
                         Event::WentLive { .. } => {
-                            tracing::warn!("{}: {event:?}", self.name);
+                            tracing::warn!(target: TIMELINE, "{}: {event}", self.name);
                             if let Some(command) = &self.go_live_command {
                                 run_go_live_command(&self.name, command);
                             }
@@ -351,7 +367,9 @@ impl Observer for NetHost {
                             // now, or from the queue once the address is free.
                             self.take_service_address();
                         }
-                        _ => tracing::info!("{}: {event:?}", self.name),
+                        // Flow control comes and goes with the load: not part of the story.
+                        Event::Stalled { .. } => tracing::info!("{}: {event}", self.name),
+                        _ => tracing::info!(target: TIMELINE, "{}: {event}", self.name),
                     }
                 }
             }
@@ -394,7 +412,7 @@ async fn timed<T: Send + 'static>(
 
 fn run_go_live_command(name: &str, command: &str) {
     match std::process::Command::new("sh").arg("-c").arg(command).status() {
-        Ok(status) if status.success() => tracing::info!("{name}: go-live command succeeded"),
+        Ok(status) if status.success() => tracing::info!(target: TIMELINE, "{name}: the go-live command succeeded"),
         Ok(status) => tracing::error!("{name}: go-live command {command:?} failed: {status}"),
         Err(error) => tracing::error!("{name}: go-live command {command:?}: {error}"),
     }
@@ -472,6 +490,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
         disk: settings.disk.clone(),
         arbiter: settings.arbiter.clone(),
         sync_writes: settings.sync_writes,
+        journal: settings.write_journal.then(|| crate::cli::storage::journal_path(&settings.disk)),
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -608,9 +627,9 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
         {
             let mut board = board.borrow_mut();
             board.snapshot.role = "stopped".into();
-            board.snapshot.stopped = Some(format!("{stopped:?}"));
+            board.snapshot.stopped = Some(stopped.to_string());
         }
-        tracing::warn!("{name}: stopped: {stopped:?}");
+        tracing::warn!(target: TIMELINE, "{name}: stopped: {stopped}");
         let failure = guest_handle.as_ref().and_then(crate::GuestHandle::failure);
         let guest_spec = settings.guest.clone();
         match stopped {
@@ -623,7 +642,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
             ft::Stopped::PoweredOff { status } => Err(CliError::GuestStatus { guest: guest_spec, status }),
             ft::Stopped::GuestFailed(reason) => Err(CliError::GuestFailed { guest: guest_spec, reason }),
             ft::Stopped::Diverged(divergence) => Err(CliError::Diverged(divergence)),
-            other => Err(CliError::Protocol(format!("{name} stopped: {other:?}"))),
+            other => Err(CliError::Protocol(format!("{name} stopped: {other}"))),
         }
     })
 }
@@ -815,7 +834,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ftvm-identity-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let storage = SharedStorage { disk: dir.join("disk.img"), arbiter: dir.join("arbiter"), sync_writes: false };
+        let storage = SharedStorage {
+            disk: dir.join("disk.img"),
+            arbiter: dir.join("arbiter"),
+            sync_writes: false,
+            journal: None,
+        };
         storage.create_if_missing(8).unwrap();
         let (first, second) = (arbiter_identity("a"), arbiter_identity("a"));
         assert_eq!(storage.test_and_set(1, &first).unwrap(), ArbiterOutcome::Won { epoch: 2 });

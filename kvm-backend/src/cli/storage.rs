@@ -4,12 +4,16 @@
 //! first and is refused if a newer epoch has gone live (fencing), and holds that lock until its write is done, so
 //! no write of epoch `e` can land after the record moved to `e + 1`. docs/deployment.md gives the argument and
 //! what NFS needs. All calls block: the node runs them on tokio's blocking pool, under a timeout.
+//!
+//! With a write journal (`write_journal = true`, for `ftvm demo` and tests), every write that landed and every
+//! grant of the arbiter is appended to a text file next to the disk image, under the same locks that order them
+//! (see [`Journal`]): what the storage saw, for a check of split brain that believes the outside, not the nodes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ft::abi::SECTOR_BYTES;
 use ft::driver::StorageError;
@@ -56,6 +60,15 @@ pub struct SharedStorage {
     pub disk: PathBuf,
     pub arbiter: PathBuf,
     pub sync_writes: bool,
+    /// The write journal, if kept ([`journal_path`] of the disk): every landed write and every grant.
+    pub journal: Option<PathBuf>,
+}
+
+/// Where the write journal of `disk` is kept: next to it, `<disk>.journal`.
+pub fn journal_path(disk: &Path) -> PathBuf {
+    let mut path = disk.as_os_str().to_owned();
+    path.push(".journal");
+    PathBuf::from(path)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -252,11 +265,17 @@ impl SharedStorage {
         if record.epoch != expected_epoch && !won_already {
             return Ok(ArbiterOutcome::Lost { epoch: record.epoch });
         }
+        if won_already {
+            // Nothing moves: the record and the journal hold this grant already.
+            return Ok(ArbiterOutcome::Won { epoch: expected_epoch + 1 });
+        }
         let new = Record { epoch: expected_epoch + 1, owner: me.to_string() }.encode();
         // The record is far smaller than a sector: one write of it is not torn by the storage.
         file.write_all_at(new.as_bytes(), 0)?;
         file.set_len(new.len() as u64)?;
         file.sync_all()?;
+        // Still under the exclusive lock: no write of the old epoch is in flight, and none can start.
+        self.journal_append(&JournalEntry::Grant { epoch: expected_epoch + 1, owner: me.to_string() })?;
         Ok(ArbiterOutcome::Won { epoch: expected_epoch + 1 })
     }
 
@@ -293,7 +312,156 @@ impl SharedStorage {
         if self.sync_writes {
             disk.sync_data().map_err(|error| StorageError::Io(error.to_string()))?;
         }
+        // Still under the shared lock of the fence: no grant of a newer epoch can come between the write landing
+        // and its journal line. A journal that cannot be written is storage that does not answer: retried.
+        self.journal_append(&JournalEntry::Write { epoch, sector: target.sector, sectors: target.sectors })
+            .map_err(unreachable)?;
         Ok(())
+    }
+
+    /// Appends one line to the write journal, if there is one: a single `write(2)` on a file opened with
+    /// `O_APPEND`, so the lines of two nodes never interleave.
+    fn journal_append(&self, entry: &JournalEntry) -> io::Result<()> {
+        let Some(path) = &self.journal else { return Ok(()) };
+        let line = format!("{entry}\n");
+        let mut file = OpenOptions::new().append(true).create(true).open(path)?;
+        file.write_all(line.as_bytes())
+    }
+}
+
+/// One line of the write journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JournalEntry {
+    /// A disk write of `epoch` landed on `sectors` sectors from `sector` (`write epoch=E sector=S sectors=N`).
+    Write { epoch: u64, sector: u64, sectors: u32 },
+    /// The arbiter moved to `epoch`, owned by `owner` (`grant epoch=E owner=NAME/ID`).
+    Grant { epoch: u64, owner: String },
+}
+
+impl std::fmt::Display for JournalEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JournalEntry::Write { epoch, sector, sectors } => {
+                write!(f, "write epoch={epoch} sector={sector} sectors={sectors}")
+            }
+            JournalEntry::Grant { epoch, owner } => write!(f, "grant epoch={epoch} owner={owner}"),
+        }
+    }
+}
+
+impl JournalEntry {
+    /// A journal line, or None for anything else (the journal is outside input to whoever reads it).
+    pub fn parse(line: &str) -> Option<JournalEntry> {
+        let mut fields = line.split(' ');
+        let kind = fields.next()?;
+        let mut value = |name: &str| fields.next()?.strip_prefix(name)?.strip_prefix('=').map(str::to_string);
+        let entry = match kind {
+            "write" => JournalEntry::Write {
+                epoch: value("epoch")?.parse().ok()?,
+                sector: value("sector")?.parse().ok()?,
+                sectors: value("sectors")?.parse().ok()?,
+            },
+            "grant" => {
+                let epoch = value("epoch")?.parse().ok()?;
+                let owner = value("owner")?;
+                if owner.is_empty() {
+                    return None;
+                }
+                JournalEntry::Grant { epoch, owner }
+            }
+            _ => return None,
+        };
+        fields.next().is_none().then_some(entry)
+    }
+}
+
+/// Deposed writes described one by one in [`Journal::split_brain`]; beyond, a count.
+const SPLIT_BRAIN_SENTENCES_MAX: u64 = 5;
+
+/// Largest write journal read back (a line per write: a demo trial writes a few thousand).
+const JOURNAL_BYTES_MAX: u64 = 256 << 20;
+
+/// The write journal as read back: its entries in order, and the lines that were not entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Journal {
+    pub entries: Vec<JournalEntry>,
+    pub bad_lines: Vec<String>,
+}
+
+impl Journal {
+    pub fn parse(text: &str) -> Journal {
+        let mut journal = Journal::default();
+        for line in text.lines() {
+            match JournalEntry::parse(line) {
+                Some(entry) => journal.entries.push(entry),
+                None => journal.bad_lines.push(line.chars().take(200).collect()),
+            }
+        }
+        journal
+    }
+
+    /// Reads the journal at `path` (with a bound); a journal nobody wrote yet is empty.
+    pub fn read(path: &Path) -> Result<Journal, String> {
+        match crate::files::read_bounded(path, JOURNAL_BYTES_MAX) {
+            Ok(bytes) => Ok(Journal::parse(&String::from_utf8_lossy(&bytes))),
+            Err(crate::files::ReadError::Io(error)) if error.kind() == io::ErrorKind::NotFound => {
+                Ok(Journal::default())
+            }
+            Err(error) => Err(format!("write journal {}: {error}", path.display())),
+        }
+    }
+
+    pub fn writes(&self) -> usize {
+        self.entries.iter().filter(|entry| matches!(entry, JournalEntry::Write { .. })).count()
+    }
+
+    pub fn grants(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.entries.iter().filter_map(|entry| match entry {
+            JournalEntry::Grant { epoch, owner } => Some((*epoch, owner.as_str())),
+            JournalEntry::Write { .. } => None,
+        })
+    }
+
+    /// What the storage saw of a split brain, as sentences (none: no evidence): a write of an epoch that landed
+    /// after the arbiter granted a newer epoch (a deposed node's write), and an epoch granted twice.
+    pub fn split_brain(&self) -> Vec<String> {
+        let mut evidence = Vec::new();
+        // The newest grant so far, and every epoch granted with its owner.
+        let mut newest: Option<(u64, &str)> = None;
+        let mut granted: std::collections::HashMap<u64, &str> = std::collections::HashMap::new();
+        let mut deposed_writes = 0u64;
+        for entry in &self.entries {
+            match entry {
+                JournalEntry::Write { epoch, sector, sectors } => {
+                    if let Some((newer, owner)) = newest.filter(|(newer, _)| newer > epoch) {
+                        deposed_writes += 1;
+                        if deposed_writes <= SPLIT_BRAIN_SENTENCES_MAX {
+                            evidence.push(format!(
+                                "a write of epoch {epoch} (sectors {sector}..{}) landed after the arbiter granted                                  epoch {newer} to {owner}: a deposed node wrote to the disk",
+                                sector.saturating_add(u64::from(*sectors))
+                            ));
+                        }
+                    }
+                }
+                JournalEntry::Grant { epoch, owner } => {
+                    if let Some(first) = granted.get(epoch) {
+                        evidence.push(format!("epoch {epoch} was granted twice: to {first}, then to {owner}"));
+                    } else if let Some((newer, newer_owner)) = newest.filter(|(newer, _)| newer > epoch) {
+                        evidence.push(format!(
+                            "epoch {epoch} was granted to {owner} after epoch {newer} had been granted to {newer_owner}"
+                        ));
+                    }
+                    granted.entry(*epoch).or_insert(owner);
+                    if newest.is_none_or(|(newer, _)| *epoch > newer) {
+                        newest = Some((*epoch, owner));
+                    }
+                }
+            }
+        }
+        if deposed_writes > SPLIT_BRAIN_SENTENCES_MAX {
+            evidence.push(format!("... {deposed_writes} writes of deposed epochs in all"));
+        }
+        evidence
     }
 }
 
@@ -310,7 +478,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ftvm-storage-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let storage = SharedStorage { disk: dir.join("disk.img"), arbiter: dir.join("arbiter"), sync_writes: false };
+        let storage = SharedStorage {
+            disk: dir.join("disk.img"),
+            arbiter: dir.join("arbiter"),
+            sync_writes: false,
+            journal: Some(journal_path(&dir.join("disk.img"))),
+        };
         storage.create_if_missing(8).unwrap();
         storage
     }
@@ -334,7 +507,12 @@ mod tests {
         assert_eq!(s.check(8, true), Ok(None), "missing files are created later");
         s.create_if_missing(8).unwrap();
         assert_eq!(s.record().unwrap(), Record { epoch: 1, owner: NOBODY.into() });
-        let gone = SharedStorage { disk: "/nonexistent/d/disk".into(), arbiter: s.arbiter.clone(), sync_writes: false };
+        let gone = SharedStorage {
+            disk: "/nonexistent/d/disk".into(),
+            arbiter: s.arbiter.clone(),
+            sync_writes: false,
+            journal: None,
+        };
         assert!(matches!(gone.check(8, true), Err(StorageProblem::Bad(reason)) if reason.contains("does not exist")));
         let _ = std::fs::remove_dir_all(s.disk.parent().unwrap());
     }
@@ -348,6 +526,78 @@ mod tests {
         assert_eq!(s.test_and_set(1, "a").unwrap(), ArbiterOutcome::Won { epoch: 2 }, "retry of the winner");
         assert_eq!(s.record().unwrap(), Record { epoch: 2, owner: "a".into() });
         let _ = std::fs::remove_dir_all(s.disk.parent().unwrap());
+    }
+
+    /// The journal keeps what landed, in the order the locks gave it: writes, then the grant, then the new
+    /// epoch's writes; a fenced write, a lost test-and-set and the winner's idempotent retry add nothing.
+    #[test]
+    fn the_write_journal_keeps_landed_writes_and_grants_in_lock_order() {
+        let s = storage("journal");
+        let target = |sector| DiskTarget { tag: 1, sector, sectors: 1 };
+        s.write(1, target(2), &[1u8; 512]).unwrap();
+        s.write(1, target(3), &[2u8; 512]).unwrap();
+        assert_eq!(s.test_and_set(1, "b/1").unwrap(), ArbiterOutcome::Won { epoch: 2 });
+        assert_eq!(s.test_and_set(1, "b/1").unwrap(), ArbiterOutcome::Won { epoch: 2 }, "the winner's retry");
+        assert_eq!(s.test_and_set(1, "a/2").unwrap(), ArbiterOutcome::Lost { epoch: 2 });
+        assert_eq!(s.write(1, target(4), &[3u8; 512]), Err(StorageError::Fenced(2)));
+        s.write(2, DiskTarget { tag: 2, sector: 4, sectors: 2 }, &[4u8; 1024]).unwrap();
+        let journal = Journal::read(s.journal.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            journal.entries,
+            vec![
+                JournalEntry::Write { epoch: 1, sector: 2, sectors: 1 },
+                JournalEntry::Write { epoch: 1, sector: 3, sectors: 1 },
+                JournalEntry::Grant { epoch: 2, owner: "b/1".into() },
+                JournalEntry::Write { epoch: 2, sector: 4, sectors: 2 },
+            ]
+        );
+        assert!(journal.bad_lines.is_empty());
+        assert_eq!(journal.writes(), 3);
+        assert!(journal.split_brain().is_empty(), "{:?}", journal.split_brain());
+        let none = SharedStorage { journal: None, ..s.clone() };
+        none.write(2, target(5), &[5u8; 512]).unwrap();
+        assert_eq!(Journal::read(s.journal.as_ref().unwrap()).unwrap().writes(), 3, "no journal: nothing kept");
+        let _ = std::fs::remove_dir_all(s.disk.parent().unwrap());
+    }
+
+    /// The journal is outside input to whoever reads it: anything that is not a line of it is kept aside,
+    /// never a panic; a journal nobody wrote is empty.
+    #[test]
+    fn journal_lines_that_are_not_entries_are_set_aside() {
+        let journal = Journal::parse(
+            "write epoch=1 sector=2 sectors=1\ngarbage\nwrite epoch=x sector=1 sectors=1\nwrite epoch=1 sector=2\n\
+             grant epoch=2 owner=\nwrite epoch=1 sector=2 sectors=1 more\ngrant epoch=2 owner=b/1\n",
+        );
+        assert_eq!(journal.entries.len(), 2, "{journal:?}");
+        assert_eq!(journal.bad_lines.len(), 5, "{journal:?}");
+        assert_eq!(Journal::read(Path::new("/nonexistent/journal")), Ok(Journal::default()));
+    }
+
+    /// A write of epoch 1 that landed after the arbiter granted epoch 2 is a deposed node writing: split brain,
+    /// whatever the nodes say of themselves.
+    #[test]
+    fn a_deposed_write_after_a_newer_grant_is_split_brain() {
+        let journal = Journal::parse(
+            "write epoch=1 sector=2 sectors=1\ngrant epoch=2 owner=b/1\nwrite epoch=2 sector=2 sectors=1\n\
+             write epoch=1 sector=3 sectors=4\n",
+        );
+        let evidence = journal.split_brain();
+        assert_eq!(evidence.len(), 1, "{evidence:?}");
+        assert!(evidence[0].contains("epoch 1") && evidence[0].contains("epoch 2"), "{evidence:?}");
+        assert!(evidence[0].contains("sectors 3..7"), "{evidence:?}");
+    }
+
+    /// Two grants of one epoch: two nodes were told they own it.
+    #[test]
+    fn an_epoch_granted_twice_is_split_brain() {
+        let journal = Journal::parse("grant epoch=2 owner=b/1\ngrant epoch=2 owner=a/2\n");
+        let evidence = journal.split_brain();
+        assert_eq!(evidence.len(), 1, "{evidence:?}");
+        assert!(evidence[0].contains("epoch 2 was granted twice"), "{evidence:?}");
+        assert!(evidence[0].contains("b/1") && evidence[0].contains("a/2"), "{evidence:?}");
+        let clean =
+            Journal::parse("write epoch=1 sector=2 sectors=1\ngrant epoch=2 owner=b/1\ngrant epoch=3 owner=a/2\n");
+        assert!(clean.split_brain().is_empty(), "{:?}", clean.split_brain());
     }
 
     #[test]
