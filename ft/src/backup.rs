@@ -276,7 +276,9 @@ impl<G: Guest> Backup<G> {
     }
 
     fn peer_failed(&mut self, now_ns: u64, cause: FailureCause) {
-        let silent_ms = self.detector.silent_ns(now_ns) / NS_PER_MS;
+        // How long the detector that fired heard nothing: a stalled channel is timed by its own detector.
+        let detector = if cause == FailureCause::ChannelStalled { &self.channel_detector } else { &self.detector };
+        let silent_ms = detector.silent_ns(now_ns) / NS_PER_MS;
         self.actions.push_back(Action::Notify(Event::PeerFailed { silent_ms, cause }));
         self.actions.push_back(Action::CloseChannel);
         self.mode = Mode::Arbitrating { retry_at_ns: None };

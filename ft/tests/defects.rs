@@ -262,3 +262,57 @@ fn a_write_waits_until_the_backup_has_the_completion_of_an_earlier_overlapping_r
     primary.handle_message(6, Message::Ack { received: completion_index, replayed: 0, position: Position::ZERO });
     assert_eq!(writes(&drain(&mut primary)), 1, "now the write may go");
 }
+
+/// Found by the simulator (seed 7203628992, 10 ms latency, 31 ms failure timeout): the primary measured the
+/// wait for an ack from the last ack (or from when it was created), not from when the oldest unacknowledged
+/// entry was sent. A channel that came up late, or a log that had been idle, was "stalled" the moment the next
+/// entry went out: the primary failed a healthy backup "after 1 ms without word".
+#[test]
+fn the_wait_for_an_ack_starts_when_the_entry_is_sent() {
+    let timeout_ns = config().failure_timeout_ms * MS;
+    let heartbeat_ns = config().heartbeat_interval_ms * MS;
+    // (when the channel comes up, when the guest first runs): late after creation, or late after heartbeats.
+    for (up_ns, idle_ns) in [(timeout_ns - MS, 0), (MS, 10 * timeout_ns + heartbeat_ns - MS)] {
+        let mut node = Node::Primary(Box::new(Primary::new(config(), Script::console_then_halt(), 64, 1, 0)));
+        drain(&mut node);
+        node.handle_message(up_ns, Message::Welcome { pair_id: 3, epoch: 1 });
+        let mut actions = drain(&mut node);
+        let mut now_ns = up_ns;
+        let mut sent_ms = 0;
+        while now_ns + heartbeat_ns <= up_ns + idle_ns {
+            now_ns += heartbeat_ns;
+            sent_ms += 1;
+            node.handle_message(now_ns, heartbeat(WireRole::Backup, 1, sent_ms, 0));
+            node.handle_timeout(now_ns);
+            actions.extend(drain(&mut node));
+        }
+        let logged_at_ns = up_ns + idle_ns;
+        node.run_guest(logged_at_ns, &mut Zero);
+        assert!(node.stats(logged_at_ns).log_entries > 0, "the guest logged nothing");
+        // The backup acks just inside the failure timeout; its heartbeats keep coming meanwhile.
+        let ack_at_ns = logged_at_ns + timeout_ns - 2 * MS;
+        for now_ns in (logged_at_ns..=ack_at_ns).step_by(MS as usize) {
+            if now_ns % heartbeat_ns == 0 {
+                sent_ms += 1;
+                node.handle_message(now_ns, heartbeat(WireRole::Backup, 1, sent_ms, 1));
+            }
+            if now_ns == ack_at_ns {
+                node.handle_message(now_ns, Message::Ack { received: 1, replayed: 1, position: Position::default() });
+            }
+            node.handle_timeout(now_ns);
+            actions.extend(drain(&mut node));
+        }
+        assert!(
+            !tested_and_set(&actions),
+            "up at {up_ns} ns: a backup that acks in time was failed: {:?}",
+            events(&actions)
+        );
+    }
+    // Seed 9500003922: nothing logged yet, the channel up late, the backup's first heartbeat not in yet.
+    let mut node = Node::Primary(Box::new(Primary::new(config(), Script::new([]), 64, 1, 0)));
+    drain(&mut node);
+    node.handle_message(timeout_ns - MS, Message::Welcome { pair_id: 3, epoch: 1 });
+    node.handle_timeout(timeout_ns + MS);
+    let actions = drain(&mut node);
+    assert!(!tested_and_set(&actions), "a channel with nothing outstanding cannot be stalled: {:?}", events(&actions));
+}

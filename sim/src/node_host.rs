@@ -101,6 +101,8 @@ impl SimHost {
         let mut world = self.world.borrow_mut();
         world.now_ns = now_ns();
         world.crashed[self.id.index()] = true;
+        let fired_ns = world.now_ns;
+        world.crash_point_fired_ns.get_or_insert(fired_ns);
         world.crash_requests.push(self.id);
         world.counts.crash_points += 1;
         world.log("NEMESIS", format!("crash {} {edge:?}", self.id.host()));

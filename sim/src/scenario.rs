@@ -79,6 +79,7 @@ pub fn run_plan(seed: u64, plan: Plan, guests: GuestFactory) -> Report {
     };
     check::at_end(&mut world, &expectations);
     check::detection::check(&mut world, &plan);
+    check::accuracy::check(&mut world, &plan);
     let counts = world.counts.clone();
     world.trace.push(format!("counts: {counts:?}"));
     let trace_hash = xxhash_rust::xxh3::xxh3_64(world.trace.join("\n").as_bytes());

@@ -124,6 +124,8 @@ fn execute(world: &SharedWorld, node: NodeId, request: Request) -> Vec<u8> {
             out.u8(OK);
         }
         Request::TestAndSet { expected_epoch } => {
+            let at_ns = world.now_ns;
+            world.test_and_sets.push((at_ns, node));
             // Idempotent for the winner: a retry after a lost reply must not turn a win into a loss.
             let won_already = world.arbiter_epoch == expected_epoch + 1 && world.arbiter_owner == Some(node);
             if world.arbiter_epoch == expected_epoch {

@@ -131,6 +131,10 @@ pub struct World {
     pub arbiter_owner: Option<NodeId>,
     /// Every grant of the arbiter, in order (epoch 1 is the initial pair's, held by A).
     pub grants: Vec<Grant>,
+    /// Every test-and-set that reached storage: (when, from whom). Each one is a node declaring its peer failed.
+    pub test_and_sets: Vec<(u64, NodeId)>,
+    /// When the run's crash point fired, if it did.
+    pub crash_point_fired_ns: Option<u64>,
     /// Requests each node sent to storage, for the per-request faults.
     pub storage_requests: [u64; 2],
     // What the outside saw.
@@ -184,6 +188,8 @@ impl World {
             arbiter_epoch: 1,
             arbiter_owner: Some(NodeId::A),
             grants: vec![Grant { epoch: 1, node: NodeId::A, at_ns: 0 }],
+            test_and_sets: Vec::new(),
+            crash_point_fired_ns: None,
             storage_requests: [0; 2],
             releases: Vec::new(),
             history: Vec::new(),

@@ -226,10 +226,16 @@ impl<G: Guest> Primary<G> {
         }
         self.heartbeat_heard_ms = Some(sent_ms);
         self.detector.heard(now_ns);
-        // With nothing awaiting an ack the channel has nothing to prove; otherwise only acks count.
-        if self.logged_unacked() == 0 {
-            self.channel_detector.heard(now_ns);
-        }
+    }
+
+    /// Only acks prove the channel, and only while entries await one: the wait starts when the oldest of them
+    /// went out (`append`) or at the last ack, whichever is later. With nothing outstanding it cannot stall.
+    fn channel_deadline_ns(&self) -> Option<u64> {
+        (self.logged_unacked() > 0).then(|| self.channel_detector.deadline_ns())
+    }
+
+    fn channel_stalled(&self, now_ns: u64) -> bool {
+        self.channel_deadline_ns().is_some_and(|deadline_ns| now_ns >= deadline_ns)
     }
 
     fn handle_ack(&mut self, now_ns: u64, received: LogIndex, replayed: LogIndex, position: Position) {
@@ -269,7 +275,9 @@ impl<G: Guest> Primary<G> {
     }
 
     fn peer_failed(&mut self, now_ns: u64, cause: FailureCause) {
-        let silent_ms = self.detector.silent_ns(now_ns) / NS_PER_MS;
+        // How long the detector that fired heard nothing: a stalled channel is timed by its own detector.
+        let detector = if cause == FailureCause::ChannelStalled { &self.channel_detector } else { &self.detector };
+        let silent_ms = detector.silent_ns(now_ns) / NS_PER_MS;
         self.actions.push_back(Action::Notify(Event::PeerFailed { silent_ms, cause }));
         self.mode = Mode::Arbitrating { retry_at_ns: None };
         self.test_and_set();
@@ -358,7 +366,7 @@ impl<G: Guest> Primary<G> {
                 self.actions.push_back(Action::CloseChannel);
                 self.peer_failed(now_ns, FailureCause::NeverConnected)
             }
-            Mode::Protected if self.detector.failed(now_ns) || self.channel_detector.failed(now_ns) => {
+            Mode::Protected if self.detector.failed(now_ns) || self.channel_stalled(now_ns) => {
                 let cause =
                     if self.detector.failed(now_ns) { FailureCause::Silent } else { FailureCause::ChannelStalled };
                 self.actions.push_back(Action::CloseChannel);
@@ -436,7 +444,7 @@ impl<G: Guest> Primary<G> {
             (self.logging() || matches!(self.mode, Mode::Connecting { .. })).then_some(self.heartbeat_next_ns);
         let mode = match self.mode {
             Mode::Connecting { deadline_ns } => Some(deadline_ns),
-            Mode::Protected => Some(self.detector.deadline_ns().min(self.channel_detector.deadline_ns())),
+            Mode::Protected => Some(self.detector.deadline_ns().min(self.channel_deadline_ns().unwrap_or(u64::MAX))),
             Mode::Arbitrating { retry_at_ns } => retry_at_ns,
             _ => None,
         };

@@ -189,6 +189,11 @@ impl<G: Guest> Primary<G> {
         if !self.logging() {
             return None;
         }
+        // The wait for an ack starts when the oldest unacknowledged entry goes out, not at the last ack: after
+        // an idle log (or a late channel) the next entry would otherwise be "stalled" the moment it is sent.
+        if self.logged_unacked() == 0 {
+            self.channel_detector.heard(now_ns);
+        }
         let index = self.log_index_next;
         self.log_index_next += 1;
         if self.logged_at_ns.len() < LAG_SAMPLES_MAX {

@@ -3,8 +3,10 @@
 //! what a node says about itself.
 //!
 //! S1 Output Rule, S2 output consistency (outputs, client history, disk), S3 one live primary per epoch, S4
-//! in-order replay, S5 state hashes, S6 liveness.
+//! in-order replay, S5 state hashes, S6 liveness (with detection: a lost node is replaced in time; accuracy: a
+//! healthy one is not failed).
 
+pub mod accuracy;
 pub mod detection;
 pub mod disk;
 pub mod epochs;

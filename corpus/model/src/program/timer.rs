@@ -23,7 +23,7 @@ const _: () = assert!(SCRATCH + SCRATCH_WORDS * 8 <= super::super::memory::MEMOR
 const TIMER_PERIOD_US: u32 = 1_000;
 /// Compute instructions between two `OUT YIELD`s.
 pub(crate) const CHUNK_INSTRUCTIONS: u32 = 500;
-const PRINT_EVERY_TICKS: u64 = 500;
+const PRINT_EVERY_TICKS: u64 = 100;
 const COMPUTE_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 // Labels.

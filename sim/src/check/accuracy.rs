@@ -1,0 +1,41 @@
+//! S6 on failure detection, the other way round: with timeouts an operator would choose, nobody declares its
+//! peer failed before anything has gone wrong. The evidence is storage's: a test-and-set reaching the arbiter is a
+//! node saying its peer failed, and before the first fault of the plan (or its crash point firing) that is a
+//! spurious failover, which halves the pair's protection for nothing.
+
+use crate::plan::Plan;
+use crate::world::World;
+
+/// Slack in the failure timeout for the slowest simulated slices on both sides, in ms.
+const SLICES_SLACK_MS: u64 = 5;
+
+/// Whether the plan's failure timeout leaves room for what a healthy pair needs: three heartbeats, and an ack's
+/// round trip plus a heartbeat interval (the longest a healthy peer is quiet: the primary may log its first
+/// entry in a while just before the next heartbeat would have refreshed the detector). Below that a healthy peer
+/// can be failed by correct code, and the check would accuse it of a bug it does not have.
+pub fn timeouts_sane(plan: &Plan) -> bool {
+    let quiet_ms = 2 * plan.latency_max_ms + plan.heartbeat_interval_ms + SLICES_SLACK_MS;
+    plan.failure_timeout_ms >= (3 * plan.heartbeat_interval_ms).max(quiet_ms)
+}
+
+pub fn check(world: &mut World, plan: &Plan) {
+    if !timeouts_sane(plan) {
+        return;
+    }
+    let planned_ns = plan.faults.iter().map(|(at_ms, _)| at_ms * 1_000_000).min();
+    let first_fault_ns = [planned_ns, world.crash_point_fired_ns].into_iter().flatten().min().unwrap_or(u64::MAX);
+    let spurious = world.test_and_sets.iter().find(|(at_ns, _)| *at_ns < first_fault_ns).copied();
+    if let Some((at_ns, node)) = spurious {
+        world.violation(
+            "S6 accuracy",
+            format!(
+                "{} declared its peer failed at {} ms, before any fault (failure timeout {} ms, heartbeat {} ms, latency up to {} ms)",
+                node.host(),
+                at_ns / 1_000_000,
+                plan.failure_timeout_ms,
+                plan.heartbeat_interval_ms,
+                plan.latency_max_ms
+            ),
+        );
+    }
+}
