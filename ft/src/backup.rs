@@ -234,6 +234,12 @@ impl<G: Guest> Backup<G> {
             self.violation(now_ns, "a second hello".into());
             return;
         };
+        if epoch == u64::MAX {
+            // No epoch comes after it: a pair there could never fail over. Only a broken or hostile peer says so.
+            self.actions.push_back(Action::Notify(Event::ProtocolViolation(format!("hello with epoch {epoch}"))));
+            self.actions.push_back(Action::CloseChannel);
+            return;
+        }
         if pair_id != self.config.pair_id || image_digest != self.config.image_digest {
             // Not our primary: refuse this connection and keep waiting for the right one.
             self.actions.push_back(Action::Notify(Event::ProtocolViolation(format!(
@@ -305,6 +311,14 @@ impl<G: Guest> Backup<G> {
         match self.mode {
             Mode::Listening { deadline_ns } if now_ns >= deadline_ns => {
                 self.peer_failed(now_ns, FailureCause::NeverConnected)
+            }
+            // After the goodbye the pair is over: a silent primary (it froze before its close reached us) is
+            // the end of a clean power-off, as a close would be, never a failure to take over from.
+            Mode::Replaying
+                if self.goodbye.is_some() && (self.detector.failed(now_ns) || self.channel_detector.failed(now_ns)) =>
+            {
+                self.mode = Mode::Draining;
+                self.check_power_off();
             }
             Mode::Replaying if self.detector.failed(now_ns) || self.channel_detector.failed(now_ns) => {
                 let cause =

@@ -114,7 +114,11 @@ impl std::fmt::Display for Event {
                 write!(f, "declaring the peer failed after {silent_ms} ms without word: {cause}")
             }
             Event::TestAndSetStarted { expected_epoch } => {
-                write!(f, "asking the arbiter to move from epoch {expected_epoch} to {}", expected_epoch + 1)
+                write!(
+                    f,
+                    "asking the arbiter to move from epoch {expected_epoch} to {}",
+                    expected_epoch.saturating_add(1)
+                )
             }
             Event::ArbiterUnreachable => write!(f, "the arbiter did not answer; asking again later"),
             Event::WentLive { epoch, replayed_entries, reissued_disk_requests, reissued_outputs } => write!(

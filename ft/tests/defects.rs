@@ -316,3 +316,129 @@ fn the_wait_for_an_ack_starts_when_the_entry_is_sent() {
     let actions = drain(&mut node);
     assert!(!tested_and_set(&actions), "a channel with nothing outstanding cannot be stalled: {:?}", events(&actions));
 }
+
+/// Found by review: a read's completion holds overlapping writes back until the backup acknowledges it, and the
+/// scheduler asserted that no more than 256 such reads could wait, the number of tags. A guest reuses a tag as
+/// soon as its completion is delivered, so a backup that acks slowly made the primary panic at the 257th.
+#[test]
+fn many_reads_completed_before_an_ack_do_not_panic_the_primary() {
+    let mut script = Script::new([]);
+    for _ in 0..300 {
+        let read = script.disk_request(0x400, abi::DISK_OP_READ, 1, 5, 0x2000);
+        script.exits.push_back(read);
+        script.exits.push_back(Exit::Halt);
+    }
+    let mut node = primary(script);
+    for step in 0..300u64 {
+        node.run_guest(2 + step, &mut Zero);
+        drain(&mut node);
+        let data = vec![0u8; abi::SECTOR_BYTES];
+        node.handle_storage_done(2 + step, ft::StorageDone { tag: 1, status: abi::DiskStatus::Ok, data });
+    }
+    node.run_guest(400, &mut Zero);
+    drain(&mut node);
+    assert_eq!(node.role(), Role::Primary);
+}
+
+/// Found by review: after the guest powered off, finished reads were never logged (the guest runs no more), so
+/// a later overlapping write waited for a read completion that would never be acknowledged: no goodbye, and the
+/// primary stayed up, heartbeating, for ever.
+#[test]
+fn a_power_off_with_a_read_and_an_overlapping_write_in_flight_finishes() {
+    let mut script = Script::new([]);
+    let read = script.disk_request(0x400, abi::DISK_OP_READ, 1, 5, 0x2000);
+    let write = script.disk_request(0x440, abi::DISK_OP_WRITE, 2, 5, 0x3000);
+    script.exits.extend([read, write, Script::power_off(0)]);
+    let mut node = primary(script);
+    node.run_guest(2, &mut Zero);
+    let mut actions = drain(&mut node);
+    let logged = log_of(&actions).len() as u64;
+    node.handle_message(3, Message::Ack { received: logged, replayed: logged, position: Position::ZERO });
+    let data = vec![0u8; abi::SECTOR_BYTES];
+    node.handle_storage_done(4, ft::StorageDone { tag: 1, status: abi::DiskStatus::Ok, data });
+    for ms in 5..20 {
+        node.run_guest(ms, &mut Zero);
+        let step = drain(&mut node);
+        for action in &step {
+            if let Action::Storage { request: StorageRequest::Write { target, .. }, .. } = action {
+                node.handle_storage_done(
+                    ms,
+                    ft::StorageDone { tag: target.tag, status: abi::DiskStatus::Ok, data: Vec::new() },
+                );
+            }
+        }
+        actions.extend(step);
+    }
+    assert!(actions.iter().any(|a| matches!(a, Action::Storage { request: StorageRequest::Write { .. }, .. })));
+    assert!(matches!(node.stopped(), Some(ft::Stopped::PoweredOff { status: 0 })), "{:?}", events(&actions));
+}
+
+/// Found by review: a backup that had the primary's goodbye but not yet the channel's close (the primary froze
+/// right after sending it) still failed the primary after the timeout and went live after a clean power-off.
+#[test]
+fn a_backup_with_the_goodbye_never_goes_live() {
+    let script = || {
+        let mut script = Script::new([
+            Exit::PortOut { port: abi::CONSOLE_WRITE, size: 4, value: CONSOLE_GPA as u32 },
+            Script::power_off(0),
+        ]);
+        script.put_buffer(CONSOLE_GPA, b"bye\n");
+        script
+    };
+    let mut primary = primary(script());
+    primary.run_guest(2, &mut Zero);
+    let log = log_of(&drain(&mut primary));
+    primary.handle_message(3, Message::Ack { received: 3, replayed: 0, position: Position::ZERO });
+    let mut actions = drain(&mut primary);
+    primary.run_guest(4, &mut Zero);
+    actions.extend(drain(&mut primary));
+    let goodbye: Vec<Message> = sent(&actions).into_iter().filter(|m| matches!(m, Message::Goodbye { .. })).collect();
+    assert_eq!(goodbye.len(), 1, "{actions:?}");
+    let mut backup = backup(script());
+    for message in log.into_iter().chain(goodbye) {
+        backup.handle_message(5, message);
+    }
+    let mut actions = drain(&mut backup);
+    for ms in [200, 400, 1_000] {
+        backup.handle_timeout(ms * MS);
+        actions.extend(drain(&mut backup));
+    }
+    assert!(!tested_and_set(&actions), "nobody goes live after a goodbye: {:?}", events(&actions));
+    backup.run_guest(1_001 * MS, &mut Zero);
+    drain(&mut backup);
+    assert!(matches!(backup.stopped(), Some(ft::Stopped::PoweredOff { status: 0 })));
+}
+
+/// Found by review: the backup took any epoch from the hello, and `u64::MAX` made its first failure report
+/// overflow (`epoch + 1`). The last epoch can never be moved on from, so a hello claiming it is refused.
+#[test]
+fn a_hello_with_the_last_epoch_is_refused() {
+    let mut node = Node::Backup(Box::new(Backup::new(config(), Script::new([]), 64, 0)));
+    node.handle_message(0, Message::Hello { pair_id: 3, epoch: u64::MAX, image_digest: 9 });
+    node.handle_timeout(10_000 * MS);
+    let events = events(&drain(&mut node));
+    let lines: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    assert!(!events.iter().any(|e| matches!(e, Event::ChannelUp { .. })), "{lines:?}");
+}
+
+/// The other side of the heartbeat tests above (found by review: a node that ignored every heartbeat passed
+/// them): a peer's fresh heartbeats alone keep it alive, for as long as they come.
+#[test]
+fn fresh_heartbeats_keep_an_idle_peer_alive() {
+    let mut node = primary(Script::new([]));
+    let mut actions = Vec::new();
+    for ms in 2..400 {
+        node.handle_message(ms * MS, heartbeat(WireRole::Backup, 1, ms, 0));
+        node.handle_timeout(ms * MS);
+        actions.extend(drain(&mut node));
+    }
+    assert!(!tested_and_set(&actions), "{:?}", events(&actions));
+    let mut node = backup(Script::new([]));
+    let mut actions = Vec::new();
+    for ms in 2..400 {
+        node.handle_message(ms * MS, heartbeat(WireRole::Primary, 1, ms, 0));
+        node.handle_timeout(ms * MS);
+        actions.extend(drain(&mut node));
+    }
+    assert!(!tested_and_set(&actions), "{:?}", events(&actions));
+}

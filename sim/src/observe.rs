@@ -78,6 +78,7 @@ fn record(host: &SimHost, world: &mut World, now_ns: u64, observation: &Observat
         Observation::Received(Message::Log { index, entry }) => {
             check::replay::on_log_received(world, *index);
             if let Entry::Output { record, .. } = entry {
+                world.backup_logged_index.entry(record.seq).or_insert(*index);
                 if record.kind != OutputKind::DiskWrite {
                     world.logged_outputs.insert(record.seq, record.kind);
                 }

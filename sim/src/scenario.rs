@@ -74,7 +74,7 @@ pub fn run_plan(seed: u64, plan: Plan, guests: GuestFactory) -> Report {
         heal_ns: plan.heal_ms * 1_000_000,
         end_ns: plan.end_ms * 1_000_000,
         crashed: plan.crashed(),
-        liveness: !plan.double_failure(),
+        liveness: !plan.double_failure() && !check::accuracy::redundancy_spent_before_loss(&world, &plan),
         kv_workload: plan.clients > 0,
     };
     check::at_end(&mut world, &expectations);

@@ -142,6 +142,8 @@ pub struct World {
     pub history: Vec<ClientOp>,
     /// Console/net output records the backup received in the log, by sequence.
     pub logged_outputs: BTreeMap<u64, OutputKind>,
+    /// Every output record (disk writes included) the backup's driver received in the log: sequence -> index.
+    pub backup_logged_index: BTreeMap<u64, u64>,
     pub backup_received_max: u64,
     /// The highest log index the backup acknowledged (what its driver sent).
     pub backup_acked_max: u64,
@@ -194,6 +196,7 @@ impl World {
             releases: Vec::new(),
             history: Vec::new(),
             logged_outputs: BTreeMap::new(),
+            backup_logged_index: BTreeMap::new(),
             backup_received_max: 0,
             backup_acked_max: 0,
             hashes: BTreeMap::new(),

@@ -50,8 +50,9 @@ pub struct Primary<G: Guest> {
     power_off: Option<PowerOff>,
     stopped: Option<Stopped>,
     detector: Detector,
-    /// Heard from when acks arrive or the backup's heartbeat shows it has everything: a live backup behind a
-    /// dead logging channel (a stream that lost data and went quiet) fails this one.
+    /// Heard from when an ack arrives, or when an entry goes out with nothing awaiting an ack; checked only while
+    /// entries are outstanding. A live backup behind a dead logging channel (a stream that lost data and went
+    /// quiet) fails this one.
     channel_detector: Detector,
     heartbeat_next_ns: u64,
     /// `sent_ms` of the last backup heartbeat accepted: a heartbeat not newer than it is a replay.

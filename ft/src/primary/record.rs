@@ -20,6 +20,9 @@ impl<G: Guest> Primary<G> {
     }
 
     pub fn run_guest(&mut self, now_ns: u64, entropy: &mut dyn EntropySource) -> Progress {
+        if self.power_off.is_some() {
+            self.forget_completions();
+        }
         if self.stopped.is_some() || self.power_off.is_some() || matches!(self.mode, Mode::Connecting { .. }) {
             return Progress::Idle;
         }
@@ -60,6 +63,15 @@ impl<G: Guest> Primary<G> {
             }
         }
         Progress::Ran
+    }
+
+    /// The guest powered off: completions are never delivered again, so a finished read will never be logged,
+    /// and must not hold an overlapping write back for ever (the power-off waits for every write). Its data
+    /// goes nowhere: if the backup takes over the power-off, it reissues the read for a guest that is off.
+    fn forget_completions(&mut self) {
+        while let Some(done) = self.disk_done.pop_front() {
+            self.scheduler.read_logged(done.tag, None);
+        }
     }
 
     pub(super) fn guest_failed(&mut self, reason: String) -> Progress {

@@ -3,7 +3,7 @@
 //! node saying its peer failed, and before the first fault of the plan (or its crash point firing) that is a
 //! spurious failover, which halves the pair's protection for nothing.
 
-use crate::plan::Plan;
+use crate::plan::{Fault, Plan};
 use crate::world::World;
 
 /// Slack in the failure timeout for the slowest simulated slices on both sides, in ms.
@@ -38,4 +38,22 @@ pub fn check(world: &mut World, plan: &Plan) {
             ),
         );
     }
+}
+
+/// Whether the plan's one node loss may be the pair's second failure: with a failure timeout too tight for the
+/// network (not `timeouts_sane`), a healthy peer can be failed legitimately (late or corrupted heartbeats), and
+/// when that failover came before the planned loss, the loss may hit the only live node. Liveness and detection
+/// are then not owed; with sane timeouts the accuracy check above already calls such a failover a bug.
+pub fn redundancy_spent_before_loss(world: &World, plan: &Plan) -> bool {
+    if timeouts_sane(plan) {
+        return false;
+    }
+    let planned_loss_ns = plan.faults.iter().find_map(|(at_ms, fault)| match fault {
+        Fault::Crash(_) | Fault::Bounce(_) | Fault::Freeze(_) => Some(at_ms * 1_000_000),
+        _ => None,
+    });
+    let Some(loss_ns) = [planned_loss_ns, world.crash_point_fired_ns].into_iter().flatten().min() else {
+        return false;
+    };
+    world.test_and_sets.iter().any(|(at_ns, _)| *at_ns < loss_ns)
 }

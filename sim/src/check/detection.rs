@@ -9,7 +9,7 @@ use crate::world::World;
 pub const GO_LIVE_SLACK_NS: u64 = 1_000_000_000;
 
 pub fn check(world: &mut World, plan: &Plan) {
-    if plan.double_failure() {
+    if plan.double_failure() || crate::check::accuracy::redundancy_spent_before_loss(world, plan) {
         return;
     }
     let lost = plan.faults.iter().find_map(|(at_ms, fault)| match fault {

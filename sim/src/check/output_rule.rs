@@ -1,5 +1,6 @@
-//! S1 Output Rule: no output reaches the outside before the backup acknowledged the log entry that produced it
-//! (what the backup's driver sent, not what the primary believes). An output without a log entry may leave
+//! S1 Output Rule: no output reaches the outside before the backup acknowledged the log entry that produced it.
+//! Both halves come from the backup's driver: the index at which it received the output's record and the acks it
+//! sent; the releasing node's own idea of the index is not believed. An output the backup never received may leave
 //! only from the node that holds the arbiter's newest grant, won by a test-and-set (a primary alone).
 
 use crate::world::{Release, World};
@@ -8,7 +9,7 @@ pub fn on_release(world: &mut World, release: &Release) {
     let grant = world.newest_grant();
     // A primary that won the arbiter runs alone: what it held for its backup leaves now, logged or not.
     let alone = grant.node == release.node && grant.epoch >= 2;
-    match release.log_index {
+    match world.backup_logged_index.get(&release.seq).copied() {
         _ if alone => {}
         Some(index) if index > world.backup_acked_max => world.violation(
             "S1 output rule",
@@ -23,7 +24,7 @@ pub fn on_release(world: &mut World, release: &Release) {
         None => world.violation(
             "S1 output rule",
             format!(
-                "{} released output #{} unlogged, but the arbiter's newest grant is epoch {} to {}",
+                "{} released output #{}, which the backup never received, but the arbiter's newest grant is epoch {} to {}",
                 release.node.host(),
                 release.seq,
                 grant.epoch,

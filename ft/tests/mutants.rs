@@ -1,0 +1,86 @@
+//! Tests written for mutants that survived `cargo mutants` on `ft` (README: "Measuring the tests"): each one
+//! fails on the mutant named in its comment.
+
+mod common;
+
+use common::{config, drain, events, sent, Script, Zero};
+use ft::abi;
+use ft::backup::Backup;
+use ft::log::{Entry, Input};
+use ft::primary::Primary;
+use ft::wire::Message;
+use ft::{Event, Exit, Node, Position};
+
+const MS: u64 = 1_000_000;
+
+fn primary(script: Script) -> Node<Script> {
+    let mut node = Node::Primary(Box::new(Primary::new(config(), script, 64, 1, 0)));
+    drain(&mut node);
+    node.handle_message(1, Message::Welcome { pair_id: 3, epoch: 1 });
+    node
+}
+
+fn log_of(actions: &[ft::Action]) -> Vec<Message> {
+    sent(actions).into_iter().filter(|m| matches!(m, Message::Log { .. })).collect()
+}
+
+/// with no lag samples kept (`LAG_SAMPLES_MAX` of 0) every test still passed, because none
+/// looked at a lag that should be positive. An entry the backup received but has not replayed is lag.
+#[test]
+fn execution_lag_counts_from_the_oldest_entry_not_yet_replayed() {
+    let mut primary = primary(Script::console_then_halt());
+    primary.run_guest(2 * MS, &mut Zero);
+    drain(&mut primary);
+    primary.handle_message(3 * MS, Message::Ack { received: 1, replayed: 0, position: Position::default() });
+    drain(&mut primary);
+    assert_eq!(primary.stats(500 * MS).execution_lag_ns, 498 * MS, "received is not replayed");
+    primary.handle_message(501 * MS, Message::Ack { received: 1, replayed: 1, position: Position::default() });
+    assert_eq!(primary.stats(502 * MS).execution_lag_ns, 0);
+}
+
+/// `Primary::state_hash` and `Backup::state_hash` (what `ftvm` prints and compares) could
+/// return a constant and no test of `ft` noticed. They must be the hash checkpoints carry.
+#[test]
+fn state_hashes_are_the_ones_checkpoints_carry() {
+    let mut primary = Primary::new(config(), Script::console_then_halt(), 64, 1, 0);
+    primary.handle_message(1, Message::Welcome { pair_id: 3, epoch: 1 });
+    primary.take_actions();
+    primary.checkpoint_now(2).unwrap();
+    let checkpoint = sent(&Vec::from(primary.take_actions())).into_iter().find_map(|m| match m {
+        Message::Log { entry: Entry::Checkpoint { hash, .. }, .. } => Some(hash),
+        _ => None,
+    });
+    let hash = checkpoint.expect("a checkpoint entry");
+    assert_eq!(primary.state_hash().unwrap(), hash);
+    let mut backup = Backup::new(config(), Script::console_then_halt(), 64, 0);
+    assert_eq!(backup.state_hash().unwrap(), hash, "the same guest at the same position");
+}
+
+/// a stopped timer (period 0) armed for "now" went unnoticed. A guest that stops its timer
+/// gets no more timer interrupts.
+#[test]
+fn a_stopped_timer_raises_no_interrupts() {
+    let set = |us| Exit::PortOut { port: abi::TIMER_PERIOD_US, size: 4, value: us };
+    let mut node = primary(Script::new([set(1_000), set(0)]));
+    let mut log = Vec::new();
+    for ms in 2..50 {
+        node.run_guest(ms * MS, &mut Zero);
+        log.extend(log_of(&drain(&mut node)));
+    }
+    let timers =
+        log.iter().filter(|m| matches!(m, Message::Log { entry: Entry::Input { input: Input::Timer, .. }, .. }));
+    assert_eq!(timers.count(), 0, "{log:?}");
+}
+
+/// a `Welcome` of another pair or epoch brought the channel up like the right one.
+#[test]
+fn a_welcome_of_another_pair_or_epoch_is_refused() {
+    for (pair_id, epoch) in [(4, 1), (3, 2)] {
+        let mut node = Node::Primary(Box::new(Primary::new(config(), Script::new([]), 64, 1, 0)));
+        drain(&mut node);
+        node.handle_message(MS, Message::Welcome { pair_id, epoch });
+        let events = events(&drain(&mut node));
+        assert!(!events.iter().any(|e| matches!(e, Event::ChannelUp { .. })), "{events:?}");
+        assert!(events.iter().any(|e| matches!(e, Event::ProtocolViolation(_))), "{events:?}");
+    }
+}
