@@ -1,5 +1,5 @@
 //! S2 output consistency: every copy of an output is identical; each node releases console and network output
-//! in order; and a backup that went live lost none of the outputs it had in its log.
+//! in order; and a backup that went live lost none of the outputs it had in its log, nor changed one.
 
 use std::collections::BTreeMap;
 
@@ -36,9 +36,14 @@ pub fn check(world: &mut World) {
     }
     let backup_live = world.live.values().any(|nodes| nodes.contains(&NodeId::B));
     if backup_live {
-        for (seq, kind) in &world.logged_outputs {
-            if !first.contains_key(seq) {
-                problems.push(format!("{kind:?} output #{seq} was in the backup's log but never reached the outside"));
+        for (seq, (kind, digest)) in &world.logged_outputs {
+            match first.get(seq) {
+                None => problems
+                    .push(format!("{kind:?} output #{seq} was in the backup's log but never reached the outside")),
+                Some(&(_, released)) if released != *digest => problems.push(format!(
+                    "{kind:?} output #{seq} reached the outside with other content than the backup had in its log"
+                )),
+                Some(_) => {}
             }
         }
     }
