@@ -114,7 +114,8 @@ impl Scheduler {
             let candidate = &self.queue[i];
             let unacked_read = candidate.op == DiskOp::Write
                 && self.reads_unacked.iter().any(|(_, read, _)| overlap(read, &candidate.target));
-            if unacked_read {
+            // Marked only when the read is what holds the write (not the Output Rule as well).
+            if unacked_read && candidate.held_until.is_none() {
                 cov_mark::hit!(write_waits_for_read_completion);
             }
             let blocked = unacked_read
