@@ -84,3 +84,45 @@ fn a_welcome_of_another_pair_or_epoch_is_refused() {
         assert!(events.iter().any(|e| matches!(e, Event::ProtocolViolation(_))), "{events:?}");
     }
 }
+
+/// The backup's accessors (`epoch`, `buffered`, `stats`) returned constants, its entry count multiplied instead
+/// of adding, and traffic after the goodbye was let through: none of it failed a test. What `ftvm status` and the
+/// simulator read from a backup must be true.
+#[test]
+fn a_backup_reports_its_epoch_buffer_and_counts_and_refuses_traffic_after_the_goodbye() {
+    let mut backup = Backup::new(config(), Script::new([]), 64, 0);
+    backup.handle_message(0, Message::Hello { pair_id: 3, epoch: 5, image_digest: 9 });
+    assert_eq!(backup.epoch(), 5);
+    for index in 1..=3 {
+        let entry =
+            Entry::Input { position: Position { exits: 100 + index, instructions: 0 }, pc: 0, input: Input::Timer };
+        backup.handle_message(index, Message::Log { index, entry });
+    }
+    assert_eq!(backup.buffered(), 3);
+    assert_eq!(backup.stats().log_entries, 3);
+    assert_eq!(backup.stats().acked, 0, "received, none replayed");
+    let buffered = backup.buffered();
+    backup.take_actions();
+    backup.handle_message(4, Message::Goodbye { status: 0 });
+    let entry = Entry::Input { position: Position { exits: 200, instructions: 0 }, pc: 0, input: Input::Timer };
+    backup.handle_message(5, Message::Log { index: 4, entry });
+    let actions = Vec::from(backup.take_actions());
+    assert!(events(&actions).iter().any(|e| matches!(e, Event::ProtocolViolation(_))), "{actions:?}");
+    assert_eq!(backup.buffered(), buffered, "nothing after the goodbye is taken");
+}
+
+/// `Backup::stats` reported the entries it replayed as `acked`; without that field the count was 0.
+#[test]
+fn a_backup_counts_what_it_replayed() {
+    let mut primary = primary(Script::console_then_halt());
+    primary.run_guest(2 * MS, &mut Zero);
+    let log = log_of(&drain(&mut primary));
+    let mut backup = Backup::new(config(), Script::console_then_halt(), 64, 0);
+    backup.handle_message(0, Message::Hello { pair_id: 3, epoch: 1, image_digest: 9 });
+    for message in log {
+        backup.handle_message(3 * MS, message);
+    }
+    backup.run_guest(4 * MS);
+    assert_eq!(backup.buffered(), 0);
+    assert_eq!(backup.stats().acked, 1, "{:?}", backup.stats());
+}
