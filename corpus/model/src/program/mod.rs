@@ -119,9 +119,11 @@ pub(crate) fn console_line(memory: &mut Memory, args: fmt::Arguments<'_>) -> u32
     gpa(CONSOLE_BUFFER)
 }
 
-/// A guest-physical address of the program's layout, as a port value.
+/// A guest-physical address of the program's layout, as a port value. Addresses derive from guest state, which a
+/// restored snapshot (or a corrupt peer, through the platform) can set to anything: one beyond 4 GiB becomes
+/// `u32::MAX`, outside guest memory, which the platform refuses like any bad address instead of a panic here.
 pub(crate) fn gpa(address: usize) -> u32 {
-    u32::try_from(address).expect("guest memory is smaller than 4 GiB")
+    u32::try_from(address).unwrap_or(u32::MAX)
 }
 
 struct Line {
