@@ -126,3 +126,27 @@ fn a_backup_counts_what_it_replayed() {
     assert_eq!(backup.buffered(), 0);
     assert_eq!(backup.stats().acked, 1, "{:?}", backup.stats());
 }
+
+/// A heartbeat's `sent_ms` multiplied instead of divided went unnoticed (still increasing, so still "fresh"),
+/// though it overflows after five hours of uptime. Both sides stamp heartbeats with their clock in ms.
+#[test]
+fn heartbeats_carry_the_sender_clock_in_ms() {
+    let stamps = |actions: &[ft::Action]| -> Vec<u64> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                ft::Action::Heartbeat(Message::Heartbeat { sent_ms, .. }) => Some(*sent_ms),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut node = primary(Script::new([]));
+    drain(&mut node);
+    node.handle_timeout(7_000 * MS);
+    assert_eq!(stamps(&drain(&mut node)), vec![7_000]);
+    let mut backup = Node::Backup(Box::new(Backup::new(config(), Script::new([]), 64, 0)));
+    backup.handle_message(0, Message::Hello { pair_id: 3, epoch: 1, image_digest: 9 });
+    drain(&mut backup);
+    backup.handle_timeout(7_000 * MS);
+    assert_eq!(stamps(&drain(&mut backup)), vec![7_000]);
+}
