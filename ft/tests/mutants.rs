@@ -122,7 +122,7 @@ fn a_backup_counts_what_it_replayed() {
     for message in log {
         backup.handle_message(3 * MS, message);
     }
-    backup.run_guest(4 * MS);
+    assert_eq!(backup.run_guest(4 * MS), ft::Progress::Ran, "it replayed, then ran out of log");
     assert_eq!(backup.buffered(), 0);
     assert_eq!(backup.stats().acked, 1, "{:?}", backup.stats());
 }
@@ -149,4 +149,22 @@ fn heartbeats_carry_the_sender_clock_in_ms() {
     drain(&mut backup);
     backup.handle_timeout(7_000 * MS);
     assert_eq!(stamps(&drain(&mut backup)), vec![7_000]);
+}
+
+/// An arbiter answer that does not move the epoch forward is refused and asked again after `arbiter_retry_ms`,
+/// not at once (the retry delay divided instead of multiplied went unnoticed).
+#[test]
+fn a_grant_that_does_not_move_the_epoch_is_asked_again_after_the_retry_delay() {
+    let retry_ns = config().arbiter_retry_ms * MS;
+    let mut backup = Node::Backup(Box::new(Backup::new(config(), Script::new([]), 64, 0)));
+    backup.handle_message(0, Message::Hello { pair_id: 3, epoch: 1, image_digest: 9 });
+    backup.handle_channel_closed(MS, "gone");
+    drain(&mut backup);
+    backup.handle_arbiter(2 * MS, ft::ArbiterOutcome::Won { epoch: 1 });
+    let actions = drain(&mut backup);
+    assert!(events(&actions).iter().any(|e| matches!(e, Event::ProtocolViolation(_))), "{actions:?}");
+    backup.handle_timeout(2 * MS + retry_ns - MS);
+    assert!(!drain(&mut backup).iter().any(|a| matches!(a, ft::Action::TestAndSet { .. })), "too early");
+    backup.handle_timeout(2 * MS + retry_ns);
+    assert!(drain(&mut backup).iter().any(|a| matches!(a, ft::Action::TestAndSet { expected_epoch: 1 })));
 }
