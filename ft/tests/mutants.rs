@@ -168,3 +168,83 @@ fn a_grant_that_does_not_move_the_epoch_is_asked_again_after_the_retry_delay() {
     backup.handle_timeout(2 * MS + retry_ns);
     assert!(drain(&mut backup).iter().any(|a| matches!(a, ft::Action::TestAndSet { expected_epoch: 1 })));
 }
+
+/// A primary whose backup is declared failed, waiting for the arbiter.
+fn arbitrating_primary() -> Node<Script> {
+    let mut node = primary(Script::new([]));
+    node.handle_channel_closed(2 * MS, "gone");
+    assert!(drain(&mut node).iter().any(|a| matches!(a, ft::Action::TestAndSet { expected_epoch: 1 })));
+    node
+}
+
+fn tests_and_sets(node: &mut Node<Script>) -> bool {
+    drain(node).iter().any(|a| matches!(a, ft::Action::TestAndSet { .. }))
+}
+
+/// The primary's arbiter handling: a grant that does not move the epoch is refused (its guard removed, it went
+/// live); after it, and after an unreachable arbiter, the next attempt waits `arbiter_retry_ms` (an addition
+/// instead of a multiplication retried after a millisecond).
+#[test]
+fn the_primary_refuses_a_grant_that_does_not_move_the_epoch_and_retries_after_the_delay() {
+    let retry_ns = config().arbiter_retry_ms * MS;
+    for outcome in [ft::ArbiterOutcome::Won { epoch: 1 }, ft::ArbiterOutcome::Unreachable] {
+        let mut node = arbitrating_primary();
+        node.handle_arbiter(3 * MS, outcome);
+        let events = events(&drain(&mut node));
+        assert!(!events.iter().any(|e| matches!(e, Event::WentLive { .. })), "{outcome:?}: {events:?}");
+        node.handle_timeout(3 * MS + retry_ns - MS);
+        assert!(!tests_and_sets(&mut node), "{outcome:?}: asked again too early");
+        node.handle_timeout(3 * MS + retry_ns);
+        assert!(tests_and_sets(&mut node), "{outcome:?}: never asked again");
+    }
+}
+
+/// A channel that closes before the backup welcomed the primary is "never connected", not a lost channel (the
+/// arm deleted, the cause was wrong).
+#[test]
+fn a_channel_closed_before_the_welcome_is_never_connected() {
+    let mut node = Node::Primary(Box::new(Primary::new(config(), Script::new([]), 64, 1, 0)));
+    drain(&mut node);
+    node.handle_channel_closed(MS, "refused");
+    let events = events(&drain(&mut node));
+    assert!(
+        events.iter().any(|e| matches!(e, Event::PeerFailed { cause: ft::FailureCause::NeverConnected, .. })),
+        "{events:?}"
+    );
+}
+
+/// Acks outside the log are protocol violations: one that says more replayed than received, and one that goes
+/// back (an `||` turned `&&` accepted both).
+#[test]
+fn acks_outside_the_log_are_violations() {
+    for (received, replayed) in [(1, 2), (0, 0)] {
+        let mut node = primary(Script::console_then_halt());
+        node.run_guest(2 * MS, &mut Zero);
+        drain(&mut node);
+        node.handle_message(3 * MS, Message::Ack { received: 1, replayed: 0, position: Position::default() });
+        drain(&mut node);
+        node.handle_message(4 * MS, Message::Ack { received, replayed, position: Position::default() });
+        let events = events(&drain(&mut node));
+        let violation = events.iter().any(|e| matches!(e, Event::ProtocolViolation(_)));
+        assert!(violation, "ack {received}/{replayed}: {events:?}");
+    }
+}
+
+/// A divergence names what the guest did against what the log has (the guest's side emptied, operators would
+/// read "actual  at pc").
+#[test]
+fn a_divergence_names_what_the_guest_did() {
+    let mut backup = Backup::new(config(), Script::console_then_halt(), 64, 0);
+    backup.handle_message(0, Message::Hello { pair_id: 3, epoch: 1, image_digest: 9 });
+    let record = ft::log::OutputRecord { seq: 0, kind: ft::log::OutputKind::Console, length_bytes: 3, digest: 1 };
+    let entry = Entry::Output { position: Position { exits: 1, instructions: 0 }, pc: 0, record };
+    backup.handle_message(MS, Message::Log { index: 1, entry });
+    backup.run_guest(2 * MS);
+    let divergence = events(&Vec::from(backup.take_actions())).into_iter().find_map(|e| match e {
+        Event::Diverged(divergence) => Some(divergence),
+        _ => None,
+    });
+    let divergence = divergence.expect("other console bytes than the log's diverge");
+    assert!(divergence.expected.contains("output #0"), "{divergence}");
+    assert!(divergence.actual.contains("output #0 Console 3 bytes"), "{divergence}");
+}
