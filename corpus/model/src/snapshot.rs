@@ -213,13 +213,14 @@ fn decode_core(reader: &mut Reader<'_>) -> Result<Core, GuestError> {
         *word = reader.u64()?;
     }
     let registers = Registers { label, step, ret, wait_events, input, r, interrupts_enabled };
-    Ok(Core {
-        workload,
-        registers,
-        pending,
-        handler,
-        port_in: has_port_in.then_some(port),
-        instructions: reader.u64()?,
-        exits: reader.u64()?,
-    })
+    let (instructions, exits) = (reader.u64()?, reader.u64()?);
+    // No guest counts that far (centuries of instructions); a count near u64::MAX would overflow the slice
+    // arithmetic of whoever runs the restored guest.
+    if instructions > COUNT_MAX || exits > COUNT_MAX {
+        return Err(bad(format!("position of {instructions} instructions, {exits} exits")));
+    }
+    Ok(Core { workload, registers, pending, handler, port_in: has_port_in.then_some(port), instructions, exits })
 }
+
+/// The largest instruction or exit count a snapshot may carry.
+const COUNT_MAX: u64 = 1 << 62;

@@ -44,3 +44,10 @@ fn model_snapshot(input: &[u8]) {
 fn model_snapshot_boot_step_overflow() {
     model_snapshot(include_bytes!("fuzz_inputs/model_snapshot-boot-step-overflow.bin"));
 }
+
+/// A restored instruction count next to `u64::MAX` overflowed the next run's target (`start + slice`), as it
+/// would in the primary's slice arithmetic; no guest gets there, so such a snapshot is refused.
+#[test]
+fn model_snapshot_counter_near_overflow() {
+    model_snapshot(include_bytes!("fuzz_inputs/model_snapshot-counter-near-overflow.bin"));
+}
