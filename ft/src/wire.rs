@@ -346,6 +346,11 @@ impl StreamDecoder {
         self.buffer.extend_from_slice(bytes);
     }
 
+    /// Bytes held: fed and not yet consumed, plus consumed bytes until the next feed compacts them.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// The next complete message, `None` if more bytes are needed.
     pub fn next_message(&mut self) -> Result<Option<Message>, WireError> {
         let available = &self.buffer[self.consumed..];

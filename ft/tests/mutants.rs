@@ -248,3 +248,34 @@ fn a_divergence_names_what_the_guest_did() {
     assert!(divergence.expected.contains("output #0"), "{divergence}");
     assert!(divergence.actual.contains("output #0 Console 3 bytes"), "{divergence}");
 }
+
+/// A power-off waits for the disk writes before it: with the scheduler always "idle" the primary stopped with
+/// a write still at storage.
+#[test]
+fn a_power_off_waits_for_its_disk_writes() {
+    let mut script = Script::new([]);
+    let write = script.disk_request(0x440, abi::DISK_OP_WRITE, 2, 5, 0x3000);
+    script.exits.extend([write, Exit::PortOut { port: abi::POWER_OFF, size: 4, value: 0 }]);
+    let mut node = primary(script);
+    node.run_guest(2 * MS, &mut Zero);
+    let logged = log_of(&drain(&mut node)).len() as u64;
+    node.handle_message(3 * MS, Message::Ack { received: logged, replayed: logged, position: Position::ZERO });
+    node.run_guest(4 * MS, &mut Zero);
+    let actions = drain(&mut node);
+    assert!(actions.iter().any(|a| matches!(a, ft::Action::Storage { .. })), "{actions:?}");
+    assert!(node.stopped().is_none(), "stopped with its write still at storage");
+    node.handle_storage_done(5 * MS, ft::StorageDone { tag: 2, status: abi::DiskStatus::Ok, data: Vec::new() });
+    node.run_guest(6 * MS, &mut Zero);
+    let actions = drain(&mut node);
+    assert!(events(&actions).contains(&Event::PoweredOff { status: 0 }), "{actions:?}");
+}
+
+/// `oldest_output_held_ns` (what `ftvm status` shows of the Output Rule) read 0 with the field deleted.
+#[test]
+fn stats_show_how_long_the_oldest_output_has_been_held() {
+    let mut node = primary(Script::console_then_halt());
+    node.run_guest(2 * MS, &mut Zero);
+    drain(&mut node);
+    assert_eq!(node.stats(102 * MS).oldest_output_held_ns, 100 * MS);
+    assert_eq!(node.stats(102 * MS).outputs_held, 1);
+}

@@ -159,3 +159,31 @@ fn wrong_version_and_kind_are_named() {
     frame[2] = 9;
     assert_eq!(wire::decode(&frame), Err(WireError::UnsupportedVersion(9)));
 }
+
+/// The bound is inclusive: a payload of exactly `PAYLOAD_BYTES_MAX` bytes passes the length check (and fails
+/// later, here on its checksum), one more byte is oversized. Found by mutation testing (`>` turned `>=`).
+#[test]
+fn a_payload_of_exactly_the_maximum_is_not_oversized() {
+    let mut frame = wire::encode(&Message::Released { output_seq: 1 }, 0);
+    frame.truncate(HEADER_BYTES);
+    frame[4..8].copy_from_slice(&(wire::PAYLOAD_BYTES_MAX as u32).to_le_bytes());
+    frame.resize(HEADER_BYTES + wire::PAYLOAD_BYTES_MAX, 0);
+    assert!(!matches!(wire::decode(&frame), Err(WireError::Oversized(_))), "{:?}", wire::decode(&frame));
+    frame[4..8].copy_from_slice(&(wire::PAYLOAD_BYTES_MAX as u32 + 1).to_le_bytes());
+    frame.push(0);
+    assert!(matches!(wire::decode(&frame), Err(WireError::Oversized(_))));
+}
+
+/// A long-lived stream decoder keeps only what it has not consumed: after ten thousand frames it holds less
+/// than one frame's bytes (compaction skipped, it grew by every byte ever fed). Found by mutation testing.
+#[test]
+fn a_stream_decoder_does_not_keep_consumed_bytes() {
+    let message = Message::Released { output_seq: 1 };
+    let mut decoder = StreamDecoder::new();
+    let mut encoder = wire::StreamEncoder::default();
+    for _ in 0..10_000 {
+        decoder.feed(&encoder.encode(&message));
+        assert_eq!(decoder.next_message(), Ok(Some(message.clone())));
+    }
+    assert!(decoder.buffered_bytes() < 64, "{} bytes kept", decoder.buffered_bytes());
+}
