@@ -279,3 +279,22 @@ fn stats_show_how_long_the_oldest_output_has_been_held() {
     assert_eq!(node.stats(102 * MS).oldest_output_held_ns, 100 * MS);
     assert_eq!(node.stats(102 * MS).outputs_held, 1);
 }
+
+/// Checkpoints come every `checkpoint_interval_exits` exits exactly (one exit later went unnoticed).
+#[test]
+fn checkpoints_come_every_interval_exactly() {
+    let config = ft::Config { checkpoint_interval_exits: 4, ..config() };
+    let yield_ = Exit::PortOut { port: abi::YIELD, size: 4, value: 0 };
+    let mut node = Node::Primary(Box::new(Primary::new(config, Script::new([yield_; 9]), 64, 1, 0)));
+    drain(&mut node);
+    node.handle_message(1, Message::Welcome { pair_id: 3, epoch: 1 });
+    node.run_guest(2 * MS, &mut Zero);
+    let at: Vec<u64> = log_of(&drain(&mut node))
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Log { entry: Entry::Checkpoint { position, .. }, .. } => Some(position.exits),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(at, vec![4, 8], "checkpoints at these exits");
+}
