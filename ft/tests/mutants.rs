@@ -34,6 +34,7 @@ fn execution_lag_counts_from_the_oldest_entry_not_yet_replayed() {
     primary.handle_message(3 * MS, Message::Ack { received: 1, replayed: 0, position: Position::default() });
     drain(&mut primary);
     assert_eq!(primary.stats(500 * MS).execution_lag_ns, 498 * MS, "received is not replayed");
+    assert_eq!(primary.stats(500 * MS).acked, 1, "what the backup received");
     primary.handle_message(501 * MS, Message::Ack { received: 1, replayed: 1, position: Position::default() });
     assert_eq!(primary.stats(502 * MS).execution_lag_ns, 0);
 }
