@@ -262,7 +262,11 @@ impl<G: Guest> Backup<G> {
     fn violation(&mut self, now_ns: u64, what: String) {
         self.actions.push_back(Action::Notify(Event::ProtocolViolation(what.clone())));
         self.actions.push_back(Action::CloseChannel);
-        if self.mode == Mode::Replaying {
+        if self.mode == Mode::Replaying && self.goodbye.is_some() {
+            // The primary already powered off cleanly: whatever it sends after is no reason to take over.
+            self.mode = Mode::Draining;
+            self.check_power_off();
+        } else if self.mode == Mode::Replaying {
             self.peer_failed(now_ns, FailureCause::ProtocolViolation(what));
         }
     }

@@ -398,6 +398,8 @@ fn a_backup_with_the_goodbye_never_goes_live() {
     for message in log.into_iter().chain(goodbye) {
         backup.handle_message(5, message);
     }
+    // Nor after stray traffic following it (found by a second review): a protocol error then ends the pair too.
+    backup.handle_message(6, Message::Released { output_seq: 9 });
     let mut actions = drain(&mut backup);
     for ms in [200, 400, 1_000] {
         backup.handle_timeout(ms * MS);

@@ -79,10 +79,8 @@ fn record(host: &SimHost, world: &mut World, now_ns: u64, observation: &Observat
             check::replay::on_log_received(world, *index);
             if let Entry::Output { record, .. } = entry {
                 world.backup_logged_index.entry(record.seq).or_insert(*index);
-                // A backup that knows it won drops further log; frames seen after its grant may be such.
-                let won = world.grants.iter().any(|grant| grant.node == id && grant.epoch >= 2);
-                if record.kind != OutputKind::DiskWrite && !won {
-                    world.logged_outputs.insert(record.seq, (record.kind, record.digest));
+                if record.kind != OutputKind::DiskWrite {
+                    world.logged_outputs.entry(record.seq).or_insert((record.kind, record.digest, *index));
                 }
             }
             if let Entry::Control { control: Control::PowerOff { .. }, .. } = entry {

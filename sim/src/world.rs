@@ -140,9 +140,9 @@ pub struct World {
     // What the outside saw.
     pub releases: Vec<Release>,
     pub history: Vec<ClientOp>,
-    /// Console/net output records the backup took into its log (before it won the arbiter, when it stops taking
-    /// log): sequence -> (kind, digest of the bytes).
-    pub logged_outputs: BTreeMap<u64, (OutputKind, u64)>,
+    /// Console/net output records the backup's driver received: sequence -> (kind, digest of the bytes, log
+    /// index). The checker counts those the backup acknowledged, so surely kept (it drops log once it is going live).
+    pub logged_outputs: BTreeMap<u64, (OutputKind, u64, u64)>,
     /// Every output record (disk writes included) the backup's driver received in the log: sequence -> index.
     pub backup_logged_index: BTreeMap<u64, u64>,
     pub backup_received_max: u64,

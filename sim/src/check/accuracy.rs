@@ -42,18 +42,21 @@ pub fn check(world: &mut World, plan: &Plan) {
 
 /// Whether the plan's one node loss may be the pair's second failure: with a failure timeout too tight for the
 /// network (not `timeouts_sane`), a healthy peer can be failed legitimately (late or corrupted heartbeats), and
-/// when that failover came before the planned loss, the loss may hit the only live node. Liveness and detection
-/// are then not owed; with sane timeouts the accuracy check above already calls such a failover a bug.
+/// when that failover made the node the plan then loses the only live one, liveness and detection are not owed.
+/// A loss of the other node (the one that lost the race) still owes them. With sane timeouts the accuracy check
+/// above already calls such a failover a bug.
 pub fn redundancy_spent_before_loss(world: &World, plan: &Plan) -> bool {
     if timeouts_sane(plan) {
         return false;
     }
-    let planned_loss_ns = plan.faults.iter().find_map(|(at_ms, fault)| match fault {
-        Fault::Crash(_) | Fault::Bounce(_) | Fault::Freeze(_) => Some(at_ms * 1_000_000),
+    let planned = plan.faults.iter().find_map(|(at_ms, fault)| match fault {
+        Fault::Crash(node) | Fault::Bounce(node) | Fault::Freeze(node) => Some((at_ms * 1_000_000, *node)),
         _ => None,
     });
-    let Some(loss_ns) = [planned_loss_ns, world.crash_point_fired_ns].into_iter().flatten().min() else {
+    let fired = world.crash_point_fired_ns.zip(plan.crash_point.map(|point| point.node));
+    let Some((loss_ns, lost)) = [planned, fired].into_iter().flatten().min_by_key(|(at_ns, _)| *at_ns) else {
         return false;
     };
-    world.test_and_sets.iter().any(|(at_ns, _)| *at_ns < loss_ns)
+    let holder = world.grants.iter().rfind(|grant| grant.at_ns < loss_ns);
+    holder.is_some_and(|grant| grant.epoch >= 2 && grant.node == lost)
 }

@@ -36,7 +36,8 @@ pub fn check(world: &mut World) {
     }
     let backup_live = world.live.values().any(|nodes| nodes.contains(&NodeId::B));
     if backup_live {
-        for (seq, (kind, digest)) in &world.logged_outputs {
+        let acked = world.backup_acked_max;
+        for (seq, (kind, digest, _)) in world.logged_outputs.iter().filter(|(_, (_, _, index))| *index <= acked) {
             match first.get(seq) {
                 None => problems
                     .push(format!("{kind:?} output #{seq} was in the backup's log but never reached the outside")),
