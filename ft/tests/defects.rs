@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{config, drain, events, sent, Script, Zero, CONSOLE_GPA};
+use common::{config, drain, events, log_of, primary, sent, Script, Zero};
 use ft::abi;
 use ft::backup::Backup;
 use ft::log::{Entry, Input};
@@ -13,13 +13,6 @@ use ft::{Action, ArbiterOutcome, Config, Event, Exit, Node, Position, Role};
 
 const MS: u64 = 1_000_000;
 
-fn primary(script: Script) -> Node<Script> {
-    let mut node = Node::Primary(Box::new(Primary::new(config(), script, 64, 1, 0)));
-    drain(&mut node);
-    node.handle_message(1, Message::Welcome { pair_id: 3, epoch: 1 });
-    node
-}
-
 fn backup_with(config: Config, script: Script) -> Node<Script> {
     let mut node = Node::Backup(Box::new(Backup::new(config, script, 64, 0)));
     node.handle_message(0, Message::Hello { pair_id: 3, epoch: 1, image_digest: 9 });
@@ -29,10 +22,6 @@ fn backup_with(config: Config, script: Script) -> Node<Script> {
 
 fn backup(script: Script) -> Node<Script> {
     backup_with(config(), script)
-}
-
-fn log_of(actions: &[Action]) -> Vec<Message> {
-    sent(actions).into_iter().filter(|m| matches!(m, Message::Log { .. })).collect()
 }
 
 /// Before: `Backup::handle_message` asserted its buffer bound, so a peer (or a driver) that sent one entry too
@@ -59,14 +48,7 @@ fn log_beyond_the_buffer_bound_is_a_protocol_error_not_a_panic() {
 /// test-and-set and went live. Power-off is a control operation: both sides stop and nobody goes live.
 #[test]
 fn a_clean_power_off_stops_the_backup_without_a_test_and_set() {
-    let script = || {
-        let mut script = Script::new([
-            Exit::PortOut { port: abi::CONSOLE_WRITE, size: 4, value: CONSOLE_GPA as u32 },
-            Script::power_off(0),
-        ]);
-        script.put_buffer(CONSOLE_GPA, b"bye\n");
-        script
-    };
+    let script = Script::console_then_power_off;
     let mut primary = primary(script());
     primary.run_guest(2, &mut Zero);
     let log = log_of(&drain(&mut primary));
@@ -377,14 +359,7 @@ fn a_power_off_with_a_read_and_an_overlapping_write_in_flight_finishes() {
 /// right after sending it) still failed the primary after the timeout and went live after a clean power-off.
 #[test]
 fn a_backup_with_the_goodbye_never_goes_live() {
-    let script = || {
-        let mut script = Script::new([
-            Exit::PortOut { port: abi::CONSOLE_WRITE, size: 4, value: CONSOLE_GPA as u32 },
-            Script::power_off(0),
-        ]);
-        script.put_buffer(CONSOLE_GPA, b"bye\n");
-        script
-    };
+    let script = Script::console_then_power_off;
     let mut primary = primary(script());
     primary.run_guest(2, &mut Zero);
     let log = log_of(&drain(&mut primary));

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{config, drain, events, sent, Script, Zero};
+use common::{config, drain, events, log_of, primary, sent, Script, Zero};
 use ft::abi;
 use ft::backup::Backup;
 use ft::log::{Entry, Input};
@@ -12,17 +12,6 @@ use ft::wire::Message;
 use ft::{Event, Exit, Node, Position};
 
 const MS: u64 = 1_000_000;
-
-fn primary(script: Script) -> Node<Script> {
-    let mut node = Node::Primary(Box::new(Primary::new(config(), script, 64, 1, 0)));
-    drain(&mut node);
-    node.handle_message(1, Message::Welcome { pair_id: 3, epoch: 1 });
-    node
-}
-
-fn log_of(actions: &[ft::Action]) -> Vec<Message> {
-    sent(actions).into_iter().filter(|m| matches!(m, Message::Log { .. })).collect()
-}
 
 /// with no lag samples kept (`LAG_SAMPLES_MAX` of 0) every test still passed, because none
 /// looked at a lag that should be positive. An entry the backup received but has not replayed is lag.

@@ -26,25 +26,34 @@ fn kvm_usable() -> bool {
     }
 }
 
-#[test]
-fn kvm_guest_survives_primary_crash_in_the_simulator() {
-    if !kvm_usable() {
-        return;
-    }
-    let mut plan = Plan::generate(1);
-    plan.workload = Workload::Kv;
-    plan.clients = 2;
-    plan.pipeline = 1;
+/// A plan whose only fault is a crash of the primary's host at 2.5 s, with `clients` clients keeping `pipeline`
+/// requests in flight each, on the real KVM corpus guest `guest`.
+fn primary_crash(seed: u64, workload: Workload, clients: u32, pipeline: u32) -> Plan {
+    let mut plan = Plan::generate(seed);
+    plan.workload = workload;
+    plan.clients = clients;
+    plan.pipeline = pipeline;
     plan.slice_cost_us = [1_000, 1_000];
     plan.crash_point = None;
     plan.faults = vec![(2_500, Fault::Crash(NodeId::A))];
     plan.heal_ms = 4_000;
     plan.end_ms = 6_000;
-    let guests: ft_sim::node_host::GuestFactory = Rc::new(|| {
-        let image = corpus::guest_elf("kv").expect("the kv guest is in the corpus");
+    plan
+}
+
+fn kvm_guests(guest: &'static str) -> ft_sim::node_host::GuestFactory {
+    Rc::new(move || {
+        let image = corpus::guest_elf(guest).expect("the guest is in the corpus");
         Box::new(KvmGuest::new(&KvmConfig::default(), image).expect("KVM was usable a moment ago"))
-    });
-    let report = scenario::run_plan(1, plan, guests);
+    })
+}
+
+#[test]
+fn kvm_guest_survives_primary_crash_in_the_simulator() {
+    if !kvm_usable() {
+        return;
+    }
+    let report = scenario::run_plan(1, primary_crash(1, Workload::Kv, 2, 1), kvm_guests("kv"));
     let trace = report.trace.join("\n");
     assert!(report.violations.is_empty(), "violations: {:?}\n{trace}", report.violations);
     assert_eq!(report.counts.failovers, 1, "the backup must go live:\n{trace}");
@@ -61,20 +70,7 @@ fn pipelined_kvm_guest_survives_primary_crash_with_requests_in_flight() {
     if !kvm_usable() {
         return;
     }
-    let mut plan = Plan::generate(2);
-    plan.workload = Workload::KvPipelined;
-    plan.clients = 3;
-    plan.pipeline = 4;
-    plan.slice_cost_us = [1_000, 1_000];
-    plan.crash_point = None;
-    plan.faults = vec![(2_500, Fault::Crash(NodeId::A))];
-    plan.heal_ms = 4_000;
-    plan.end_ms = 6_000;
-    let guests: ft_sim::node_host::GuestFactory = Rc::new(|| {
-        let image = corpus::guest_elf("kvq").expect("the kvq guest is in the corpus");
-        Box::new(KvmGuest::new(&KvmConfig::default(), image).expect("KVM was usable a moment ago"))
-    });
-    let report = scenario::run_plan(2, plan, guests);
+    let report = scenario::run_plan(2, primary_crash(2, Workload::KvPipelined, 3, 4), kvm_guests("kvq"));
     let trace = report.trace.join("\n");
     assert!(report.violations.is_empty(), "violations: {:?}\n{trace}", report.violations);
     assert_eq!(report.counts.failovers, 1, "the backup must go live:\n{trace}");

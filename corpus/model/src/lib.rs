@@ -13,6 +13,8 @@
 //! exact instruction count and the vector into an accumulator in memory: delivering at instruction N or N + 1
 //! gives different state hashes, so an off-by-one in the protocol's delivery position cannot go unnoticed.
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod interrupt;
 mod machine;
 mod memory;

@@ -15,8 +15,8 @@ use super::workload::Workload;
 /// "MDLG".
 const MAGIC: u32 = 0x474c_444d;
 const VERSION: u32 = 1;
-const HEADER_BYTES: usize = 8;
-const CHECKSUM_BYTES: usize = 8;
+pub(crate) const HEADER_BYTES: usize = 8;
+pub(crate) const CHECKSUM_BYTES: usize = 8;
 
 /// Encoded size of a [`Core`]: workload 10, five u32 registers 20, general registers 64, IF 1, port-in 3,
 /// handler 3, pending 32, counters 16.

@@ -35,6 +35,16 @@ impl Script {
         script
     }
 
+    /// Writes "bye\n" to the console, then powers off with status 0.
+    pub fn console_then_power_off() -> Script {
+        let mut script = Script::new([
+            Exit::PortOut { port: abi::CONSOLE_WRITE, size: 4, value: CONSOLE_GPA as u32 },
+            Script::power_off(0),
+        ]);
+        script.put_buffer(CONSOLE_GPA, b"bye\n");
+        script
+    }
+
     /// Writes a `Buffer` (u32 length, bytes) at `gpa`.
     pub fn put_buffer(&mut self, gpa: u64, bytes: &[u8]) {
         let at = gpa as usize;
@@ -126,4 +136,17 @@ pub fn sent(actions: &[Action]) -> Vec<ft::wire::Message> {
 
 pub fn events(actions: &[Action]) -> Vec<ft::Event> {
     actions.iter().filter_map(|a| if let Action::Notify(e) = a { Some(e.clone()) } else { None }).collect()
+}
+
+/// A primary of pair 3 whose backup has welcomed it (epoch 1), its start-up actions drained.
+pub fn primary(script: Script) -> Node<Script> {
+    let mut node = Node::Primary(Box::new(ft::primary::Primary::new(config(), script, 64, 1, 0)));
+    drain(&mut node);
+    node.handle_message(1, ft::wire::Message::Welcome { pair_id: 3, epoch: 1 });
+    node
+}
+
+/// The log entries among `actions`.
+pub fn log_of(actions: &[Action]) -> Vec<ft::wire::Message> {
+    sent(actions).into_iter().filter(|m| matches!(m, ft::wire::Message::Log { .. })).collect()
 }
