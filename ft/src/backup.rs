@@ -7,22 +7,16 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::config::{Config, NS_PER_MS};
 use crate::detector::Detector;
+use crate::events::{
+    Action, ArbiterOutcome, Divergence, EntropySource, Event, Expect, FailureCause, Progress, Stats, Stopped,
+};
 use crate::guest::{Exit, Guest};
 use crate::log::{Control, Entry, Input, LogIndex, Output, OutputKind, OutputRecord};
-use crate::node::{Action, ArbiterOutcome, Divergence, EntropySource, Event, FailureCause, Progress, Stats, Stopped};
 use crate::platform::{ExitAction, InputKind};
 use crate::position::Position;
 use crate::primary::{Inheritance, Primary};
 use crate::vm::Vm;
 use crate::wire::{self, Message};
-
-/// The log entry that the guest's last exit calls for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Expect {
-    Input(InputKind),
-    Output(Output),
-    PowerOff { status: u32 },
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod bytes;
 pub mod config;
 pub mod detector;
+pub mod events;
 pub mod guest;
 pub mod kv;
 pub mod log;

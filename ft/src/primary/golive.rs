@@ -2,11 +2,10 @@
 
 use std::collections::VecDeque;
 
-use crate::backup::Expect;
 use crate::config::Config;
+use crate::events::{Action, EntropySource, Expect};
 use crate::guest::Guest;
 use crate::log::{Input, Output};
-use crate::node::{Action, EntropySource};
 use crate::platform::InputKind;
 use crate::vm::Vm;
 

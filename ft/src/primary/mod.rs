@@ -13,9 +13,9 @@ use std::collections::VecDeque;
 
 use crate::config::{Config, NS_PER_MS, NS_PER_US};
 use crate::detector::Detector;
+use crate::events::{Action, ArbiterOutcome, Event, FailureCause, Stats, Stopped, StorageDone};
 use crate::guest::Guest;
 use crate::log::{Entry, LogIndex, Output};
-use crate::node::{Action, ArbiterOutcome, Event, FailureCause, Stats, Stopped, StorageDone};
 use crate::position::Position;
 use crate::storage::Scheduler;
 use crate::vm::Vm;

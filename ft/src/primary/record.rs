@@ -2,9 +2,9 @@
 //! position, every output logged and held.
 
 use crate::config::NS_PER_US;
+use crate::events::{Action, EntropySource, Event, Progress, Stopped};
 use crate::guest::{Exit, Guest};
 use crate::log::{Control, Entry, Input, LogIndex, Output, OutputKind, OutputRecord};
-use crate::node::{Action, EntropySource, Event, Progress, Stopped};
 use crate::platform::{DiskOp, ExitAction, InputKind};
 use crate::wire::Message;
 
