@@ -10,7 +10,7 @@ use crate::detector::Detector;
 use crate::events::{
     Action, ArbiterOutcome, Divergence, EntropySource, Event, Expect, FailureCause, Progress, Stats, Stopped,
 };
-use crate::guest::{Exit, Guest};
+use crate::guest::{Exit, Guest, GuestError, RunStart};
 use crate::log::{Control, Entry, Input, LogIndex, Output, OutputKind, OutputRecord};
 use crate::platform::{ExitAction, InputKind};
 use crate::position::Position;
@@ -41,6 +41,10 @@ enum Mode {
 enum Step {
     Progressed,
     NeedLog,
+    /// The guest must run (to this instruction target) to reach the next logged position.
+    Run {
+        target: Option<u64>,
+    },
 }
 
 pub struct Backup<G: Guest> {
@@ -125,6 +129,15 @@ impl<G: Guest> Backup<G> {
     /// Entries received and not yet replayed.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
+    }
+
+    pub(crate) fn vm(&self) -> &Vm<G> {
+        &self.vm
+    }
+
+    /// The node has stopped for good and waits only for its guest to come back from the vCPU thread.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopped.is_some()
     }
 
     pub fn take_stopped(&mut self) -> Option<Stopped> {
@@ -364,7 +377,7 @@ impl<G: Guest> Backup<G> {
     // ---- replay -----------------------------------------------------------------------------------------------
 
     pub fn run_guest(&mut self, _now_ns: u64) -> Progress {
-        if self.stopped.is_some() || matches!(self.mode, Mode::Listening { .. }) {
+        if self.stopped.is_some() || self.vm.running() || matches!(self.mode, Mode::Listening { .. }) {
             return Progress::Idle;
         }
         let start = self.vm.position();
@@ -376,17 +389,40 @@ impl<G: Guest> Backup<G> {
             if slice_done || self.stopped.is_some() {
                 return Progress::Ran;
             }
-            match self.step() {
-                Ok(Step::Progressed) => steps += 1,
+            let step = match self.step() {
+                Ok(Step::Run { target }) => match self.vm.start_run(target) {
+                    RunStart::Done(result) => self.after_run(result),
+                    RunStart::Started => return Progress::Running,
+                },
+                other => other,
+            };
+            match step {
+                Ok(Step::Progressed | Step::Run { .. }) => steps += 1,
                 Ok(Step::NeedLog) => return if steps > 0 { Progress::Ran } else { Progress::Idle },
                 Err(divergence) => {
-                    self.actions.push_back(Action::Notify(Event::Diverged(divergence.clone())));
-                    self.actions.push_back(Action::CloseChannel);
-                    self.stopped = Some(Stopped::Diverged(divergence));
+                    self.diverge(divergence);
                     return Progress::Idle;
                 }
             }
         }
+    }
+
+    /// Takes the result of a replay run on the vCPU thread, if it has ended.
+    pub fn guest_exited(&mut self, _now_ns: u64) -> Progress {
+        let Some(result) = self.vm.finish_run() else { return Progress::Running };
+        match self.after_run(result) {
+            Ok(_) => Progress::Ran,
+            Err(divergence) => {
+                self.diverge(divergence);
+                Progress::Idle
+            }
+        }
+    }
+
+    fn diverge(&mut self, divergence: Divergence) {
+        self.actions.push_back(Action::Notify(Event::Diverged(divergence.clone())));
+        self.actions.push_back(Action::CloseChannel);
+        self.stopped = Some(Stopped::Diverged(divergence));
     }
 
     fn diverged(&self, expected: String, actual: String) -> Divergence {
@@ -403,6 +439,8 @@ impl<G: Guest> Backup<G> {
         let position = self.vm.position();
         let logged = entry.position();
         if logged == position {
+            // The backup runs the guest only towards an entry ahead of it, so a kick cannot leave it past one.
+            assert!(self.vm.at_position(), "a kicked replay stopped at a logged position");
             return self.apply_unprompted();
         }
         if self.powered_off.is_some() {
@@ -422,8 +460,13 @@ impl<G: Guest> Backup<G> {
                 slice_end
             }
         });
-        let exit = self.vm.guest.run(target).map_err(|e| self.diverged("the guest to run".into(), e.to_string()))?;
-        if exit == Exit::InstructionLimit {
+        Ok(Step::Run { target })
+    }
+
+    /// Handles how a replay run ended: an exit calls for the log entry it must find next.
+    fn after_run(&mut self, result: Result<Exit, GuestError>) -> Result<Step, Divergence> {
+        let exit = result.map_err(|e| self.diverged("the guest to run".into(), e.to_string()))?;
+        if matches!(exit, Exit::InstructionLimit | Exit::Kicked) {
             return Ok(Step::Progressed);
         }
         let action = self

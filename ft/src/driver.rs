@@ -100,10 +100,18 @@ pub trait Observer {
     fn observe(&self, now_ns: u64, observation: Observation);
 }
 
-/// Everything a node's environment provides.
-pub trait Host: Clock + Datagrams + BlockStorage + Arbiter + Outside + Observer + 'static {}
+/// Where the driver learns that a run of a guest with its own vCPU thread (`RunStart::Started`) has ended.
+#[allow(async_fn_in_trait)]
+pub trait GuestExits {
+    /// Resolves when a run may have ended (a spurious wake is harmless: the driver asks the guest). A host whose
+    /// guests run on the driver's thread never resolves.
+    async fn guest_exit(&self);
+}
 
-impl<T: Clock + Datagrams + BlockStorage + Arbiter + Outside + Observer + 'static> Host for T {}
+/// Everything a node's environment provides.
+pub trait Host: Clock + Datagrams + BlockStorage + Arbiter + Outside + Observer + GuestExits + 'static {}
+
+impl<T: Clock + Datagrams + BlockStorage + Arbiter + Outside + Observer + GuestExits + 'static> Host for T {}
 
 /// Delay before retrying a storage request that found storage unreachable.
 const STORAGE_RETRY_NS: u64 = 20_000_000;
@@ -175,12 +183,15 @@ where
                 }
             };
         }
-        let progress = node.run_guest(now_ns, entropy);
+        // A guest on its own vCPU thread runs on while the driver handles acks, timers and I/O; the next run
+        // starts once the last one's exit is handled.
+        let progress = if node.guest_running() { Progress::Running } else { node.run_guest(now_ns, entropy) };
         while let Some(action) = node.poll_action() {
             host.observe(now_ns, Observation::Action(&action));
             let channel = (&mut encoder, &mut channel_out, &mut reader, &mut linger);
             perform(&host, &node, action, channel, &done_tx, &writes);
         }
+        node.kick_guest_if_stopping();
         if let Some(stopped) = node.stopped() {
             if let Some(task) = linger.task.take() {
                 let _ = task.await;
@@ -244,6 +255,9 @@ where
                 Some(frame) => node.handle_net_frame(host.now_ns(), frame),
                 None => frames_open = false,
             },
+            _ = host.guest_exit(), if progress == Progress::Running => {
+                node.guest_exited(host.now_ns(), entropy);
+            }
             _ = host.sleep_until_ns(wake_ns) => {}
         }
     }
@@ -407,17 +421,19 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
     done_tx: mpsc::UnboundedSender<Completion>,
 ) {
-    while let Some(frame) = frames.recv().await {
-        if let Err(error) = writer.write_all(&frame).await {
+    while let Some(mut batch) = frames.recv().await {
+        // What is queued goes out in one write (the entries of one exit, or of everything since the last
+        // write), then a flush: the Output Rule waits on the ack, so latency matters more than syscalls.
+        while let Ok(frame) = frames.try_recv() {
+            batch.extend_from_slice(&frame);
+        }
+        if let Err(error) = writer.write_all(&batch).await {
             let _ = done_tx.send(Completion::ChannelWriteFailed(error.to_string()));
             return;
         }
-        // Flush per batch: the Output Rule waits on the ack, so latency matters more than syscalls.
-        if frames.is_empty() {
-            if let Err(error) = writer.flush().await {
-                let _ = done_tx.send(Completion::ChannelWriteFailed(error.to_string()));
-                return;
-            }
+        if let Err(error) = writer.flush().await {
+            let _ = done_tx.send(Completion::ChannelWriteFailed(error.to_string()));
+            return;
         }
     }
     let _ = writer.shutdown().await;

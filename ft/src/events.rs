@@ -189,6 +189,8 @@ pub enum Progress {
     Ran,
     /// Nothing to run until an input, a message or a timeout.
     Idle,
+    /// The guest runs on its own vCPU thread: call `guest_exited` when the driver's host says a run ended.
+    Running,
 }
 
 /// The driver's view of a node's role, for status and for routing client traffic.

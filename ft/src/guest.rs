@@ -23,6 +23,19 @@ pub enum Exit {
     Shutdown,
     /// The instruction target given to `run` was reached (not an exit; position.exits is unchanged).
     InstructionLimit,
+    /// The run was cut short from outside (a kick, [`Guest::kick`]) somewhere between two exits: not an exit, and
+    /// not a position either (a guest that cannot count instructions cannot say where it stopped), so nothing may
+    /// be delivered to the guest until its next exit.
+    Kicked,
+}
+
+/// How [`Guest::start_run`] went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RunStart {
+    /// The run happened on the caller's thread and is over.
+    Done(Result<Exit, GuestError>),
+    /// The run goes on on the guest's own vCPU thread; [`Guest::finish_run`] gives its result once it ends.
+    Started,
 }
 
 /// A fault of the guest implementation (not of the guest program, which shows up as `Exit::Shutdown`).
@@ -81,6 +94,22 @@ pub trait Guest {
 
     /// Restores a snapshot taken by the same implementation.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), GuestError>;
+
+    /// Starts `run`. A guest with a vCPU thread of its own returns at once with `Started`, and the driver goes on
+    /// with its I/O (acks, timers) while the guest runs; the others run on the caller's thread. Until the run has
+    /// finished, no other method may be called but `finish_run` and `kick`.
+    fn start_run(&mut self, instruction_target: Option<u64>) -> RunStart {
+        RunStart::Done(self.run(instruction_target))
+    }
+
+    /// The result of a run that `start_run` started, once it has ended; `None` while it goes on.
+    fn finish_run(&mut self) -> Option<Result<Exit, GuestError>> {
+        None
+    }
+
+    /// Asks a started run to end soon: it returns `Exit::Kicked` unless an exit comes first. A no-op for guests
+    /// that run on the caller's thread.
+    fn kick(&self) {}
 }
 
 /// Lets a driver pick the guest at run time (the simulator runs model and KVM guests through the same hosts).
@@ -117,5 +146,14 @@ impl<G: Guest + ?Sized> Guest for Box<G> {
     }
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), GuestError> {
         (**self).restore(snapshot)
+    }
+    fn start_run(&mut self, instruction_target: Option<u64>) -> RunStart {
+        (**self).start_run(instruction_target)
+    }
+    fn finish_run(&mut self) -> Option<Result<Exit, GuestError>> {
+        (**self).finish_run()
+    }
+    fn kick(&self) {
+        (**self).kick()
     }
 }

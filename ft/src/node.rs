@@ -118,6 +118,8 @@ impl<G: Guest> Node<G> {
     }
 
     /// Runs (or replays) the guest for one slice. A backup that won the go-live race turns into a primary here.
+    /// `Progress::Running`: the guest went on running on its own vCPU thread, and [`Node::guest_exited`] takes
+    /// the result when the run ends.
     pub fn run_guest(&mut self, now_ns: u64, entropy: &mut dyn EntropySource) -> Progress {
         let progress = match self {
             Node::Primary(primary) => primary.run_guest(now_ns, entropy),
@@ -128,7 +130,42 @@ impl<G: Guest> Node<G> {
         progress
     }
 
+    /// Takes the result of a run on the guest's vCPU thread once it has ended (the driver calls this when its
+    /// host says a run ended; `Progress::Running` if it has not).
+    pub fn guest_exited(&mut self, now_ns: u64, entropy: &mut dyn EntropySource) -> Progress {
+        let progress = match self {
+            Node::Primary(primary) => primary.guest_exited(now_ns, entropy),
+            Node::Backup(backup) => backup.guest_exited(now_ns),
+            Node::Stopped(..) => Progress::Idle,
+        };
+        self.transition(now_ns, entropy);
+        progress
+    }
+
+    /// Whether a run goes on on the guest's vCPU thread.
+    pub fn guest_running(&self) -> bool {
+        match self {
+            Node::Primary(primary) => primary.vm().running(),
+            Node::Backup(backup) => backup.vm().running(),
+            Node::Stopped(..) => false,
+        }
+    }
+
+    /// Kicks a run on the vCPU thread out if the node has no more use for it (it is stopping): the node can only
+    /// stop, and drop its guest, once the run has ended.
+    pub fn kick_guest_if_stopping(&self) {
+        match self {
+            Node::Primary(primary) if primary.stopping() => primary.vm().kick(),
+            Node::Backup(backup) if backup.stopping() => backup.vm().kick(),
+            _ => {}
+        }
+    }
+
     fn transition(&mut self, now_ns: u64, entropy: &mut dyn EntropySource) {
+        if self.guest_running() {
+            // The guest is out on its vCPU thread: neither a stop (which drops it) nor a go-live can happen now.
+            return;
+        }
         let next = match self {
             Node::Primary(primary) => {
                 primary.take_stopped().map(|stopped| Node::Stopped(stopped, primary.take_actions()))

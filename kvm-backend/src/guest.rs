@@ -9,8 +9,8 @@
 //!
 //! A [`GuestHandle`] reaches the guest from outside the primary or backup that owns it, from any thread: it kicks
 //! the vCPU out of `KVM_RUN` (`immediate_exit` and a signal; the run then ends between two exits as
-//! `Exit::InstructionLimit`, which is not an exit), and it tells why a guest that ended with `Exit::Shutdown` cannot
-//! go on (triple fault, MMIO access, emulation failure).
+//! `Exit::Kicked`, which is not an exit), and it tells why a guest that ended with `Exit::Shutdown` cannot go on
+//! (triple fault, MMIO access, emulation failure).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -76,6 +76,9 @@ struct KickTarget {
 struct Shared {
     /// Set by a kick; from then on `run` returns at once, without entering the guest.
     kicked: AtomicBool,
+    /// Set by an interrupt (a kick for one run only): the run in progress, or the next one, returns
+    /// `Exit::Kicked` and clears it.
+    interrupt: AtomicBool,
     /// A kick cut a run short: the guest stopped between two exits, not at one.
     interrupted: AtomicBool,
     /// Why the guest stopped for good (`Exit::Shutdown`), once it has.
@@ -118,11 +121,22 @@ fn install_kick_handler() {
 
 impl GuestHandle {
     /// Stops the guest's run as soon as possible: a `run` in progress returns (cut short between two exits, as
-    /// `Exit::InstructionLimit`, which is not an exit), and every later `run` returns at once. Sets
-    /// `immediate_exit`, so a `KVM_RUN` about to start returns at once, and signals the thread inside `run`, so a
-    /// `KVM_RUN` in progress returns with `EINTR`.
+    /// `Exit::Kicked`, which is not an exit), and every later `run` returns at once. Sets `immediate_exit`, so a
+    /// `KVM_RUN` about to start returns at once, and signals the thread inside `run`, so a `KVM_RUN` in progress
+    /// returns with `EINTR`.
     pub fn kick(&self) {
         self.shared.kicked.store(true, Ordering::SeqCst);
+        self.poke();
+    }
+
+    /// Ends the run in progress (or the next one, if none is) with `Exit::Kicked`, and only that one: what a
+    /// driver does when it needs the guest back on its vCPU thread (to stop it, for example).
+    pub fn interrupt(&self) {
+        self.shared.interrupt.store(true, Ordering::SeqCst);
+        self.poke();
+    }
+
+    fn poke(&self) {
         let target = self.shared.target.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if target.immediate_exit == 0 {
             return;
@@ -164,6 +178,9 @@ pub struct KvmGuest {
     port_in: Option<PendingIn>,
     /// Why the guest stopped for good, once it has.
     shutdown: Option<String>,
+    /// RIP at the last exit (or after the last restore): what `pc` reports, so that it does not depend on whether
+    /// a port read was answered since (a guest on a vCPU thread answers it at the next run).
+    exit_pc: u64,
     /// An error found by a method that cannot return one (`complete_port_in`), reported by the next `run`.
     deferred_error: Option<GuestError>,
     shared: Arc<Shared>,
@@ -190,6 +207,8 @@ impl KvmGuest {
         let guest = KvmGuest::blank(config)?;
         let entry = loader::load(&guest.ram, image)?;
         regs::set_up(&guest.vm.vcpu, &guest.ram, entry)?;
+        let mut guest = guest;
+        guest.exit_pc = guest.live_pc();
         Ok(guest)
     }
 
@@ -214,6 +233,7 @@ impl KvmGuest {
             pending: PendingInterrupts::default(),
             port_in: None,
             shutdown: None,
+            exit_pc: 0,
             deferred_error: None,
             shared,
         })
@@ -247,7 +267,17 @@ impl KvmGuest {
     fn kicked_out(&mut self) -> Exit {
         self.shared.interrupted.store(true, Ordering::SeqCst);
         vcpu::set_immediate_exit(&mut self.vm.vcpu, 0);
-        Exit::InstructionLimit
+        Exit::Kicked
+    }
+
+    /// RIP as KVM has it now, or `u64::MAX` if KVM cannot report it.
+    fn live_pc(&self) -> u64 {
+        self.vm.vcpu.get_regs().map(|regs| regs.rip).unwrap_or(u64::MAX)
+    }
+
+    /// A view of guest RAM for another thread (DMA while the vCPU runs elsewhere).
+    pub(crate) fn ram_view(&self) -> crate::memory::RamView {
+        self.ram.view()
     }
 
     /// The general registers, for diagnostics (a faulting guest's stack, for example).
@@ -275,6 +305,7 @@ impl KvmGuest {
 
     fn exit(&mut self, exit: Exit) -> Result<Exit, GuestError> {
         self.exits += 1;
+        self.exit_pc = self.live_pc();
         Ok(exit)
     }
 
@@ -282,7 +313,7 @@ impl KvmGuest {
     fn run_to_exit(&mut self) -> Result<Exit, GuestError> {
         for _ in 0..INTERNAL_EXITS_MAX {
             // Checked before every entry; a kick after this check finds `immediate_exit` or the signal.
-            if self.shared.kicked.load(Ordering::SeqCst) {
+            if self.shared.kicked.load(Ordering::SeqCst) || self.shared.interrupt.swap(false, Ordering::SeqCst) {
                 return Ok(self.kicked_out());
             }
             self.arm_interrupts()?;
@@ -373,10 +404,10 @@ impl Guest for KvmGuest {
         Position { exits: self.exits, instructions: 0 }
     }
 
-    /// RIP, or `u64::MAX` if KVM cannot report it. After a port read exit it is the address of the `IN`;
-    /// after any other exit, of the next instruction.
+    /// RIP at the last exit, or `u64::MAX` if KVM could not report it. After a port read exit it is the address
+    /// of the `IN` (also once the read is answered); after any other exit, of the next instruction.
     fn pc(&self) -> u64 {
-        self.vm.vcpu.get_regs().map(|regs| regs.rip).unwrap_or(u64::MAX)
+        self.exit_pc
     }
 
     fn counts_instructions(&self) -> bool {
@@ -480,6 +511,7 @@ impl Guest for KvmGuest {
         self.pending = pending;
         self.set_shutdown(shutdown);
         self.deferred_error = None;
+        self.exit_pc = self.live_pc();
         Ok(())
     }
 }

@@ -18,8 +18,10 @@ mod memory;
 mod snapshot;
 pub mod testkit;
 mod vcpu;
+mod vcpu_thread;
 mod vm;
 
 pub use error::KvmError;
 pub use guest::{GuestHandle, KvmConfig, KvmGuest, MEMORY_BYTES_DEFAULT};
 pub use loader::{read_image, IMAGE_BYTES_MAX};
+pub use vcpu_thread::{ThreadedGuest, Waker};

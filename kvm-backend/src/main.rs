@@ -312,6 +312,7 @@ fn session_options(kvm_path: &Path, args: &GuestArgs) -> Result<(SessionOptions,
         image,
         timeout: args.timeout_ms.map(Duration::from_millis),
         echo_console: true,
+        kick_every: None,
     };
     Ok((options, kv))
 }

@@ -32,6 +32,11 @@ impl GuestRam {
         self.size
     }
 
+    /// Another handle on the same RAM, for DMA from another thread.
+    pub(crate) fn view(&self) -> RamView {
+        RamView { memory: self.memory.clone(), size: self.size }
+    }
+
     pub(crate) fn host_address(&self) -> u64 {
         self.host_address as u64
     }
@@ -40,28 +45,16 @@ impl GuestRam {
         &self.memory
     }
 
-    fn check(&self, gpa: u64, len: usize) -> Result<(), GuestError> {
-        let end = gpa.checked_add(len as u64);
-        match end {
-            Some(end) if end <= self.size as u64 => Ok(()),
-            _ => Err(GuestError::MemoryOutOfRange { gpa, len }),
-        }
-    }
-
+    /// Bounds-checked DMA out of the guest.
     pub(crate) fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestError> {
-        self.check(gpa, buf.len())?;
-        self.memory.read_slice(buf, GuestAddress(gpa)).map_err(|_| GuestError::MemoryOutOfRange { gpa, len: buf.len() })
+        self.view().read(gpa, buf)
     }
 
+    /// Bounds-checked DMA into the guest.
     pub(crate) fn write(&self, gpa: u64, data: &[u8]) -> Result<(), GuestError> {
-        self.check(gpa, data.len())?;
-        self.memory
-            .write_slice(data, GuestAddress(gpa))
-            .map_err(|_| GuestError::MemoryOutOfRange { gpa, len: data.len() })
+        self.view().write(gpa, data)
     }
 
-    /// All of RAM as bytes. `&mut self` because the view must not overlap a running vCPU or a DMA write: the
-    /// caller (KvmGuest) only runs the vCPU through `&mut self` as well.
     pub(crate) fn bytes(&mut self) -> &[u8] {
         // SAFETY: `host_address` is the start of a live mapping of `size` bytes owned by `self.memory`, which
         // outlives the returned borrow. The vCPU runs only inside `KvmGuest::run(&mut self)` on this thread and
@@ -118,5 +111,34 @@ impl GuestRam {
             self.write((index * PAGE_BYTES) as u64, page)?;
         }
         Ok(())
+    }
+}
+
+/// A handle on guest RAM that another thread holds (the runtime thread's DMA, while the vCPU thread owns the
+/// guest). The mapping lives as long as any handle on it.
+#[derive(Clone)]
+pub(crate) struct RamView {
+    memory: GuestMemoryMmap,
+    size: usize,
+}
+
+impl RamView {
+    fn check(&self, gpa: u64, len: usize) -> Result<(), GuestError> {
+        match gpa.checked_add(len as u64) {
+            Some(end) if end <= self.size as u64 => Ok(()),
+            _ => Err(GuestError::MemoryOutOfRange { gpa, len }),
+        }
+    }
+
+    pub(crate) fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestError> {
+        self.check(gpa, buf.len())?;
+        self.memory.read_slice(buf, GuestAddress(gpa)).map_err(|_| GuestError::MemoryOutOfRange { gpa, len: buf.len() })
+    }
+
+    pub(crate) fn write(&self, gpa: u64, data: &[u8]) -> Result<(), GuestError> {
+        self.check(gpa, data.len())?;
+        self.memory
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|_| GuestError::MemoryOutOfRange { gpa, len: data.len() })
     }
 }

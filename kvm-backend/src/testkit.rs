@@ -213,7 +213,7 @@ impl Devices {
                 return Ok(if self.deliver_frame(guest)? { None } else { Some(Stop::Idle) });
             }
             Exit::Shutdown => return Ok(Some(Stop::Shutdown)),
-            Exit::InstructionLimit => {}
+            Exit::InstructionLimit | Exit::Kicked => {}
         }
         if self.timer_period_us > 0 {
             self.exits_since_tick += 1;

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use ft::driver::{Arbiter, BlockStorage, Clock, Datagrams, Observation, Observer, Outside, StorageError, WriteStamp};
+use ft::driver::{
+    Arbiter, BlockStorage, Clock, Datagrams, GuestExits, Observation, Observer, Outside, StorageError, WriteStamp,
+};
 use ft::log::{DiskTarget, Output, OutputKind};
 use ft::{ArbiterOutcome, Config, EntropySource, Node, Role};
 use rand::{Rng, RngCore, SeedableRng};
@@ -194,6 +196,13 @@ impl Arbiter for SimHost {
             return std::future::pending().await;
         }
         outcome
+    }
+}
+
+impl GuestExits for SimHost {
+    /// Simulated guests run on the driver's thread (`RunStart::Done`): no run ever goes on in the background.
+    async fn guest_exit(&self) {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -105,7 +105,7 @@ impl Platform {
             Exit::PortIn { port, .. } => Ok(self.port_in(port, guest)),
             Exit::Halt => Ok(ExitAction::Halt),
             Exit::Shutdown => Ok(ExitAction::Shutdown),
-            Exit::InstructionLimit => Ok(ExitAction::Continue),
+            Exit::InstructionLimit | Exit::Kicked => Ok(ExitAction::Continue),
         }
     }
 

@@ -165,6 +165,21 @@ impl<G: Guest> Primary<G> {
         !matches!(self.mode, Mode::Unprotected)
     }
 
+    pub(crate) fn vm(&self) -> &Vm<G> {
+        &self.vm
+    }
+
+    /// Whether the guest stands at a position (an exit), not on its vCPU thread or cut short there by a kick:
+    /// only there can it be hashed or checkpointed.
+    pub fn at_position(&self) -> bool {
+        self.vm.at_position()
+    }
+
+    /// The node has stopped for good and waits only for its guest to come back from the vCPU thread.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopped.is_some()
+    }
+
     pub fn take_stopped(&mut self) -> Option<Stopped> {
         self.stopped.take()
     }

@@ -3,12 +3,22 @@
 
 use crate::config::NS_PER_US;
 use crate::events::{Action, EntropySource, Event, Progress, Stopped};
-use crate::guest::{Exit, Guest};
+use crate::guest::{Exit, Guest, GuestError, RunStart};
 use crate::log::{Control, Entry, Input, LogIndex, Output, OutputKind, OutputRecord};
 use crate::platform::{DiskOp, ExitAction, InputKind};
 use crate::wire::Message;
 
 use super::{Mode, PowerOff, Primary, LAG_SAMPLES_MAX};
+
+/// How one run of the guest ended, for the slice loop.
+enum RunEnd {
+    /// A guest-initiated exit, handled.
+    Exit,
+    /// An instruction limit or a kick: no exit, nothing handled.
+    BetweenExits,
+    /// The guest or its exit failed; the node is stopping.
+    Failed,
+}
 
 impl<G: Guest> Primary<G> {
     pub(super) fn flow_controlled(&self) -> bool {
@@ -19,40 +29,21 @@ impl<G: Guest> Primary<G> {
         (self.log_index_next - 1 - self.acked) as usize
     }
 
+    /// Runs the guest for one slice: exits until the slice is over, the guest halts or the log is full. With a
+    /// guest on its own vCPU thread, the first run that starts there ends the slice (`Progress::Running`), and
+    /// [`Primary::guest_exited`] takes its result.
     pub fn run_guest(&mut self, now_ns: u64, entropy: &mut dyn EntropySource) -> Progress {
-        if self.power_off.is_some() {
-            self.forget_completions();
-        }
-        if self.stopped.is_some() || self.power_off.is_some() || matches!(self.mode, Mode::Connecting { .. }) {
-            return Progress::Idle;
-        }
-        if self.flow_controlled() {
-            if !self.stalled {
-                cov_mark::hit!(primary_stalled_by_backup);
-                self.stalled = true;
-                self.stats.stalls += 1;
-                let unacked = self.logged_unacked();
-                self.actions.push_back(Action::Notify(Event::Stalled { unacked }));
-            }
-            return Progress::Idle;
-        }
-        self.stalled = false;
-        self.deliver_inputs(now_ns);
-        if self.vm.halted {
-            return Progress::Idle;
-        }
+        let Some(target) = self.prepare_run(now_ns) else { return Progress::Idle };
         let start = self.vm.position();
-        let target = self.vm.guest.counts_instructions().then_some(start.instructions + self.config.slice_instructions);
         loop {
-            let exit = match self.vm.guest.run(target) {
-                Ok(exit) => exit,
-                Err(error) => return self.guest_failed(error.to_string()),
+            let result = match self.vm.start_run(target) {
+                RunStart::Done(result) => result,
+                RunStart::Started => return Progress::Running,
             };
-            if exit == Exit::InstructionLimit {
-                break;
-            }
-            if let Err(error) = self.handle_exit(now_ns, exit, entropy) {
-                return self.guest_failed(error);
+            match self.finish_run(now_ns, result, entropy) {
+                RunEnd::Failed => return Progress::Idle,
+                RunEnd::BetweenExits => break,
+                RunEnd::Exit => {}
             }
             if self.vm.halted || self.stopped.is_some() || self.power_off.is_some() {
                 break;
@@ -63,6 +54,61 @@ impl<G: Guest> Primary<G> {
             }
         }
         Progress::Ran
+    }
+
+    /// Takes the result of a run on the vCPU thread, if it has ended, and handles its exit.
+    pub fn guest_exited(&mut self, now_ns: u64, entropy: &mut dyn EntropySource) -> Progress {
+        let Some(result) = self.vm.finish_run() else { return Progress::Running };
+        match self.finish_run(now_ns, result, entropy) {
+            RunEnd::Failed => Progress::Idle,
+            RunEnd::BetweenExits | RunEnd::Exit => Progress::Ran,
+        }
+    }
+
+    /// Whether the guest may run now, after delivering what is due; its instruction target if so.
+    fn prepare_run(&mut self, now_ns: u64) -> Option<Option<u64>> {
+        if self.vm.running() {
+            return None;
+        }
+        if self.power_off.is_some() {
+            self.forget_completions();
+        }
+        if self.stopped.is_some() || self.power_off.is_some() || matches!(self.mode, Mode::Connecting { .. }) {
+            return None;
+        }
+        if self.flow_controlled() {
+            if !self.stalled {
+                cov_mark::hit!(primary_stalled_by_backup);
+                self.stalled = true;
+                self.stats.stalls += 1;
+                let unacked = self.logged_unacked();
+                self.actions.push_back(Action::Notify(Event::Stalled { unacked }));
+            }
+            return None;
+        }
+        self.stalled = false;
+        self.deliver_inputs(now_ns);
+        if self.vm.halted || self.stopped.is_some() {
+            return None;
+        }
+        let start = self.vm.position();
+        Some(self.vm.guest.counts_instructions().then_some(start.instructions + self.config.slice_instructions))
+    }
+
+    fn finish_run(&mut self, now_ns: u64, result: Result<Exit, GuestError>, entropy: &mut dyn EntropySource) -> RunEnd {
+        let exit = match result {
+            Ok(Exit::InstructionLimit | Exit::Kicked) => return RunEnd::BetweenExits,
+            Ok(exit) => exit,
+            Err(error) => {
+                self.guest_failed(error.to_string());
+                return RunEnd::Failed;
+            }
+        };
+        if let Err(error) = self.handle_exit(now_ns, exit, entropy) {
+            self.guest_failed(error);
+            return RunEnd::Failed;
+        }
+        RunEnd::Exit
     }
 
     /// The guest powered off: completions are never delivered again, so a finished read will never be logged,
@@ -120,7 +166,13 @@ impl<G: Guest> Primary<G> {
     }
 
     /// Delivers what arrived from outside at the current position: timer, disk completions, one network frame.
+    /// Nothing is delivered where the guest stands at no position (after a kick): the inputs wait for its next
+    /// exit, so that the backup can deliver them at the same point.
     pub(super) fn deliver_inputs(&mut self, now_ns: u64) {
+        if !self.vm.at_position() {
+            cov_mark::hit!(inputs_wait_for_an_exit_after_a_kick);
+            return;
+        }
         if self.timer_deadline_ns.is_some_and(|deadline| now_ns >= deadline) {
             let period_ns = u64::from(self.timer_period_us) * NS_PER_US;
             // Expiries that passed while the guest was busy coalesce into one, like a real one-shot rearm.

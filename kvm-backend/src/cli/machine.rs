@@ -137,17 +137,27 @@ pub fn demo_machine(kvm_path: &Path) -> MachineKind {
 }
 
 /// The guest of a `primary`/`backup` node: a KVM VM (with its handle, which says why it failed), or the model
-/// guest running the same corpus workload.
+/// guest running the same corpus workload. With a `waker`, the KVM VM runs on a vCPU thread of its own, which
+/// calls `waker` each time a run ends.
 pub fn new_node_guest(
     kvm_path: &Path,
     image: &GuestImage,
     machine: Option<&str>,
+    waker: Option<crate::Waker>,
 ) -> Result<(Box<dyn ft::Guest>, Option<crate::GuestHandle>), CliError> {
     match machine.unwrap_or("kvm") {
         "kvm" => {
             let guest = new_guest(kvm_path, image)?;
             let handle = guest.handle();
-            Ok((Box::new(guest), Some(handle)))
+            match waker {
+                Some(waker) => {
+                    let threaded = crate::ThreadedGuest::spawn(guest, waker).map_err(|error| {
+                        CliError::GuestFailed { guest: image.name.clone(), reason: error.to_string() }
+                    })?;
+                    Ok((Box::new(threaded), Some(handle)))
+                }
+                None => Ok((Box::new(guest), Some(handle))),
+            }
         }
         "model" => model_guest::ModelGuest::from_name(image.corpus_name().unwrap_or(&image.name))
             .map(|guest| (Box::new(guest) as Box<dyn ft::Guest>, None))

@@ -11,7 +11,9 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ft::driver::{Arbiter, BlockStorage, Clock, Datagrams, Observation, Observer, Outside, StorageError, WriteStamp};
+use ft::driver::{
+    Arbiter, BlockStorage, Clock, Datagrams, GuestExits, Observation, Observer, Outside, StorageError, WriteStamp,
+};
 use ft::log::{DiskTarget, Output, OutputKind};
 use ft::{Action, ArbiterOutcome, Event, Node};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -95,6 +97,8 @@ struct NetHost {
     stuck_storage: StuckRequests,
     board: SharedBoard,
     counters: Rc<ChannelCounters>,
+    /// Notified from the vCPU thread when a run of the guest ends.
+    guest_exit: Arc<tokio::sync::Notify>,
 }
 
 impl NetHost {
@@ -346,6 +350,12 @@ impl Outside for NetHost {
     }
 }
 
+impl GuestExits for NetHost {
+    async fn guest_exit(&self) {
+        self.guest_exit.notified().await;
+    }
+}
+
 impl Observer for NetHost {
     fn observe(&self, _now_ns: u64, observation: Observation) {
         // The clock now, not the driver's `now_ns` (taken before the guest slice that produced the action): the
@@ -579,9 +589,12 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
             stuck_storage: StuckRequests::default(),
             board: board.clone(),
             counters: Rc::new(ChannelCounters::default()),
+            guest_exit: Arc::new(tokio::sync::Notify::new()),
         });
         serve_status(&host, listeners.status, listeners.metrics);
-        let (guest, guest_handle) = machine::new_node_guest(kvm_path, &image, Some(&settings.machine))?;
+        let exit_notify = host.guest_exit.clone();
+        let waker: crate::Waker = Arc::new(move || exit_notify.notify_one());
+        let (guest, guest_handle) = machine::new_node_guest(kvm_path, &image, Some(&settings.machine), Some(waker))?;
         let mut entropy = OsEntropy::open()?;
         let protocol = settings.protocol.clone();
         let startup = Duration::from_millis(protocol.startup_timeout_ms);

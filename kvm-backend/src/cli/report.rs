@@ -55,6 +55,7 @@ fn session_options(options: &ReportOptions, image: GuestImage) -> SessionOptions
         workload,
         timeout: options.timeout,
         echo_console: false,
+        kick_every: None,
     }
 }
 

@@ -9,10 +9,10 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use crate::{GuestHandle, KvmGuest};
+use crate::{GuestHandle, ThreadedGuest};
 use ft::log::{Entry, LogIndex, Output, OutputKind};
 use ft::primary::Primary;
 use ft::wire::{Message, StreamEncoder};
@@ -26,6 +26,8 @@ use crate::cli::workload::KvWorkload;
 const EPOCH: u64 = 1;
 /// Longest sleep while the guest waits: short enough to notice `--timeout-ms` promptly.
 const IDLE_SLEEP_MAX: Duration = Duration::from_millis(50);
+/// Runs `settle` lets a guest make towards an exit of its own before it kicks it between two.
+const SETTLE_RUNS_MAX: usize = 4;
 /// The log file is a channel to a backup that never fails: the primary's failure detector must not fire while a
 /// slice of a CPU-bound guest runs for a long time between acks.
 const RECORD_FAILURE_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
@@ -39,6 +41,8 @@ pub struct SessionOptions {
     pub timeout: Option<Duration>,
     /// Print released console output to stdout as it comes.
     pub echo_console: bool,
+    /// Kick the running guest this often (a test of determinism: a kick must change nothing the log records).
+    pub kick_every: Option<Duration>,
 }
 
 /// How a session ended.
@@ -69,6 +73,8 @@ pub struct SessionResult {
     pub log_entries: u64,
     pub log_bytes: u64,
     pub elapsed: Duration,
+    /// Runs a kick cut short between two exits (`kick_every`).
+    pub runs_kicked: u64,
 }
 
 /// Where the frames of a recording go.
@@ -144,7 +150,15 @@ struct Driver {
     guest_name: String,
     /// Kicks the guest and says why it stopped, from outside the primary that owns it.
     handle: GuestHandle,
-    primary: Box<Primary<KvmGuest>>,
+    primary: Box<Primary<ThreadedGuest>>,
+    /// A message per run of the guest that ended on its vCPU thread.
+    guest_exits: mpsc::Receiver<()>,
+    /// A run goes on on the vCPU thread.
+    running: bool,
+    kick_every: Option<Duration>,
+    runs_kicked: u64,
+    /// The primary's stop was taken: it is not polled again.
+    stopped_taken: bool,
     clock: Clock,
     entropy: OsEntropy,
     disk: Disk,
@@ -170,6 +184,13 @@ pub fn run(options: SessionOptions, log: Option<&Path>) -> Result<SessionResult,
     machine::check_kvm(&options.kvm_path)?;
     let guest = machine::new_guest(&options.kvm_path, &options.image)?;
     let handle = guest.handle();
+    let (exit_tx, guest_exits) = mpsc::channel();
+    let waker: crate::Waker = Arc::new(move || {
+        // The receiver goes with the driver; a run that ends after it has nobody to tell.
+        let _ = exit_tx.send(());
+    });
+    let guest = ThreadedGuest::spawn(guest, waker)
+        .map_err(|error| CliError::GuestFailed { guest: options.image.name.clone(), reason: error.to_string() })?;
     let log = log.map(LogWriter::create).transpose()?;
     let recording = log.is_some();
     let config = Config {
@@ -184,6 +205,11 @@ pub fn run(options: SessionOptions, log: Option<&Path>) -> Result<SessionResult,
         guest_name: options.image.name.clone(),
         handle,
         primary,
+        guest_exits,
+        running: false,
+        kick_every: options.kick_every,
+        runs_kicked: 0,
+        stopped_taken: false,
         clock,
         entropy: OsEntropy::open()?,
         disk: options.disk,
@@ -231,10 +257,66 @@ impl Driver {
         if let Some(frame) = self.workload.as_mut().and_then(KvWorkload::next_frame) {
             self.primary.handle_net_frame(self.clock.now_ns(), frame);
         }
+        let ending = self.run_loop(deadline);
+        self.settle()?;
+        ending
+    }
+
+    /// Brings the guest back from its vCPU thread, at an exit if it comes to one soon, so that it can be hashed
+    /// or checkpointed: a guest that served its last request halts, which leaves a state that replay reaches
+    /// (a run cut short by `kick_every` is resumed to its exit). Only a guest that keeps running is kicked
+    /// between two exits. A primary that stopped is drained already and is not polled again (it would say
+    /// goodbye twice).
+    fn settle(&mut self) -> Result<(), CliError> {
+        if self.stopped_taken {
+            return Ok(());
+        }
+        for _ in 0..SETTLE_RUNS_MAX {
+            if !self.running {
+                if self.primary.at_position() || self.handle.kicked() {
+                    break;
+                }
+                let progress = self.primary.run_guest(self.clock.now_ns(), &mut self.entropy);
+                self.running = progress == Progress::Running;
+            }
+            let _ = self.guest_exits.recv_timeout(IDLE_SLEEP_MAX);
+            let progress = self.primary.guest_exited(self.clock.now_ns(), &mut self.entropy);
+            self.running = progress == Progress::Running;
+        }
+        while self.running {
+            self.handle.interrupt();
+            let _ = self.guest_exits.recv_timeout(IDLE_SLEEP_MAX);
+            let progress = self.primary.guest_exited(self.clock.now_ns(), &mut self.entropy);
+            self.running = progress == Progress::Running;
+        }
+        self.drain()
+    }
+
+    /// Runs the guest, or waits for its run on the vCPU thread to end, and handles the exit.
+    fn step_guest(&mut self, now_ns: u64) -> Progress {
+        if !self.running {
+            let progress = self.primary.run_guest(now_ns, &mut self.entropy);
+            self.running = progress == Progress::Running;
+            return progress;
+        }
+        let wait = self.kick_every.unwrap_or(IDLE_SLEEP_MAX);
+        if self.guest_exits.recv_timeout(wait).is_err() && self.kick_every.is_some() {
+            self.handle.interrupt();
+            let _ = self.guest_exits.recv_timeout(IDLE_SLEEP_MAX);
+        }
+        let progress = self.primary.guest_exited(self.clock.now_ns(), &mut self.entropy);
+        if progress != Progress::Running && !self.primary.at_position() {
+            self.runs_kicked += 1;
+        }
+        self.running = progress == Progress::Running;
+        progress
+    }
+
+    fn run_loop(&mut self, deadline: Option<Instant>) -> Result<Ending, CliError> {
         loop {
             let now_ns = self.clock.now_ns();
             self.primary.handle_timeout(now_ns);
-            let progress = self.primary.run_guest(now_ns, &mut self.entropy);
+            let progress = self.step_guest(now_ns);
             self.drain()?;
             self.answer();
             if let Some(stopped) = self.stopped.take() {
@@ -257,7 +339,7 @@ impl Driver {
             if self.handle.kicked() || deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Ok(Ending::TimedOut);
             }
-            if progress == Progress::Idle && !self.delivered {
+            if progress == Progress::Idle && !self.delivered && !self.running {
                 let Some(wake_ns) = self.primary.poll_timeout() else {
                     return Ok(Ending::Idle);
                 };
@@ -289,6 +371,7 @@ impl Driver {
         }
         if let Some(stopped) = self.primary.take_stopped() {
             self.stopped = Some(stopped);
+            self.stopped_taken = true;
         }
         Ok(())
     }
@@ -375,7 +458,7 @@ impl Driver {
     /// off has logged one already), and the end-of-recording frame, without which a log is truncated.
     fn finish(mut self, ending: Ending, started: Instant) -> Result<SessionResult, CliError> {
         let exits = self.primary.position().exits;
-        let state_hash = if self.handle.interrupted() {
+        let state_hash = if !self.primary.at_position() {
             // Kicked between two exits: no checkpoint of this state could be replayed; the log ends at the last
             // exit.
             None
@@ -413,6 +496,7 @@ impl Driver {
             log_entries: self.log_entries,
             log_bytes,
             elapsed,
+            runs_kicked: self.runs_kicked,
         })
     }
 }

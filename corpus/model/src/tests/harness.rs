@@ -75,6 +75,7 @@ impl Platform {
             }
             match exit {
                 Exit::InstructionLimit => self.fire_timer_if_due(guest),
+                Exit::Kicked => unreachable!("nothing kicks a model guest"),
                 Exit::PortOut { port, value, .. } => self.port_out(guest, port, value),
                 Exit::PortIn { port, .. } => {
                     let value = self.port_in(guest, port);

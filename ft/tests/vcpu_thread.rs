@@ -1,0 +1,179 @@
+//! A guest on a vCPU thread of its own (`RunStart::Started`): the core goes on handling acks while the guest runs,
+//! and a kick, which stops the guest between two exits, delivers nothing there.
+
+mod common;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use common::{drain, log_of, primary, Script, Zero};
+use ft::guest::RunStart;
+use ft::log::{Entry, Input};
+use ft::wire::Message;
+use ft::{abi, Action, Exit, Guest, GuestError, Node, Position, Progress, StorageDone};
+
+/// What the test does to the "vCPU thread": let the run end at its next exit, or kick it.
+#[derive(Default)]
+struct Thread {
+    exit_ready: bool,
+    kicked: bool,
+}
+
+/// A scripted guest whose runs start on a pretend vCPU thread and end when the test says so.
+struct OnThread {
+    script: Script,
+    thread: Rc<RefCell<Thread>>,
+    running: bool,
+}
+
+impl Guest for OnThread {
+    fn run(&mut self, target: Option<u64>) -> Result<Exit, GuestError> {
+        self.script.run(target)
+    }
+    fn start_run(&mut self, _target: Option<u64>) -> RunStart {
+        assert!(!self.running, "one run at a time");
+        self.running = true;
+        RunStart::Started
+    }
+    fn finish_run(&mut self) -> Option<Result<Exit, GuestError>> {
+        let mut thread = self.thread.borrow_mut();
+        let result = if std::mem::take(&mut thread.kicked) {
+            Ok(Exit::Kicked)
+        } else if std::mem::take(&mut thread.exit_ready) {
+            self.script.run(None)
+        } else {
+            return None;
+        };
+        self.running = false;
+        Some(result)
+    }
+    fn kick(&self) {
+        self.thread.borrow_mut().kicked = true;
+    }
+    fn position(&self) -> Position {
+        self.script.position()
+    }
+    fn pc(&self) -> u64 {
+        self.script.pc()
+    }
+    fn counts_instructions(&self) -> bool {
+        false
+    }
+    fn complete_port_in(&mut self, value: u32) {
+        self.script.complete_port_in(value)
+    }
+    fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestError> {
+        assert!(!self.running, "DMA out of a running guest");
+        self.script.read_memory(gpa, buf)
+    }
+    fn write_memory(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestError> {
+        assert!(!self.running, "DMA into a running guest");
+        self.script.write_memory(gpa, data)
+    }
+    fn inject_interrupt(&mut self, vector: u8) -> Result<(), GuestError> {
+        assert!(!self.running, "an interrupt into a running guest");
+        self.script.inject_interrupt(vector)
+    }
+    fn state_hash(&mut self) -> Result<u64, GuestError> {
+        assert!(!self.running, "a hash of a running guest");
+        self.script.state_hash()
+    }
+    fn snapshot(&mut self) -> Result<Vec<u8>, GuestError> {
+        self.script.snapshot()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), GuestError> {
+        self.script.restore(snapshot)
+    }
+}
+
+/// A welcomed primary over `script` on a pretend vCPU thread.
+fn threaded_primary(script: Script) -> (Node<OnThread>, Rc<RefCell<Thread>>) {
+    let thread = Rc::new(RefCell::new(Thread::default()));
+    let guest = OnThread { script, thread: thread.clone(), running: false };
+    let mut node = Node::Primary(Box::new(ft::primary::Primary::new(common::config(), guest, 64, 1, 0)));
+    drain(&mut node);
+    node.handle_message(1, Message::Welcome { pair_id: 3, epoch: 1 });
+    (node, thread)
+}
+
+/// Lets the run in progress end at its next exit and hands the result to the node.
+fn exit(node: &mut Node<OnThread>, thread: &Rc<RefCell<Thread>>, now_ns: u64) -> Progress {
+    thread.borrow_mut().exit_ready = true;
+    node.guest_exited(now_ns, &mut Zero)
+}
+
+#[test]
+fn an_ack_releases_outputs_while_the_guest_runs_on() {
+    let mut script = Script::new([Exit::PortOut { port: abi::CONSOLE_WRITE, size: 4, value: 0x100 }]);
+    script.put_buffer(0x100, b"hi\n");
+    let (mut node, thread) = threaded_primary(script);
+    assert_eq!(node.run_guest(2, &mut Zero), Progress::Running);
+    assert_eq!(node.guest_exited(3, &mut Zero), Progress::Running, "the run has not ended yet");
+    assert_eq!(exit(&mut node, &thread, 4), Progress::Ran);
+    let logged = log_of(&drain(&mut node));
+    assert!(matches!(logged.as_slice(), [Message::Log { index: 1, entry: Entry::Output { .. } }]), "{logged:?}");
+    // The next run starts, and goes on while the ack of the console line comes in.
+    assert_eq!(node.run_guest(5, &mut Zero), Progress::Running);
+    node.handle_message(6, Message::Ack { received: 1, replayed: 1, position: Position { exits: 1, instructions: 0 } });
+    let released = drain(&mut node);
+    assert!(node.guest_running(), "the guest is still out on its vCPU thread");
+    assert!(
+        released.iter().any(|action| matches!(action, Action::Release { log_index: Some(1), .. })),
+        "the ack released the console line without waiting for an exit: {released:?}"
+    );
+}
+
+#[test]
+fn after_a_kick_inputs_wait_for_the_next_exit() {
+    let mut script = Script::new([]);
+    let read = script.disk_request(0x400, abi::DISK_OP_READ, 1, 5, 0x2000);
+    script.exits.extend([read, Exit::PortOut { port: 0x7f, size: 1, value: 0 }]);
+    let (mut node, thread) = threaded_primary(script);
+    assert_eq!(node.run_guest(2, &mut Zero), Progress::Running);
+    assert_eq!(exit(&mut node, &thread, 3), Progress::Ran);
+    assert!(drain(&mut node).iter().any(|action| matches!(action, Action::Storage { .. })));
+    // The guest runs on; the read completes meanwhile; then a kick stops the guest between two exits.
+    assert_eq!(node.run_guest(4, &mut Zero), Progress::Running);
+    node.handle_storage_done(5, StorageDone { tag: 1, status: abi::DiskStatus::Ok, data: vec![7; abi::SECTOR_BYTES] });
+    {
+        cov_mark::check!(guest_kicked_between_exits);
+        thread.borrow_mut().kicked = true;
+        assert_eq!(node.guest_exited(6, &mut Zero), Progress::Ran);
+    }
+    {
+        // Where the kick left the guest is no position: the completion is not delivered there.
+        cov_mark::check!(inputs_wait_for_an_exit_after_a_kick);
+        assert_eq!(node.run_guest(7, &mut Zero), Progress::Running);
+    }
+    assert!(log_of(&drain(&mut node)).is_empty(), "nothing is logged between two exits");
+    assert_eq!(exit(&mut node, &thread, 8), Progress::Ran);
+    assert_eq!(node.run_guest(9, &mut Zero), Progress::Running);
+    let logged = log_of(&drain(&mut node));
+    let completion = logged.iter().find_map(|message| match message {
+        Message::Log { entry: Entry::Input { position, input: Input::DiskComplete { .. }, .. }, .. } => Some(*position),
+        _ => None,
+    });
+    assert_eq!(completion, Some(Position { exits: 2, instructions: 0 }), "delivered at the exit after the kick");
+}
+
+#[test]
+fn a_stopping_node_kicks_its_running_guest_and_stops_once_it_is_back() {
+    let (mut node, thread) = threaded_primary(Script::new([]));
+    assert_eq!(node.run_guest(2, &mut Zero), Progress::Running);
+    // The backup won the arbiter meanwhile: this primary must halt.
+    node.handle_channel_closed(3, "cut");
+    node.handle_arbiter(4, ft::ArbiterOutcome::Lost { epoch: 2 });
+    node.kick_guest_if_stopping();
+    assert!(thread.borrow().kicked, "the run was kicked");
+    assert!(node.stopped().is_none(), "not stopped while the guest is out");
+    node.guest_exited(5, &mut Zero);
+    drain(&mut node);
+    assert!(matches!(node.stopped(), Some(ft::Stopped::LostRace { epoch: 2 })), "{:?}", node.stopped());
+}
+
+#[test]
+fn a_guest_on_the_callers_thread_runs_as_before() {
+    let mut node = primary(Script::console_then_halt());
+    assert_eq!(node.run_guest(2, &mut Zero), Progress::Ran);
+    assert!(!node.guest_running());
+}

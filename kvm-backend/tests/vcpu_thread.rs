@@ -1,0 +1,60 @@
+//! The guest on its own vCPU thread: kicks that cut runs short between two exits change nothing the log records,
+//! so a recording made under a storm of kicks replays exactly on a guest that was never kicked.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kvm_backend::cli::machine::{Disk, GuestImage};
+use kvm_backend::cli::replay::{self, ReplayOptions};
+use kvm_backend::cli::session::{self, Ending, SessionOptions};
+use kvm_backend::cli::workload::KvWorkload;
+
+fn record_kicked(guest: &str, workload: Option<KvWorkload>, log: &Path) -> session::SessionResult {
+    let options = SessionOptions {
+        kvm_path: PathBuf::from("/dev/kvm"),
+        image: GuestImage::resolve(guest).expect("corpus guest"),
+        disk: Disk::zeroed(common::DISK_SECTORS as u64),
+        workload,
+        timeout: None,
+        echo_console: false,
+        kick_every: Some(Duration::from_micros(20)),
+    };
+    session::run(options, Some(log)).expect("records")
+}
+
+fn replay(guest: &str, log: &Path) -> replay::ReplayResult {
+    let options = ReplayOptions {
+        kvm_path: PathBuf::from("/dev/kvm"),
+        image: GuestImage::resolve(guest).expect("corpus guest"),
+        log: log.to_path_buf(),
+    };
+    replay::run(options).expect("replays without divergence")
+}
+
+#[test]
+fn kicks_between_exits_change_nothing_that_replay_sees() {
+    if !common::kvm_usable() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ftvm-kicks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // timer: interrupts and clock reads; cpu: long runs without exits, where the kicks land; kv: frames and disk.
+    for (guest, workload) in [("timer", None), ("cpu", None), ("kv", Some(KvWorkload::new(100, 7)))] {
+        let log = dir.join(format!("{guest}.log"));
+        let recorded = record_kicked(guest, workload, &log);
+        assert!(recorded.runs_kicked > 0, "{guest}: no kick landed between two exits");
+        let replayed = replay(guest, &log);
+        assert_eq!(Some(replayed.state_hash), recorded.state_hash, "{guest}: replay reaches the recorded state");
+        assert_eq!(replayed.exits, recorded.exits, "{guest}");
+        if recorded.ending != Ending::WorkloadDone {
+            assert_eq!(replayed.powered_off, Some(0), "{guest}: {:?}", recorded.ending);
+        }
+        eprintln!(
+            "{guest}: {} exits, {} runs kicked between exits, replayed identically",
+            recorded.exits, recorded.runs_kicked
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
