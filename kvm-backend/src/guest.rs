@@ -79,8 +79,6 @@ struct Shared {
     /// Set by an interrupt (a kick for one run only): the run in progress, or the next one, returns
     /// `Exit::Kicked` and clears it.
     interrupt: AtomicBool,
-    /// A kick cut a run short: the guest stopped between two exits, not at one.
-    interrupted: AtomicBool,
     /// Why the guest stopped for good (`Exit::Shutdown`), once it has.
     failure: Mutex<Option<String>>,
     target: Mutex<KickTarget>,
@@ -155,12 +153,6 @@ impl GuestHandle {
     /// Whether the guest was kicked.
     pub fn kicked(&self) -> bool {
         self.shared.kicked.load(Ordering::SeqCst)
-    }
-
-    /// Whether a kick cut a run short: the guest's state is between two exits, not at one (no checkpoint of it
-    /// can be replayed).
-    pub fn interrupted(&self) -> bool {
-        self.shared.interrupted.load(Ordering::SeqCst)
     }
 
     /// Why the guest stopped for good (triple fault, MMIO, emulation failure, failed entry), once it has.
@@ -265,7 +257,6 @@ impl KvmGuest {
     /// After a kick: the run ends between two exits (nothing is counted), and `immediate_exit` is cleared so the
     /// vCPU is left as it was for anything but `run` (hashes, snapshots).
     fn kicked_out(&mut self) -> Exit {
-        self.shared.interrupted.store(true, Ordering::SeqCst);
         vcpu::set_immediate_exit(&mut self.vm.vcpu, 0);
         Exit::Kicked
     }
@@ -327,7 +318,14 @@ impl KvmGuest {
                     return self.exit(Exit::PortIn { port, size });
                 }
                 Event::Halt => return self.exit(Exit::Halt),
-                Event::WindowOpen | Event::Interrupted => continue,
+                Event::WindowOpen => continue,
+                Event::Interrupted => {
+                    // A kick whose flag the check above consumed may still set `immediate_exit` after that check
+                    // cleared it (`poke` writes it after the flag): left at 1, every later KVM_RUN would return at
+                    // once. A kick that is still wanted has its flag set, which the check above sees next.
+                    vcpu::set_immediate_exit(&mut self.vm.vcpu, 0);
+                    continue;
+                }
                 Event::Fatal(reason) => {
                     self.set_shutdown(Some(reason));
                     return self.exit(Exit::Shutdown);

@@ -192,6 +192,7 @@ impl Guest for ThreadedGuest {
     }
 
     fn complete_port_in(&mut self, value: u32) {
+        assert!(!self.running, "a port answer to a running guest");
         self.ops.push(Op::CompletePortIn(value));
     }
 
@@ -206,6 +207,7 @@ impl Guest for ThreadedGuest {
     }
 
     fn inject_interrupt(&mut self, vector: u8) -> Result<(), GuestError> {
+        assert!(!self.running, "an interrupt into a running guest");
         self.ops.push(Op::Interrupt(vector));
         Ok(())
     }
