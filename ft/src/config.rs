@@ -26,6 +26,11 @@ pub struct Config {
     pub slice_instructions: u64,
     /// Exits per `run_guest` slice.
     pub slice_exits_max: u64,
+    /// The execution lag the primary's CPU-share throttle aims to stay under (`primary::throttle`).
+    pub lag_target_ms: u64,
+    /// The throttle's duty-cycle period: the guest runs in the first share of each, and the share is adjusted
+    /// once per period.
+    pub throttle_period_ms: u64,
 }
 
 /// A setting that cannot work, named by its key.
@@ -51,6 +56,8 @@ impl Config {
             ("failure_timeout_ms", self.failure_timeout_ms),
             ("startup_timeout_ms", self.startup_timeout_ms),
             ("arbiter_retry_ms", self.arbiter_retry_ms),
+            ("lag_target_ms", self.lag_target_ms),
+            ("throttle_period_ms", self.throttle_period_ms),
         ];
         for (key, value) in durations {
             if value == 0 || value > DURATION_MS_MAX {
@@ -99,6 +106,8 @@ impl Default for Config {
             net_frames_queued_max: 256,
             slice_instructions: 2_000,
             slice_exits_max: 64,
+            lag_target_ms: 50,
+            throttle_period_ms: 20,
         }
     }
 }

@@ -191,7 +191,7 @@ where
             let channel = (&mut encoder, &mut channel_out, &mut reader, &mut linger);
             perform(&host, &node, action, channel, &done_tx, &writes);
         }
-        node.kick_guest_if_stopping();
+        node.kick_guest_if_wanted();
         if let Some(stopped) = node.stopped() {
             if let Some(task) = linger.task.take() {
                 let _ = task.await;

@@ -94,6 +94,11 @@ pub enum Event {
         hash: u64,
     },
     /// Flow control: the primary's guest waits because `unacked` entries are unacknowledged.
+    /// The lag throttle changed the primary's CPU share (thousandths), at this execution lag.
+    CpuShare {
+        permille: u64,
+        lag_ms: u64,
+    },
     Stalled {
         unacked: usize,
     },
@@ -130,6 +135,14 @@ impl std::fmt::Display for Event {
             Event::Checkpoint { position, hash } => write!(f, "checkpoint {hash:016x} at {position} verified"),
             Event::Stalled { unacked } => {
                 write!(f, "flow control: the guest waits, {unacked} entries unacknowledged")
+            }
+            Event::CpuShare { permille, lag_ms } => {
+                write!(
+                    f,
+                    "lag throttle: the guest's CPU share is {}.{}% (execution lag {lag_ms} ms)",
+                    permille / 10,
+                    permille % 10
+                )
             }
         }
     }
@@ -211,6 +224,8 @@ pub struct Stats {
     pub log_bytes: u64,
     pub acked: u64,
     pub execution_lag_ns: u64,
+    /// The primary's CPU share under the lag throttle, in thousandths (1000: not throttled).
+    pub cpu_share_permille: u64,
     pub outputs_held: usize,
     pub oldest_output_held_ns: u64,
     pub stalls: u64,

@@ -151,11 +151,11 @@ impl<G: Guest> Node<G> {
         }
     }
 
-    /// Kicks a run on the vCPU thread out if the node has no more use for it (it is stopping): the node can only
-    /// stop, and drop its guest, once the run has ended.
-    pub fn kick_guest_if_stopping(&self) {
+    /// Kicks a run on the vCPU thread out if the node wants the guest back: it is stopping (it can only stop, and
+    /// drop its guest, once the run has ended), or the throttle's share of this period is spent.
+    pub fn kick_guest_if_wanted(&self) {
         match self {
-            Node::Primary(primary) if primary.stopping() => primary.vm().kick(),
+            Node::Primary(primary) if primary.wants_guest_back() => primary.vm().kick(),
             Node::Backup(backup) if backup.stopping() => backup.vm().kick(),
             _ => {}
         }

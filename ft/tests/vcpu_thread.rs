@@ -163,7 +163,7 @@ fn a_stopping_node_kicks_its_running_guest_and_stops_once_it_is_back() {
     // The backup won the arbiter meanwhile: this primary must halt.
     node.handle_channel_closed(3, "cut");
     node.handle_arbiter(4, ft::ArbiterOutcome::Lost { epoch: 2 });
-    node.kick_guest_if_stopping();
+    node.kick_guest_if_wanted();
     assert!(thread.borrow().kicked, "the run was kicked");
     assert!(node.stopped().is_none(), "not stopped while the guest is out");
     node.guest_exited(5, &mut Zero);

@@ -126,6 +126,10 @@ struct NodeArgs {
     disk_sectors: Option<u64>,
     #[arg(long)]
     slice_exits_max: Option<u64>,
+    #[arg(long)]
+    lag_target_ms: Option<u64>,
+    #[arg(long)]
+    throttle_period_ms: Option<u64>,
     #[arg(long, value_name = "true|false")]
     sync_writes: Option<bool>,
     #[arg(long, value_name = "true|false")]
@@ -163,6 +167,8 @@ impl NodeArgs {
             arbiter_retry_ms: self.arbiter_retry_ms,
             disk_sectors: self.disk_sectors,
             slice_exits_max: self.slice_exits_max,
+            lag_target_ms: self.lag_target_ms,
+            throttle_period_ms: self.throttle_period_ms,
             sync_writes: self.sync_writes,
             write_journal: self.write_journal,
             go_live_command: self.go_live_command,

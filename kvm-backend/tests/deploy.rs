@@ -630,6 +630,8 @@ fn bad_settings_and_files_are_refused_at_startup_by_name() {
         case("startup_timeout_ms of years", "a", "startup_timeout_ms = 100000000000\n", &["`startup_timeout_ms`"]),
         case("arbiter_retry_ms = 0", "b", "arbiter_retry_ms = 0\n", &["`arbiter_retry_ms`"]),
         case("slice_exits_max = 0", "a", "slice_exits_max = 0\n", &["`slice_exits_max`"]),
+        case("lag_target_ms = 0", "b", "lag_target_ms = 0\n", &["`lag_target_ms`"]),
+        case("throttle_period_ms of years", "a", "throttle_period_ms = 100000000000\n", &["`throttle_period_ms`"]),
         case("disk_sectors = 0", "a", "disk_sectors = 0\n", &["`disk_sectors`"]),
         case("storage_timeout_ms = 0", "b", "storage_timeout_ms = 0\n", &["`storage_timeout_ms`"]),
         case("an empty name", "a", "name = \"\"\n", &["`name`"]),

@@ -301,9 +301,15 @@ fn killed_backup_leaves_the_primary_live_and_unprotected() {
     assert_eq!(put(pair.service, 1, 3, 33, Duration::from_secs(2)).map(|r| r.status), Some(Status::Ok));
     // `ftvm status` and the Prometheus endpoint.
     let status = ftvm_status(pair.status_a);
-    for line in
-        ["role: primary\n", "peer: ", "(logging channel up)", "execution lag: ", "log bandwidth: ", "outputs held: "]
-    {
+    for line in [
+        "role: primary\n",
+        "peer: ",
+        "(logging channel up)",
+        "execution lag: ",
+        "cpu share: ",
+        "log bandwidth: ",
+        "outputs held: ",
+    ] {
         assert!(status.contains(line), "{line:?} in:\n{status}");
     }
     assert!(ftvm_status(pair.status_b).contains("role: backup\n"));

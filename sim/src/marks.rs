@@ -20,6 +20,8 @@ pub const MARKS: &[(&str, &str)] = &[
     ("power_off_with_live_backup", "a clean power-off stopping a live backup"),
     ("backup_buffer_full", "the backup's buffer bound holding frames back"),
     ("primary_stalled_by_backup", "the primary stalled by flow control"),
+    ("throttle_lowers_the_share", "the lag throttle lowering the primary's CPU share"),
+    ("primary_throttled", "a throttled primary holding its guest back"),
     ("heartbeat_ignored", "a reflected, replayed or stale heartbeat ignored"),
     ("crash_after_ack", "a crash between an ack and the release it allows"),
     ("crash_after_release", "a crash between a release and its Released notice"),

@@ -87,8 +87,13 @@ fn record(host: &SimHost, world: &mut World, now_ns: u64, observation: &Observat
                 world.log(who, "received the guest's power-off");
             }
         }
+        Observation::Action(Action::Send(Message::Log { index, .. })) => {
+            world.log_sent_ns.insert((id.index(), *index), now_ns);
+        }
         Observation::Received(Message::Ack { received, replayed, .. }) => {
             check::replay::on_ack(world, *received, *replayed, host.buffered_max);
+            let oldest_unreplayed = world.log_sent_ns.get(&(id.index(), replayed + 1));
+            world.lag_samples_ns.push(oldest_unreplayed.map_or(0, |sent_ns| now_ns.saturating_sub(*sent_ns)));
             if world.role[id.index()] == Some(Role::Primary) {
                 return Some(Edge::AfterAck);
             }
@@ -112,6 +117,8 @@ fn record_event(world: &mut World, id: NodeId, event: &Event, host: &SimHost) ->
             world.counts.checkpoints_verified += 1;
             return None;
         }
+        // Every period of a throttled primary: too many for the trace.
+        Event::CpuShare { .. } => return None,
         Event::WentLive { epoch, reissued_outputs, reissued_disk_requests, .. } => {
             world.live.entry(*epoch).or_default().push(id);
             world.role[id.index()] = Some(Role::Unprotected);

@@ -142,11 +142,18 @@ pub struct Plan {
     pub storage_timeout_ms: u64,
     /// Simulated CPU time of one guest slice on host A and host B: a larger one is a CPU-starved host.
     pub slice_cost_us: [u64; 2],
+    /// The execution lag the primary's throttle aims for (plans stored before the throttle run with the default).
+    #[serde(default = "lag_target_ms_default")]
+    pub lag_target_ms: u64,
     /// (time in ms, fault), in time order.
     pub faults: Vec<(u64, Fault)>,
     pub crash_point: Option<CrashPoint>,
     pub heal_ms: u64,
     pub end_ms: u64,
+}
+
+fn lag_target_ms_default() -> u64 {
+    ft::Config::default().lag_target_ms
 }
 
 fn pick<T: Copy>(rng: &mut ChaCha8Rng, choices: &[T]) -> T {
@@ -176,6 +183,8 @@ impl Plan {
             plan.faults.push((at(&mut rng), fault));
         }
         plan.faults.sort_by_key(|(at_ms, _)| *at_ms);
+        // Drawn last, so that every other choice of a seed is what it was before the throttle.
+        plan.lag_target_ms = pick(&mut rng, &[10, 50, 50, 200]);
         plan
     }
 
@@ -213,16 +222,19 @@ impl Plan {
             arbiter_retry_ms: rng.random_range(10..=100),
             storage_timeout_ms: rng.random_range(50..=200),
             slice_cost_us: [1_000, backup_cost_us],
+            lag_target_ms: lag_target_ms_default(),
             faults: Vec::new(),
             crash_point: None,
             heal_ms: HEAL_MS,
             end_ms: END_MS,
         };
         if backup_cost_us > 1_000 {
-            // Without the CPU-share throttle (not built yet) a slower backup's lag is bounded only by its buffer:
-            // keep that small enough for failover to finish within the liveness bound. Flow control then runs
-            // the pair at the backup's pace; slices of one exit would make that too slow to serve anybody.
-            plan.log_entries_buffered_max = rng.random_range(4..=128);
+            // The CPU-share throttle keeps a slower backup's lag near the plan's target; half of these plans
+            // still bound the backup's buffer, so that flow control has to act too. Slices of one exit would
+            // make a pair run at the backup's pace too slow to serve anybody.
+            if rng.random_bool(0.5) {
+                plan.log_entries_buffered_max = rng.random_range(4..=128);
+            }
             plan.slice_exits_max = pick(rng, &[16, 64]);
         }
         plan
@@ -350,6 +362,7 @@ impl Plan {
             self.slice_cost_us[0],
             self.slice_cost_us[1],
         );
+        let _ = writeln!(out, "plan: lag_target={}ms", self.lag_target_ms);
         for (at_ms, fault) in &self.faults {
             let _ = writeln!(out, "plan: at {at_ms}ms {fault:?}");
         }

@@ -23,9 +23,20 @@ pub struct Report {
     /// Coverage marks hit, by name.
     pub marks: std::collections::BTreeMap<&'static str, usize>,
     pub trace_hash: u64,
+    /// The backup's execution lag at every ack, as the wire showed it (sorted, ns).
+    pub lag_samples_ns: Vec<u64>,
 }
 
 impl Report {
+    /// The `permille`-th thousandth of the execution lag samples, in ms (0 without samples).
+    pub fn lag_ms(&self, permille: usize) -> u64 {
+        let samples = &self.lag_samples_ns;
+        if samples.is_empty() {
+            return 0;
+        }
+        samples[((samples.len() - 1) * permille / 1000).min(samples.len() - 1)] / 1_000_000
+    }
+
     /// The one line that reproduces this scenario.
     pub fn reproduce(&self) -> String {
         format!("cargo run --release --bin ftsim -- run --seed {}", self.seed)
@@ -46,6 +57,8 @@ pub fn config_for(plan: &Plan) -> Config {
         net_frames_queued_max: plan.net_frames_queued_max,
         slice_instructions: plan.slice_instructions,
         slice_exits_max: plan.slice_exits_max,
+        lag_target_ms: plan.lag_target_ms,
+        ..Config::default()
     }
 }
 
@@ -83,7 +96,18 @@ pub fn run_plan(seed: u64, plan: Plan, guests: GuestFactory) -> Report {
     let counts = world.counts.clone();
     world.trace.push(format!("counts: {counts:?}"));
     let trace_hash = xxhash_rust::xxh3::xxh3_64(world.trace.join("\n").as_bytes());
-    Report { seed, plan, trace: world.trace.clone(), violations: world.violations.clone(), counts, marks, trace_hash }
+    let mut lag_samples_ns = std::mem::take(&mut world.lag_samples_ns);
+    lag_samples_ns.sort_unstable();
+    Report {
+        seed,
+        plan,
+        trace: world.trace.clone(),
+        violations: world.violations.clone(),
+        counts,
+        marks,
+        trace_hash,
+        lag_samples_ns,
+    }
 }
 
 fn simulate(seed: u64, plan: &Plan, world: &SharedWorld, guests: &GuestFactory) -> turmoil::Result {

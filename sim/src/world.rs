@@ -148,6 +148,11 @@ pub struct World {
     pub backup_received_max: u64,
     /// The highest log index the backup acknowledged (what its driver sent).
     pub backup_acked_max: u64,
+    /// When each node's driver sent each log entry: (node, index) -> time; for the execution lag as the wire
+    /// shows it (not as a node reports it).
+    pub log_sent_ns: BTreeMap<(usize, u64), u64>,
+    /// The backup's execution lag at each ack its primary received: the age of the oldest entry not replayed.
+    pub lag_samples_ns: Vec<u64>,
     /// Guest state hashes the checker took, by exit count: (position, hash) per node.
     pub hashes: BTreeMap<u64, [Option<(Position, u64)>; 2]>,
     /// Where each node's guest is now.
@@ -200,6 +205,8 @@ impl World {
             backup_logged_index: BTreeMap::new(),
             backup_received_max: 0,
             backup_acked_max: 0,
+            log_sent_ns: BTreeMap::new(),
+            lag_samples_ns: Vec::new(),
             hashes: BTreeMap::new(),
             positions: [Position::ZERO; 2],
             went_live_at: [None; 2],

@@ -6,8 +6,11 @@
 
 mod golive;
 mod record;
+pub mod throttle;
 
 pub use golive::Inheritance;
+pub use throttle::Throttle;
+use throttle::SHARE_FULL_PERMILLE;
 
 use std::collections::VecDeque;
 
@@ -79,6 +82,8 @@ pub struct Primary<G: Guest> {
     stats: Stats,
     /// The guest is held back by flow control (reported once per stall).
     stalled: bool,
+    /// Lowers the guest's CPU share while the backup lags.
+    throttle: Throttle,
 }
 
 /// Bound on entries kept for the lag estimate; past it the oldest are forgotten (the lag reads low, never high).
@@ -100,6 +105,7 @@ impl<G: Guest> Primary<G> {
     }
 
     fn with_mode(config: Config, vm: Vm<G>, epoch: u64, mode: Mode, now_ns: u64) -> Primary<G> {
+        let throttle = Throttle::new(&config, now_ns);
         if let Err(error) = config.validate() {
             panic!("the driver must validate the config first: {error}");
         }
@@ -133,6 +139,7 @@ impl<G: Guest> Primary<G> {
             actions: VecDeque::new(),
             stats: Stats::default(),
             stalled: false,
+            throttle,
         }
     }
 
@@ -175,9 +182,10 @@ impl<G: Guest> Primary<G> {
         self.vm.at_position()
     }
 
-    /// The node has stopped for good and waits only for its guest to come back from the vCPU thread.
-    pub(crate) fn stopping(&self) -> bool {
-        self.stopped.is_some()
+    /// The core wants a run on the vCPU thread to end: the node has stopped for good, or the throttle's share
+    /// of this period is spent.
+    pub(crate) fn wants_guest_back(&self) -> bool {
+        self.stopped.is_some() || self.throttled()
     }
 
     pub fn take_stopped(&mut self) -> Option<Stopped> {
@@ -187,6 +195,31 @@ impl<G: Guest> Primary<G> {
     /// Actions queued and not yet polled (handed over when the node changes state).
     pub fn take_actions(&mut self) -> VecDeque<Action> {
         std::mem::take(&mut self.actions)
+    }
+
+    /// The backup's execution lag: how long ago the oldest entry it has not replayed was logged.
+    fn execution_lag_ns(&self, now_ns: u64) -> u64 {
+        self.logged_at_ns.front().map_or(0, |(_, at)| now_ns.saturating_sub(*at))
+    }
+
+    /// Brings the throttle to `now_ns`; without a backup to wait for, the guest has the whole CPU.
+    pub(super) fn tick_throttle(&mut self, now_ns: u64) {
+        let before = self.throttle.share_permille();
+        let lag_ns = self.execution_lag_ns(now_ns);
+        if self.logging() {
+            self.throttle.tick(now_ns, lag_ns);
+        } else {
+            self.throttle.release();
+        }
+        let permille = self.throttle.share_permille();
+        if permille != before {
+            self.actions.push_back(Action::Notify(Event::CpuShare { permille, lag_ms: lag_ns / NS_PER_MS }));
+        }
+    }
+
+    /// Whether the throttle holds the guest back now (as of the last tick).
+    pub(super) fn throttled(&self) -> bool {
+        self.logging() && !self.throttle.may_run()
     }
 
     fn logging(&self) -> bool {
@@ -365,6 +398,7 @@ impl<G: Guest> Primary<G> {
     }
 
     pub fn handle_timeout(&mut self, now_ns: u64) {
+        self.tick_throttle(now_ns);
         // One heartbeat per interval, however late this call: a burst would carry equal `sent_ms` values, which
         // the backup must treat as replays.
         if (self.logging() || matches!(self.mode, Mode::Connecting { .. })) && self.heartbeat_next_ns <= now_ns {
@@ -470,15 +504,18 @@ impl<G: Guest> Primary<G> {
             && self.power_off.is_none()
             && matches!(self.mode, Mode::Protected | Mode::Arbitrating { .. } | Mode::Unprotected)
             && !self.flow_controlled();
-        let timer = self.timer_deadline_ns.filter(|_| runnable);
-        [heartbeat, mode, timer].into_iter().flatten().min()
+        // A throttled guest is woken by the throttle's next change, not by a timer it cannot take yet.
+        let timer = self.timer_deadline_ns.filter(|_| runnable && !self.throttled());
+        let throttle = self.throttle.next_change_ns().filter(|_| runnable && self.logging());
+        [heartbeat, mode, timer, throttle].into_iter().flatten().min()
     }
 
     pub fn stats(&self, now_ns: u64) -> Stats {
         let oldest_held = self.held.front().map(|(_, at, _)| now_ns.saturating_sub(*at)).unwrap_or(0);
         Stats {
             acked: self.acked,
-            execution_lag_ns: self.logged_at_ns.front().map_or(0, |(_, at)| now_ns.saturating_sub(*at)),
+            execution_lag_ns: self.execution_lag_ns(now_ns),
+            cpu_share_permille: if self.logging() { self.throttle.share_permille() } else { SHARE_FULL_PERMILLE },
             outputs_held: self.held.len() + self.scheduler.held(),
             oldest_output_held_ns: oldest_held,
             ..self.stats

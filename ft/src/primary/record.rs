@@ -52,6 +52,10 @@ impl<G: Guest> Primary<G> {
             if self.vm.position().exits - start.exits >= self.config.slice_exits_max || self.flow_controlled() {
                 break;
             }
+            self.tick_throttle(now_ns);
+            if self.throttled() {
+                break;
+            }
         }
         Progress::Ran
     }
@@ -87,6 +91,11 @@ impl<G: Guest> Primary<G> {
             return None;
         }
         self.stalled = false;
+        self.tick_throttle(now_ns);
+        if self.throttled() {
+            cov_mark::hit!(primary_throttled);
+            return None;
+        }
         self.deliver_inputs(now_ns);
         if self.vm.halted || self.stopped.is_some() {
             return None;

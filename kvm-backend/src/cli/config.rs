@@ -51,6 +51,10 @@ pub struct NodeConfig {
     pub storage_timeout_ms: Option<u64>,
     /// Guest exits per slice between two looks at the network (default 1): smaller answers the peer sooner.
     pub slice_exits_max: Option<u64>,
+    /// The execution lag the primary's CPU-share throttle aims to stay under.
+    pub lag_target_ms: Option<u64>,
+    /// The throttle's duty-cycle period.
+    pub throttle_period_ms: Option<u64>,
     /// fdatasync the disk image after every write (default true).
     pub sync_writes: Option<bool>,
     /// Keep a journal of every landed write and every arbiter grant next to the disk (`<disk>.journal`), for
@@ -182,6 +186,8 @@ impl NodeConfig {
             arbiter_retry_ms,
             storage_timeout_ms,
             slice_exits_max,
+            lag_target_ms,
+            throttle_period_ms,
             sync_writes,
             write_journal,
             go_live_command
@@ -326,6 +332,8 @@ impl NodeConfig {
             startup_timeout_ms: self.startup_timeout_ms.unwrap_or(defaults.startup_timeout_ms),
             arbiter_retry_ms: self.arbiter_retry_ms.unwrap_or(defaults.arbiter_retry_ms),
             slice_exits_max: self.slice_exits_max.unwrap_or(SLICE_EXITS_MAX_DEFAULT),
+            lag_target_ms: self.lag_target_ms.unwrap_or(defaults.lag_target_ms),
+            throttle_period_ms: self.throttle_period_ms.unwrap_or(defaults.throttle_period_ms),
             ..defaults
         }
     }

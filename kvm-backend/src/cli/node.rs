@@ -379,6 +379,7 @@ impl Observer for NetHost {
                         }
                         // Flow control comes and goes with the load: not part of the story.
                         Event::Stalled { .. } => tracing::info!("{}: {event}", self.name),
+                        Event::CpuShare { .. } => tracing::debug!("{}: {event}", self.name),
                         _ => tracing::info!(target: TIMELINE, "{}: {event}", self.name),
                     }
                 }
@@ -565,6 +566,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
             StartAs::Backup => "backup".into(),
         };
         board.snapshot.epoch = record.epoch;
+        board.snapshot.cpu_share_percent = 100.0;
         board.snapshot.peer = peer;
         board.snapshot.service = settings.service.to_string();
         let board = Rc::new(RefCell::new(board));

@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub log_bandwidth_bytes_per_s: u64,
     /// How far the backup's replay is behind the primary: age of the oldest entry sent and not yet replayed.
     pub execution_lag_ms: f64,
+    /// The primary's CPU share under the lag throttle, in percent (100: not throttled).
+    pub cpu_share_percent: f64,
     pub outputs_held: usize,
     pub oldest_output_held_ms: f64,
     pub outputs_released: u64,
@@ -139,6 +141,7 @@ impl Board {
                 self.held.clear();
                 self.unreplayed.clear();
             }
+            Event::CpuShare { permille, .. } => self.snapshot.cpu_share_percent = *permille as f64 / 10.0,
             Event::LostRace { .. } | Event::Diverged(_) | Event::PoweredOff { .. } | Event::GuestStopped { .. } => {
                 self.snapshot.role = "stopped".into();
             }
@@ -198,7 +201,7 @@ impl Snapshot {
         };
         format!(
             "node: {}\nrole: {}{protected}\nepoch: {}\npeer: {} (logging channel {})\nservice: {}{}\n\
-             execution lag: {:.3} ms\nlog: {} entries sent, {} received, {} acked, {} replayed\n\
+             execution lag: {:.3} ms\ncpu share: {:.1} % (lag throttle)\nlog: {} entries sent, {} received, {} acked, {} replayed\n\
              log bandwidth: {} bytes/s ({} bytes sent, {} received)\noutputs held: {} (oldest {:.3} ms), {} released\n\
              output rule hold: p50 {:.0} us, p99 {:.0} us\nbackup ack delay: p50 {:.0} us, p99 {:.0} us\n{}",
             self.name,
@@ -209,6 +212,7 @@ impl Snapshot {
             self.service,
             if self.service_bound { " (bound)" } else { "" },
             self.execution_lag_ms,
+            self.cpu_share_percent,
             self.log_entries_sent,
             self.log_entries_received,
             self.log_entries_acked,
@@ -239,6 +243,11 @@ impl Snapshot {
         metric("epoch", "the pair's epoch", self.epoch.to_string());
         metric("channel_up", "1 while the logging channel is up", u8::from(self.channel_up).to_string());
         metric("execution_lag_seconds", "backup replay lag", format!("{}", self.execution_lag_ms / 1e3));
+        metric(
+            "cpu_share_ratio",
+            "the primary's CPU share under the lag throttle",
+            format!("{}", self.cpu_share_percent / 100.0),
+        );
         metric("log_entries_sent", "log entries sent", self.log_entries_sent.to_string());
         metric("log_entries_received", "log entries received", self.log_entries_received.to_string());
         metric("channel_bytes_sent", "logging channel bytes sent", self.channel_bytes_sent.to_string());
