@@ -524,6 +524,25 @@ mod tests {
         assert_send::<KvmGuest>();
     }
 
+    /// What a kick that loses the race with a run leaves behind: `immediate_exit` set, its flag already taken
+    /// (`poke` writes the byte after the flag, and the run may consume the flag in between). The next run must
+    /// still reach the guest's exit instead of returning EINTR a million times.
+    #[test]
+    fn a_stale_immediate_exit_does_not_wedge_the_next_run() {
+        let image = crate::corpus::guest_elf("cpu").expect("corpus guest");
+        let mut guest = match KvmGuest::new(&KvmConfig::default(), image) {
+            Ok(guest) => guest,
+            Err(error) if std::env::var("FT_REQUIRE_KVM").as_deref() != Ok("1") => {
+                eprintln!("SKIPPED: KVM unusable here: {error}");
+                return;
+            }
+            Err(error) => panic!("KVM is required (FT_REQUIRE_KVM=1): {error}"),
+        };
+        vcpu::set_immediate_exit(&mut guest.vm.vcpu, 1);
+        let exit = guest.run(None).expect("the run reaches an exit");
+        assert_ne!(exit, Exit::Kicked, "no kick is pending");
+    }
+
     #[test]
     fn memory_sizes_are_checked() {
         assert!(check_memory_size(MEMORY_BYTES_DEFAULT).is_ok());

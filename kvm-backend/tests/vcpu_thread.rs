@@ -58,3 +58,37 @@ fn kicks_between_exits_change_nothing_that_replay_sees() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One-run kicks from another thread at random moments never leave the vCPU unable to run: a kick whose flag a
+/// run consumed must not leave `immediate_exit` set behind it (every later KVM_RUN would return at once, and the
+/// run would fail after a million "interrupted" exits).
+#[test]
+fn a_storm_of_kicks_never_wedges_the_vcpu() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let Some(mut bench) = common::bench("timer") else { return };
+    let handle = bench.guest.handle();
+    let done = Arc::new(AtomicBool::new(false));
+    let kicker = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut kicks = 0u64;
+            while !done.load(Ordering::SeqCst) {
+                handle.interrupt();
+                kicks += 1;
+                // A few microseconds apart: some land inside KVM_RUN, some between runs, some during the check.
+                for _ in 0..(kicks % 7) * 200 {
+                    std::hint::spin_loop();
+                }
+            }
+            kicks
+        })
+    };
+    let stop = bench.run(2_000_000);
+    done.store(true, Ordering::SeqCst);
+    let kicks = kicker.join().expect("the kicker ran");
+    let kicked = bench.trace.iter().filter(|entry| entry.exit == ft::Exit::Kicked).count();
+    eprintln!("{kicks} kicks, {kicked} runs ended kicked, then {stop:?}");
+    assert_eq!(stop.expect("no run failed"), kvm_backend::testkit::Stop::PowerOff(0));
+    assert!(kicked > 0, "no kick landed");
+}
