@@ -288,3 +288,17 @@ fn checkpoints_come_every_interval_exactly() {
         .collect();
     assert_eq!(at, vec![4, 8], "checkpoints at these exits");
 }
+
+/// `Vm::state_hash` returning a constant survived: primary and backup then always "agree". The hash covers the
+/// guest, the devices and the halted flag.
+#[test]
+fn the_vm_state_hash_tells_guest_and_halt_states_apart() {
+    let mut one = ft::vm::Vm::new(Script::new([]), 64);
+    let mut other = ft::vm::Vm::new(Script::new([]), 64);
+    let same = one.state_hash().expect("hash");
+    assert_eq!(same, other.state_hash().expect("hash"), "equal machines hash equal");
+    other.guest.position.exits = 1;
+    assert_ne!(same, other.state_hash().expect("hash"), "a guest that moved");
+    one.halted = true;
+    assert_ne!(same, one.state_hash().expect("hash"), "a halted guest");
+}

@@ -26,8 +26,6 @@ pub struct Throttle {
     period_start_ns: u64,
     /// The last time the throttle was told, so that `next_change_ns` is always after it.
     now_ns: u64,
-    /// Periods with a share below full, for stats.
-    throttled_periods: u64,
 }
 
 impl Throttle {
@@ -38,7 +36,6 @@ impl Throttle {
             share_permille: SHARE_FULL_PERMILLE,
             period_start_ns: now_ns,
             now_ns,
-            throttled_periods: 0,
         }
     }
 
@@ -59,9 +56,6 @@ impl Throttle {
             self.share_permille = (self.share_permille * kept / 4).max(SHARE_MIN_PERMILLE);
         } else if lag_ns < self.lag_target_ns / 2 {
             self.share_permille = (self.share_permille + SHARE_STEP_UP_PERMILLE).min(SHARE_FULL_PERMILLE);
-        }
-        if self.share_permille < SHARE_FULL_PERMILLE {
-            self.throttled_periods += 1;
         }
     }
 
@@ -91,10 +85,6 @@ impl Throttle {
 
     pub fn share_permille(&self) -> u64 {
         self.share_permille
-    }
-
-    pub fn throttled_periods(&self) -> u64 {
-        self.throttled_periods
     }
 }
 
@@ -127,6 +117,16 @@ mod tests {
             throttle.tick(period * 10 * NS_PER_MS, 0);
         }
         assert_eq!(throttle.share_permille(), SHARE_FULL_PERMILLE, "never above full");
+    }
+
+    #[test]
+    fn a_lag_at_the_target_or_at_half_of_it_holds_the_share() {
+        let mut throttle = throttle();
+        throttle.tick(10 * NS_PER_MS, 40 * NS_PER_MS);
+        assert_eq!(throttle.share_permille(), SHARE_FULL_PERMILLE, "at the target: not above it");
+        throttle.tick(20 * NS_PER_MS, 41 * NS_PER_MS);
+        throttle.tick(30 * NS_PER_MS, 20 * NS_PER_MS);
+        assert_eq!(throttle.share_permille(), 750, "at half the target: not below it");
     }
 
     #[test]
