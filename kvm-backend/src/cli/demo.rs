@@ -117,6 +117,11 @@ pub struct Trial {
     /// The primary's Output Rule hold times (µs) before the kill.
     pub output_hold_p50_us: Option<f64>,
     pub output_hold_p99_us: Option<f64>,
+    /// The hold's stages (µs): logging to the covering ack, and that ack to the release.
+    pub hold_log_to_ack_p50_us: Option<f64>,
+    pub hold_log_to_ack_p99_us: Option<f64>,
+    pub hold_ack_to_release_p50_us: Option<f64>,
+    pub hold_ack_to_release_p99_us: Option<f64>,
     /// The backup's delay from receiving an entry to acknowledging it (µs) before the kill.
     pub ack_delay_p50_us: Option<f64>,
     pub ack_delay_p99_us: Option<f64>,
@@ -517,6 +522,10 @@ pub fn trial(options: &DemoOptions, index: u32) -> Result<Trial, CliError> {
         out.outputs_held_at_kill = status["outputs_held"].as_u64();
         out.output_hold_p50_us = status["output_hold_p50_us"].as_f64();
         out.output_hold_p99_us = status["output_hold_p99_us"].as_f64();
+        out.hold_log_to_ack_p50_us = status["hold_log_to_ack_p50_us"].as_f64();
+        out.hold_log_to_ack_p99_us = status["hold_log_to_ack_p99_us"].as_f64();
+        out.hold_ack_to_release_p50_us = status["hold_ack_to_release_p50_us"].as_f64();
+        out.hold_ack_to_release_p99_us = status["hold_ack_to_release_p99_us"].as_f64();
         let bytes = status["channel_bytes_sent"].as_f64().unwrap_or(0.0);
         out.log_bytes_per_request = Some(bytes / load.answered().max(1) as f64);
     }
@@ -1007,6 +1016,19 @@ pub fn report(options: &DemoOptions) -> Result<bool, CliError> {
         "output-rule-hold-us p50={:.0} p99={:.0} (per output, measured in the primary; a put holds two: disk write, answer)",
         percentile(&p50, 0.5),
         percentile(&p99, 0.5)
+    );
+    // The median over trials of each trial's figure.
+    let median = |figure: fn(&Trial) -> Option<f64>| {
+        let mut values: Vec<f64> = all.iter().filter_map(figure).collect();
+        values.sort_by(f64::total_cmp);
+        percentile(&values, 0.5)
+    };
+    println!(
+        "output-rule-stages-us log-to-ack p50={:.0} p99={:.0} ack-to-release p50={:.0} p99={:.0}",
+        median(|t| t.hold_log_to_ack_p50_us),
+        median(|t| t.hold_log_to_ack_p99_us),
+        median(|t| t.hold_ack_to_release_p50_us),
+        median(|t| t.hold_ack_to_release_p99_us),
     );
     let mut a50: Vec<f64> = all.iter().filter_map(|t| t.ack_delay_p50_us).collect();
     let mut a99: Vec<f64> = all.iter().filter_map(|t| t.ack_delay_p99_us).collect();

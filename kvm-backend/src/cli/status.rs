@@ -48,6 +48,12 @@ pub struct Snapshot {
     /// `HOLDS_KEPT` outputs: the latency FT adds to each output.
     pub output_hold_p50_us: f64,
     pub output_hold_p99_us: f64,
+    /// The hold in two stages: from the entry's logging to the ack that covers it (channel, backup, channel
+    /// back), and from that ack to the release (the primary's own delay).
+    pub hold_log_to_ack_p50_us: f64,
+    pub hold_log_to_ack_p99_us: f64,
+    pub hold_ack_to_release_p50_us: f64,
+    pub hold_ack_to_release_p99_us: f64,
     /// Backup: from receiving a log entry to sending its acknowledgement.
     pub ack_delay_p50_us: f64,
     pub ack_delay_p99_us: f64,
@@ -62,15 +68,27 @@ pub struct Board {
     channel_up_ns: Option<u64>,
     /// Log entries sent and not yet replayed by the backup, with when they were sent.
     unreplayed: VecDeque<(u64, u64)>,
-    /// Outputs logged and not yet released, by output sequence number, with when they were logged.
-    held: BTreeMap<u64, u64>,
-    /// Recent hold times (ns), a ring of `HOLDS_KEPT`.
+    /// Outputs logged and not yet released, by output sequence number.
+    held: BTreeMap<u64, Held>,
+    /// Recent hold times (ns), rings of `HOLDS_KEPT`: whole, then its two stages.
     holds: Vec<u64>,
     holds_next: usize,
+    to_ack: Vec<u64>,
+    to_ack_next: usize,
+    to_release: Vec<u64>,
+    to_release_next: usize,
     /// Backup: entries received and not yet acknowledged, with when they arrived; recent ack delays (ns).
     unacked: VecDeque<(u64, u64)>,
     ack_delays: Vec<u64>,
     ack_delays_next: usize,
+}
+
+/// An output the Output Rule holds: its log entry, when that was logged, and when an ack covering it came.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    index: u64,
+    logged_ns: u64,
+    acked_ns: Option<u64>,
 }
 
 /// Hold times kept for the percentiles.
@@ -85,7 +103,7 @@ impl Board {
                 self.snapshot.log_entries_sent = *index;
                 self.unreplayed.push_back((*index, now_ns));
                 if let Entry::Output { record, .. } = entry {
-                    self.held.insert(record.seq, now_ns);
+                    self.held.insert(record.seq, Held { index: *index, logged_ns: now_ns, acked_ns: None });
                 }
             }
             Action::Release { output, .. } => {
@@ -110,8 +128,12 @@ impl Board {
     }
 
     fn release(&mut self, now_ns: u64, seq: u64) {
-        if let Some(logged_ns) = self.held.remove(&seq) {
-            Self::keep(&mut self.holds, &mut self.holds_next, now_ns.saturating_sub(logged_ns));
+        if let Some(held) = self.held.remove(&seq) {
+            Self::keep(&mut self.holds, &mut self.holds_next, now_ns.saturating_sub(held.logged_ns));
+            if let Some(acked_ns) = held.acked_ns {
+                Self::keep(&mut self.to_ack, &mut self.to_ack_next, acked_ns.saturating_sub(held.logged_ns));
+                Self::keep(&mut self.to_release, &mut self.to_release_next, now_ns.saturating_sub(acked_ns));
+            }
         }
     }
 
@@ -157,6 +179,9 @@ impl Board {
             }
             Message::Ack { received, replayed, .. } => {
                 self.snapshot.log_entries_acked = *received;
+                for held in self.held.values_mut().filter(|held| held.index <= *received && held.acked_ns.is_none()) {
+                    held.acked_ns = Some(now_ns);
+                }
                 self.snapshot.log_entries_replayed = *replayed;
                 while self.unreplayed.front().is_some_and(|(index, _)| index <= replayed) {
                     self.unreplayed.pop_front();
@@ -186,9 +211,18 @@ impl Board {
         };
         s.output_hold_p50_us = percentile(&self.holds, 0.5);
         s.output_hold_p99_us = percentile(&self.holds, 0.99);
+        s.hold_log_to_ack_p50_us = percentile(&self.to_ack, 0.5);
+        s.hold_log_to_ack_p99_us = percentile(&self.to_ack, 0.99);
+        s.hold_ack_to_release_p50_us = percentile(&self.to_release, 0.5);
+        s.hold_ack_to_release_p99_us = percentile(&self.to_release, 0.99);
         s.ack_delay_p50_us = percentile(&self.ack_delays, 0.5);
         s.ack_delay_p99_us = percentile(&self.ack_delays, 0.99);
-        s.oldest_output_held_ms = self.held.values().min().map_or(0.0, |at| now_ns.saturating_sub(*at) as f64 / 1e6);
+        s.oldest_output_held_ms = self
+            .held
+            .values()
+            .map(|held| held.logged_ns)
+            .min()
+            .map_or(0.0, |at| now_ns.saturating_sub(at) as f64 / 1e6);
         s
     }
 }
@@ -203,7 +237,8 @@ impl Snapshot {
             "node: {}\nrole: {}{protected}\nepoch: {}\npeer: {} (logging channel {})\nservice: {}{}\n\
              execution lag: {:.3} ms\ncpu share: {:.1} % (lag throttle)\nlog: {} entries sent, {} received, {} acked, {} replayed\n\
              log bandwidth: {} bytes/s ({} bytes sent, {} received)\noutputs held: {} (oldest {:.3} ms), {} released\n\
-             output rule hold: p50 {:.0} us, p99 {:.0} us\nbackup ack delay: p50 {:.0} us, p99 {:.0} us\n{}",
+             output rule hold: p50 {:.0} us, p99 {:.0} us (log to ack: p50 {:.0} us, p99 {:.0} us; ack to \
+             release: p50 {:.0} us, p99 {:.0} us)\nbackup ack delay: p50 {:.0} us, p99 {:.0} us\n{}",
             self.name,
             self.role,
             self.epoch,
@@ -225,6 +260,10 @@ impl Snapshot {
             self.outputs_released,
             self.output_hold_p50_us,
             self.output_hold_p99_us,
+            self.hold_log_to_ack_p50_us,
+            self.hold_log_to_ack_p99_us,
+            self.hold_ack_to_release_p50_us,
+            self.hold_ack_to_release_p99_us,
             self.ack_delay_p50_us,
             self.ack_delay_p99_us,
             self.stopped.as_ref().map(|why| format!("stopped: {why}\n")).unwrap_or_default(),
@@ -262,6 +301,15 @@ impl Snapshot {
         metric("outputs_released", "outputs released", self.outputs_released.to_string());
         metric("output_hold_p50_seconds", "median Output Rule hold", format!("{}", self.output_hold_p50_us / 1e6));
         metric("output_hold_p99_seconds", "p99 Output Rule hold", format!("{}", self.output_hold_p99_us / 1e6));
+        let stages = [
+            ("log_to_ack_p50", "median hold from logging to the covering ack", self.hold_log_to_ack_p50_us),
+            ("log_to_ack_p99", "p99 hold from logging to the covering ack", self.hold_log_to_ack_p99_us),
+            ("ack_to_release_p50", "median hold from the ack to the release", self.hold_ack_to_release_p50_us),
+            ("ack_to_release_p99", "p99 hold from the ack to the release", self.hold_ack_to_release_p99_us),
+        ];
+        for (stage, help, us) in stages {
+            metric(&format!("output_hold_{stage}_seconds"), help, format!("{}", us / 1e6));
+        }
         out
     }
 }
@@ -326,5 +374,43 @@ pub fn fetch(addr: SocketAddr, path: &str) -> Result<String, CliError> {
     match response.split_once("\r\n\r\n") {
         Some((_, body)) => Ok(body.to_string()),
         None => Err(CliError::Io { what: what(), reason: "not an HTTP response".into() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ft::log::{Output, OutputKind, OutputRecord};
+    use ft::Position;
+
+    const US: u64 = 1_000;
+
+    fn console(seq: u64) -> Output {
+        Output { seq, kind: OutputKind::Console, bytes: b"hi\n".to_vec(), disk: None }
+    }
+
+    fn log(board: &mut Board, now_ns: u64, index: u64, output: &Output) {
+        let entry = Entry::Output { position: Position::ZERO, pc: 0, record: OutputRecord::of(output) };
+        board.observe_action(now_ns, &Action::Send(Message::Log { index, entry }));
+    }
+
+    #[test]
+    fn the_hold_splits_into_the_wait_for_the_ack_and_the_wait_after_it() {
+        let mut board = Board::default();
+        let (first, second) = (console(0), console(1));
+        log(&mut board, 0, 1, &first);
+        log(&mut board, 100 * US, 2, &second);
+        // One ack covers the first entry only; the second's comes later.
+        board.observe_received(300 * US, &Message::Ack { received: 1, replayed: 1, position: Position::ZERO });
+        board.observe_action(350 * US, &Action::Release { output: first, log_index: Some(1) });
+        board.observe_received(700 * US, &Message::Ack { received: 2, replayed: 2, position: Position::ZERO });
+        board.observe_action(720 * US, &Action::Release { output: second, log_index: Some(2) });
+        let snapshot = board.snapshot(800 * US, &ChannelCounters::default());
+        // Holds 350 and 620 us; to the ack 300 and 600; after it 50 and 20.
+        assert_eq!((snapshot.output_hold_p50_us, snapshot.output_hold_p99_us), (620.0, 620.0));
+        assert_eq!((snapshot.hold_log_to_ack_p50_us, snapshot.hold_log_to_ack_p99_us), (600.0, 600.0));
+        assert_eq!((snapshot.hold_ack_to_release_p50_us, snapshot.hold_ack_to_release_p99_us), (50.0, 50.0));
+        assert!(snapshot.text().contains("log to ack: p50 600 us"), "{}", snapshot.text());
+        assert!(snapshot.prometheus().contains("ftvm_output_hold_ack_to_release_p99_seconds 0.00005"));
     }
 }
