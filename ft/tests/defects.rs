@@ -419,3 +419,21 @@ fn fresh_heartbeats_keep_an_idle_peer_alive() {
     }
     assert!(!tested_and_set(&actions), "{:?}", events(&actions));
 }
+
+/// Found by `ftvm record`'s tests (the vCPU-thread change): a driver that took a powered-off primary's stop and
+/// then drained it once more got a second goodbye, which replay refuses as traffic after the goodbye. Nothing
+/// follows the goodbye, however often the primary is polled.
+#[test]
+fn a_primary_says_goodbye_once_however_often_it_is_polled() {
+    let mut primary = Primary::new(config(), Script::console_then_power_off(), 64, 1, 0);
+    let mut actions: Vec<Action> = std::iter::from_fn(|| primary.poll_action()).collect();
+    primary.handle_message(1, Message::Welcome { pair_id: 3, epoch: 1 });
+    primary.run_guest(2, &mut Zero);
+    actions.extend(std::iter::from_fn(|| primary.poll_action()));
+    primary.handle_message(3, Message::Ack { received: 3, replayed: 3, position: Position::ZERO });
+    actions.extend(std::iter::from_fn(|| primary.poll_action()));
+    assert!(matches!(primary.take_stopped(), Some(ft::Stopped::PoweredOff { status: 0 })), "{actions:?}");
+    actions.extend(std::iter::from_fn(|| primary.poll_action()));
+    let goodbyes = sent(&actions).into_iter().filter(|m| matches!(m, Message::Goodbye { .. })).count();
+    assert_eq!(goodbyes, 1, "{actions:?}");
+}

@@ -10,12 +10,12 @@ use crate::error::KvmError;
 pub(crate) const PAGE_BYTES: usize = 4096;
 
 pub(crate) struct GuestRam {
-    memory: GuestMemoryMmap,
-    size: usize,
+    /// The mapping and its size; DMA goes through it, on this thread or (cloned) on another.
+    view: RamView,
     host_address: *mut u8,
 }
 
-// SAFETY: `host_address` points into the mapping owned by `memory`, which is itself Send + Sync; GuestRam hands
+// SAFETY: `host_address` points into the mapping owned by `view.memory`, which is itself Send + Sync; GuestRam hands
 // out access to it only through `&self`/`&mut self` methods, so moving it to another thread is sound.
 unsafe impl Send for GuestRam {}
 
@@ -25,16 +25,16 @@ impl GuestRam {
             .map_err(|error| KvmError::Memory(error.to_string()))?;
         let host_address =
             memory.get_host_address(GuestAddress(0)).map_err(|error| KvmError::Memory(error.to_string()))?;
-        Ok(GuestRam { memory, size, host_address })
+        Ok(GuestRam { view: RamView { memory, size }, host_address })
     }
 
     pub(crate) fn size(&self) -> usize {
-        self.size
+        self.view.size
     }
 
     /// Another handle on the same RAM, for DMA from another thread.
     pub(crate) fn view(&self) -> RamView {
-        RamView { memory: self.memory.clone(), size: self.size }
+        self.view.clone()
     }
 
     pub(crate) fn host_address(&self) -> u64 {
@@ -42,24 +42,26 @@ impl GuestRam {
     }
 
     pub(crate) fn memory(&self) -> &GuestMemoryMmap {
-        &self.memory
+        &self.view.memory
     }
 
     /// Bounds-checked DMA out of the guest.
     pub(crate) fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestError> {
-        self.view().read(gpa, buf)
+        self.view.read(gpa, buf)
     }
 
     /// Bounds-checked DMA into the guest.
     pub(crate) fn write(&self, gpa: u64, data: &[u8]) -> Result<(), GuestError> {
-        self.view().write(gpa, data)
+        self.view.write(gpa, data)
     }
 
     pub(crate) fn bytes(&mut self) -> &[u8] {
-        // SAFETY: `host_address` is the start of a live mapping of `size` bytes owned by `self.memory`, which
-        // outlives the returned borrow. The vCPU runs only inside `KvmGuest::run(&mut self)` on this thread and
-        // DMA goes through `&self` methods of this struct, so nothing writes the bytes while the borrow lives.
-        unsafe { std::slice::from_raw_parts(self.host_address, self.size) }
+        // SAFETY: `host_address` is the start of a live mapping of `size` bytes owned by `self.view.memory`, which
+        // outlives the returned borrow. The vCPU runs only inside `KvmGuest::run(&mut self)` on this thread, and
+        // DMA goes through `&self` methods of this struct or of a `RamView` held by a `ThreadedGuest`, which waits
+        // (inside `&mut self` `call`) for the hash or snapshot that borrows these bytes: nothing writes them while
+        // the borrow lives.
+        unsafe { std::slice::from_raw_parts(self.host_address, self.view.size) }
     }
 
     /// Encodes RAM as a page bitmap (1 = page stored) followed by the stored pages, leaving out zero pages.
@@ -83,7 +85,7 @@ impl GuestRam {
 
     /// Checks an encoding made by `encode_pages` against this RAM's size; returns (bitmap, page data).
     pub(crate) fn parse_pages<'a>(&self, encoded: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), String> {
-        let pages = self.size / PAGE_BYTES;
+        let pages = self.view.size / PAGE_BYTES;
         let (count, rest) = encoded.split_at_checked(8).ok_or("memory section truncated")?;
         let count = u64::from_le_bytes(count.try_into().map_err(|_| "memory section truncated")?);
         if count != pages as u64 {
@@ -101,7 +103,7 @@ impl GuestRam {
     pub(crate) fn restore_pages(&mut self, bitmap: &[u8], data: &[u8]) -> Result<(), GuestError> {
         let zero = [0u8; PAGE_BYTES];
         let mut stored = data.chunks_exact(PAGE_BYTES);
-        for index in 0..self.size / PAGE_BYTES {
+        for index in 0..self.view.size / PAGE_BYTES {
             let present = bitmap[index / 8] & (1 << (index % 8)) != 0;
             let page = if present {
                 stored.next().ok_or_else(|| GuestError::BadSnapshot("memory pages truncated".into()))?

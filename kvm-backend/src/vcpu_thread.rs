@@ -102,11 +102,6 @@ impl ThreadedGuest {
         })
     }
 
-    /// The guest's handle (kicks for good, and why the guest stopped).
-    pub fn handle(&self) -> GuestHandle {
-        self.handle.clone()
-    }
-
     fn send(&mut self, work: Work) -> Result<(), GuestError> {
         assert!(!self.running, "the guest is called while it runs on its vCPU thread");
         let ops = std::mem::take(&mut self.ops);

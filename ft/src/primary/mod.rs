@@ -84,6 +84,8 @@ pub struct Primary<G: Guest> {
     stalled: bool,
     /// Lowers the guest's CPU share while the backup lags.
     throttle: Throttle,
+    /// The powered-off guest's stop was reported (goodbye, power-off, close): once only.
+    said_goodbye: bool,
 }
 
 /// Bound on entries kept for the lag estimate; past it the oldest are forgotten (the lag reads low, never high).
@@ -140,6 +142,7 @@ impl<G: Guest> Primary<G> {
             stats: Stats::default(),
             stalled: false,
             throttle,
+            said_goodbye: false,
         }
     }
 
@@ -471,9 +474,17 @@ impl<G: Guest> Primary<G> {
             Mode::Unprotected => true,
             Mode::Connecting { .. } | Mode::Arbitrating { .. } => false,
         };
-        if !acknowledged || !self.held.is_empty() || !self.scheduler.is_idle() || self.stopped.is_some() {
+        // `said_goodbye` as well as `stopped`: a driver may take the stop and poll again, and nothing follows the
+        // goodbye.
+        if !acknowledged
+            || !self.held.is_empty()
+            || !self.scheduler.is_idle()
+            || self.stopped.is_some()
+            || self.said_goodbye
+        {
             return;
         }
+        self.said_goodbye = true;
         if self.mode == Mode::Protected {
             self.actions.push_back(Action::Send(Message::Goodbye { status }));
         }
