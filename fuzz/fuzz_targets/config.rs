@@ -2,7 +2,7 @@
 //! must refuse bad input with an error, never a panic.
 #![no_main]
 
-use kvm_backend::cli::config::{NodeConfig, Side};
+use ft_host::config::{NodeConfig, Side};
 
 libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
     let Ok(text) = std::str::from_utf8(bytes) else { return };

@@ -40,8 +40,8 @@ libfuzzer_sys::fuzz_target!(|input: &[u8]| {
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
     runtime.block_on(async {
         let mut peer = Peer { input };
-        let _ = kvm_backend::cli::auth::handshake_as_backup(&mut peer, KEY, 9, "b", async { Ok(1) }).await;
+        let _ = ft_host::auth::handshake_as_backup(&mut peer, KEY, 9, "b", async { Ok(1) }).await;
         let mut peer = Peer { input };
-        let _ = kvm_backend::cli::auth::handshake_as_primary(&mut peer, KEY, 9, 1, "a").await;
+        let _ = ft_host::auth::handshake_as_primary(&mut peer, KEY, 9, 1, "a").await;
     });
 });

@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use kvm_backend::cli::auth::{self, Session};
+use ft_host::auth::{self, Session};
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 

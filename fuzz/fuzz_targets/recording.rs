@@ -5,7 +5,7 @@
 use ft::wire::{self, Message, StreamEncoder};
 
 libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
-    let _ = kvm_backend::cli::replay::parse_log(bytes);
+    let _ = ft_host::replay::parse_log(bytes);
     // The same bytes read as a sequence of (kind, payload length, payload) turned into checksummed frames
     // after a valid hello, so the fuzzer also reaches the recording rules behind the framing.
     let mut encoder = StreamEncoder::default();
@@ -19,7 +19,7 @@ libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
         seq += 1;
         rest = next;
     }
-    let _ = kvm_backend::cli::replay::parse_log(&log);
+    let _ = ft_host::replay::parse_log(&log);
 });
 
 fn sealed(kind: u8, payload: &[u8], seq: u64) -> Vec<u8> {

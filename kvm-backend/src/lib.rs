@@ -4,10 +4,6 @@
 //! protocol's platform layer emulates them on top of the port exits, DMA and interrupts of [`KvmGuest`].
 
 pub mod arch;
-/// The commands of the `ftvm` binary: the deployment runtime (nodes, channel authentication, shared storage,
-/// status, demo), record and replay. A library module so that its failure paths and decoders can be tested and
-/// fuzzed directly.
-pub mod cli;
 pub mod corpus;
 mod error;
 pub mod files;

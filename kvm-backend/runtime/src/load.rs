@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use ft::kv::{Op, Request, Response, Status, KEYS};
 
-use crate::cli::error::CliError;
-use crate::cli::machine::splitmix;
+use crate::error::CliError;
+use crate::machine::splitmix;
 
 /// How long one attempt waits for its answer before it is given up and a new attempt (a new id) is sent.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(25);

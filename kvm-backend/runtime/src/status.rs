@@ -14,8 +14,8 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::cli::auth::ChannelCounters;
-use crate::cli::error::CliError;
+use crate::auth::ChannelCounters;
+use crate::error::CliError;
 
 /// The figures, as `ftvm status` prints them (JSON with `--json`).
 #[derive(Clone, Debug, Default, Serialize)]

@@ -7,16 +7,16 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::KvmGuest;
 use ft::backup::Backup;
 use ft::log::Entry;
 use ft::node::Divergence;
 use ft::wire::{self, Message, StreamDecoder};
 use ft::{Action, Config, Event, Position, Progress, Stopped};
+use kvm_backend::KvmGuest;
 
-use crate::cli::error::CliError;
-use crate::cli::machine::{self, Clock, GuestImage};
-use crate::cli::tap::ConsoleTap;
+use crate::error::CliError;
+use crate::machine::{self, Clock, GuestImage};
+use crate::tap::ConsoleTap;
 
 pub struct ReplayOptions {
     pub kvm_path: PathBuf,
@@ -57,7 +57,8 @@ fn log_error(path: &Path, what: impl Into<String>) -> CliError {
 
 /// Reads and checks every frame of `path`; any damage is an error naming the path and the frame.
 fn read_log(path: &Path) -> Result<LogFile, CliError> {
-    let bytes = crate::files::read_bounded(path, LOG_BYTES_MAX).map_err(|error| log_error(path, error.to_string()))?;
+    let bytes =
+        kvm_backend::files::read_bounded(path, LOG_BYTES_MAX).map_err(|error| log_error(path, error.to_string()))?;
     parse_log(&bytes).map_err(|what| log_error(path, what))
 }
 

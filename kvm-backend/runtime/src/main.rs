@@ -5,7 +5,7 @@
 //! replays it and checks every output and checkpoint; `report` measures all three. Logs go to stderr
 //! (`FTVM_LOG=debug` for more); console output and `key=value` results go to stdout.
 
-use kvm_backend::cli;
+use ft_host as cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,7 +27,7 @@ const REQUESTS_DEFAULT: u64 = 200;
 /// The KVM device, unless `--kvm-path` or `FTVM_KVM_PATH` says otherwise.
 const KVM_PATH_DEFAULT: &str = "/dev/kvm";
 
-/// The exit statuses, for `ftvm --help` (the constants are in cli/error.rs; docs/deployment.md has the same list).
+/// The exit statuses, for `ftvm --help` (the constants are in src/error.rs; docs/deployment.md has the same list).
 const EXIT_STATUSES: &str = "\
 Exit statuses:
   0  success: the guest powered off with status 0, or the client load was answered
@@ -493,7 +493,7 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::EXIT_STATUSES;
-    use kvm_backend::cli::error::{EXIT_DIVERGED, EXIT_FAILURE, EXIT_GUEST_FAILED, EXIT_GUEST_STATUS, EXIT_TIMEOUT};
+    use ft_host::error::{EXIT_DIVERGED, EXIT_FAILURE, EXIT_GUEST_FAILED, EXIT_GUEST_STATUS, EXIT_TIMEOUT};
 
     #[test]
     fn the_help_lists_every_exit_status() {

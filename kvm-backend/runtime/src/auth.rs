@@ -386,7 +386,7 @@ pub fn secure(stream: TcpStream, session: Session, primary: bool, counters: Rc<C
         if let Err(error) = open(tcp_read, &mut plain_write, session, recv_dir, counters).await {
             tracing::error!("logging channel refused: {error}; closing it (nothing of that frame was applied)");
             *failed.borrow_mut() =
-                Some((error.kind(), format!("logging channel failed: {}", crate::cli::error::io_reason(&error))));
+                Some((error.kind(), format!("logging channel failed: {}", crate::error::io_reason(&error))));
             // Close both directions now: the driver's next read finds the end (and the reason), and the TCP
             // connection goes with the sealing task, which would otherwise keep the stream open.
             sealing.abort();

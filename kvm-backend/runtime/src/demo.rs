@@ -1,7 +1,7 @@
 //! `ftvm demo`: the whole story on localhost. A backup and a primary run as child processes (this binary's
 //! `backup` and `primary` commands, the pipelined key-value guest `kvq` on KVM, or on the model guest without
 //! KVM), several clients each keep several requests in flight against the guest's service over UDP
-//! ([`crate::cli::load`]), and at a random moment the primary is killed (kill -9) or its host is lost (SIGSTOP:
+//! ([`crate::load`]), and at a random moment the primary is killed (kill -9) or its host is lost (SIGSTOP:
 //! it sends nothing more, not even a FIN or RST, so only the failure timeout can tell), with outputs held by the
 //! Output Rule and disk IO pending. The backup detects it, wins the test-and-set, goes live and binds the service
 //! address, and the clients carry on.
@@ -22,12 +22,12 @@ use std::time::{Duration, Instant, SystemTime};
 use ft::kv::KEYS;
 use serde::Serialize;
 
-use crate::cli::config::{encode_hex, NodeConfig};
-use crate::cli::error::CliError;
-use crate::cli::load::{self, Client, History, Load};
-use crate::cli::machine::{self, splitmix};
-use crate::cli::status;
-use crate::cli::storage::{journal_path, Journal, SharedStorage, NOBODY};
+use crate::config::{encode_hex, NodeConfig};
+use crate::error::CliError;
+use crate::load::{self, Client, History, Load};
+use crate::machine::{self, splitmix};
+use crate::status;
+use crate::storage::{journal_path, Journal, SharedStorage, NOBODY};
 
 /// Give up on a failover after this long.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(15);
@@ -368,7 +368,7 @@ fn disk_matches(disk: &Path, values: &[Option<u64>]) -> Result<bool, String> {
 /// The lines of a node's log that tell the failover's story (`node::TIMELINE`), with their wall-clock second of
 /// the day and without their prefix.
 fn log_events(path: &Path) -> Vec<(f64, String)> {
-    let marker = format!("{}: ", crate::cli::node::TIMELINE);
+    let marker = format!("{}: ", crate::node::TIMELINE);
     let Ok(file) = std::fs::File::open(path) else { return Vec::new() };
     BufReader::new(file)
         .lines()

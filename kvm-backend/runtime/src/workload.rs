@@ -4,8 +4,8 @@
 use ft::kv::{Op, Request, Response, Status, KEYS, PEER_BYTES};
 use ft::log::{Output, OutputKind};
 
-use crate::cli::error::CliError;
-use crate::cli::machine::splitmix;
+use crate::error::CliError;
+use crate::machine::splitmix;
 
 /// The client's address, prefixed to every request frame (10.0.0.2:8080).
 const PEER: [u8; PEER_BYTES] = [10, 0, 0, 2, 0x1f, 0x90];

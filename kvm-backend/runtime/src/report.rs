@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::error::CliError;
-use crate::cli::machine::{Disk, GuestImage};
-use crate::cli::replay::{self, ReplayOptions};
-use crate::cli::session::{self, SessionOptions};
-use crate::cli::workload::KvWorkload;
+use crate::error::CliError;
+use crate::machine::{Disk, GuestImage};
+use crate::replay::{self, ReplayOptions};
+use crate::session::{self, SessionOptions};
+use crate::workload::KvWorkload;
 
 pub struct ReportOptions {
     pub kvm_path: PathBuf,
@@ -51,7 +51,7 @@ fn session_options(options: &ReportOptions, image: GuestImage) -> SessionOptions
     SessionOptions {
         kvm_path: options.kvm_path.clone(),
         image,
-        disk: Disk::zeroed(crate::cli::machine::DISK_SECTORS_DEFAULT),
+        disk: Disk::zeroed(crate::machine::DISK_SECTORS_DEFAULT),
         workload,
         timeout: options.timeout,
         echo_console: false,

@@ -18,12 +18,12 @@ use ft::log::{DiskTarget, Output, OutputKind};
 use ft::{Action, ArbiterOutcome, Event, Node};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-use crate::cli::auth::{self, ChannelCounters};
-use crate::cli::config::{NodeConfig, NodeSettings, Side};
-use crate::cli::error::CliError;
-use crate::cli::machine::{self, GuestImage, OsEntropy};
-use crate::cli::status::{self, Board, SharedBoard};
-use crate::cli::storage::{SharedStorage, StorageProblem};
+use crate::auth::{self, ChannelCounters};
+use crate::config::{NodeConfig, NodeSettings, Side};
+use crate::error::CliError;
+use crate::machine::{self, GuestImage, OsEntropy};
+use crate::status::{self, Board, SharedBoard};
+use crate::storage::{SharedStorage, StorageProblem};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartAs {
@@ -171,7 +171,7 @@ impl NetHost {
                      on this host yet; {} outputs wait for it",
                     self.name,
                     self.service_addr,
-                    crate::cli::error::io_reason(&error),
+                    crate::error::io_reason(&error),
                     self.service_queue.borrow().len()
                 );
             }
@@ -501,7 +501,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
         disk: settings.disk.clone(),
         arbiter: settings.arbiter.clone(),
         sync_writes: settings.sync_writes,
-        journal: settings.write_journal.then(|| crate::cli::storage::journal_path(&settings.disk)),
+        journal: settings.write_journal.then(|| crate::storage::journal_path(&settings.disk)),
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -595,7 +595,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
         });
         serve_status(&host, listeners.status, listeners.metrics);
         let exit_notify = host.guest_exit.clone();
-        let waker: crate::Waker = Arc::new(move || exit_notify.notify_one());
+        let waker: kvm_backend::Waker = Arc::new(move || exit_notify.notify_one());
         let (guest, guest_handle) = machine::new_node_guest(kvm_path, &image, Some(&settings.machine), Some(waker))?;
         let mut entropy = OsEntropy::open()?;
         let protocol = settings.protocol.clone();
@@ -645,7 +645,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
             board.snapshot.stopped = Some(stopped.to_string());
         }
         tracing::warn!(target: TIMELINE, "{name}: stopped: {stopped}");
-        let failure = guest_handle.as_ref().and_then(crate::GuestHandle::failure);
+        let failure = guest_handle.as_ref().and_then(kvm_backend::GuestHandle::failure);
         let guest_spec = settings.guest.clone();
         match stopped {
             // A shutdown (triple fault, MMIO, emulation failure) reaches the platform as a power-off with status
@@ -665,8 +665,8 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
 /// A primary refuses to start if somebody went live in this pair already: a fresh primary would start its guest
 /// from the disk image and race the live one. Re-protection (cloning the live VM to a new backup) is not
 /// implemented.
-fn refuse_failed_over_pair(storage: &SharedStorage, record: &crate::cli::storage::Record) -> Result<(), CliError> {
-    if record.owner == crate::cli::storage::NOBODY {
+fn refuse_failed_over_pair(storage: &SharedStorage, record: &crate::storage::Record) -> Result<(), CliError> {
+    if record.owner == crate::storage::NOBODY {
         return Ok(());
     }
     Err(CliError::Usage(format!(

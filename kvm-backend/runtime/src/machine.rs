@@ -6,13 +6,13 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::{corpus, KvmConfig, KvmError, KvmGuest};
 use ft::abi::{self, DiskStatus};
 use ft::log::DiskTarget;
 use ft::storage::StorageRequest;
 use ft::{EntropySource, StorageDone};
+use kvm_backend::{corpus, KvmConfig, KvmError, KvmGuest};
 
-use crate::cli::error::{io_reason, CliError};
+use crate::error::{io_reason, CliError};
 
 /// Disk of a run without `--disk`: sector 0 plus the kv guest's 64 key sectors, with room to spare.
 pub const DISK_SECTORS_DEFAULT: u64 = 128;
@@ -43,7 +43,7 @@ impl GuestImage {
                 names.join(", ")
             )));
         }
-        let bytes = crate::files::read_bounded(path, crate::IMAGE_BYTES_MAX)
+        let bytes = kvm_backend::files::read_bounded(path, kvm_backend::IMAGE_BYTES_MAX)
             .map_err(|error| CliError::Guest { guest: spec.to_string(), reason: error.to_string() })?;
         Ok(GuestImage { name: spec.to_string(), bytes })
     }
@@ -143,15 +143,15 @@ pub fn new_node_guest(
     kvm_path: &Path,
     image: &GuestImage,
     machine: Option<&str>,
-    waker: Option<crate::Waker>,
-) -> Result<(Box<dyn ft::Guest>, Option<crate::GuestHandle>), CliError> {
+    waker: Option<kvm_backend::Waker>,
+) -> Result<(Box<dyn ft::Guest>, Option<kvm_backend::GuestHandle>), CliError> {
     match machine.unwrap_or("kvm") {
         "kvm" => {
             let guest = new_guest(kvm_path, image)?;
             let handle = guest.handle();
             match waker {
                 Some(waker) => {
-                    let threaded = crate::ThreadedGuest::spawn(guest, waker).map_err(|error| {
+                    let threaded = kvm_backend::ThreadedGuest::spawn(guest, waker).map_err(|error| {
                         CliError::GuestFailed { guest: image.name.clone(), reason: error.to_string() }
                     })?;
                     Ok((Box::new(threaded), Some(handle)))
@@ -194,7 +194,7 @@ impl Disk {
     pub fn open(path: Option<&PathBuf>) -> Result<Disk, CliError> {
         let Some(path) = path else { return Ok(Disk::zeroed(DISK_SECTORS_DEFAULT)) };
         let what = || format!("disk {}", path.display());
-        let bytes = crate::files::read_bounded(path, DISK_BYTES_MAX)
+        let bytes = kvm_backend::files::read_bounded(path, DISK_BYTES_MAX)
             .map_err(|error| CliError::Io { what: what(), reason: error.to_string() })?;
         let length = bytes.len();
         if length == 0 || length % abi::SECTOR_BYTES != 0 {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::error::CliError;
+use crate::error::CliError;
 
 /// Everything a node needs. Field names are the TOML keys.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -153,7 +153,7 @@ fn check_peer(key: &str, addr: SocketAddr) -> Result<SocketAddr, CliError> {
 
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<NodeConfig, CliError> {
-        let text = crate::files::read_text_bounded(path, CONFIG_BYTES_MAX)
+        let text = kvm_backend::files::read_text_bounded(path, CONFIG_BYTES_MAX)
             .map_err(|error| CliError::Io { what: format!("config {}", path.display()), reason: error.to_string() })?;
         toml::from_str(&text).map_err(|error| CliError::Usage(format!("config {}: {error}", path.display())))
     }
@@ -207,10 +207,11 @@ impl NodeConfig {
         let (hex, source) = match (&self.key_hex, &self.key_file) {
             (Some(hex), _) => (hex.clone(), "`key_hex`".to_string()),
             (None, Some(path)) => {
-                let text = crate::files::read_text_bounded(path, KEY_FILE_BYTES_MAX).map_err(|error| CliError::Io {
-                    what: format!("key file {} (`key_file`)", path.display()),
-                    reason: error.to_string(),
-                })?;
+                let text =
+                    kvm_backend::files::read_text_bounded(path, KEY_FILE_BYTES_MAX).map_err(|error| CliError::Io {
+                        what: format!("key file {} (`key_file`)", path.display()),
+                        reason: error.to_string(),
+                    })?;
                 (text, format!("the key file {} (`key_file`)", path.display()))
             }
             (None, None) => return Err(CliError::Usage("config: `key_hex` or `key_file` is required".into())),

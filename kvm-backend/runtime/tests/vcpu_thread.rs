@@ -6,10 +6,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kvm_backend::cli::machine::{Disk, GuestImage};
-use kvm_backend::cli::replay::{self, ReplayOptions};
-use kvm_backend::cli::session::{self, Ending, SessionOptions};
-use kvm_backend::cli::workload::KvWorkload;
+use ft_host::machine::{Disk, GuestImage};
+use ft_host::replay::{self, ReplayOptions};
+use ft_host::session::{self, Ending, SessionOptions};
+use ft_host::workload::KvWorkload;
 
 fn record_kicked(guest: &str, workload: Option<KvWorkload>, log: &Path) -> session::SessionResult {
     let options = SessionOptions {

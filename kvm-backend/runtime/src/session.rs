@@ -12,15 +12,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use crate::{GuestHandle, ThreadedGuest};
 use ft::log::{Entry, LogIndex, Output, OutputKind};
 use ft::primary::Primary;
 use ft::wire::{Message, StreamEncoder};
 use ft::{Action, ArbiterOutcome, Config, Event, Progress, Stopped, StorageDone};
+use kvm_backend::{GuestHandle, ThreadedGuest};
 
-use crate::cli::error::CliError;
-use crate::cli::machine::{self, Clock, Disk, GuestImage, OsEntropy};
-use crate::cli::workload::KvWorkload;
+use crate::error::CliError;
+use crate::machine::{self, Clock, Disk, GuestImage, OsEntropy};
+use crate::workload::KvWorkload;
 
 /// Epoch of a recorded pair (a plain run goes live at the next one).
 const EPOCH: u64 = 1;
@@ -110,7 +110,7 @@ impl LogWriter {
 }
 
 fn log_error(path: &Path, error: &std::io::Error) -> CliError {
-    CliError::Log { path: path.display().to_string(), what: crate::cli::error::io_reason(error) }
+    CliError::Log { path: path.display().to_string(), what: crate::error::io_reason(error) }
 }
 
 /// Kicks the guest out of `KVM_RUN` when the timeout passes, from a thread of its own: a guest that never exits
@@ -185,7 +185,7 @@ pub fn run(options: SessionOptions, log: Option<&Path>) -> Result<SessionResult,
     let guest = machine::new_guest(&options.kvm_path, &options.image)?;
     let handle = guest.handle();
     let (exit_tx, guest_exits) = mpsc::channel();
-    let waker: crate::Waker = Arc::new(move || {
+    let waker: kvm_backend::Waker = Arc::new(move || {
         // The receiver goes with the driver; a run that ends after it has nobody to tell.
         let _ = exit_tx.send(());
     });

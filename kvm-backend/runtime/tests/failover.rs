@@ -183,7 +183,7 @@ fn the_demo_timeline_is_sentences_and_names_its_seed() {
         assert!(!stdout.contains(debug), "Debug output {debug:?} in the timeline:\n{stdout}");
     }
     // The node's lines come without their log prefix (time, level, module).
-    assert!(!stdout.contains("INFO") && !stdout.contains("kvm_backend::"), "{stdout}");
+    assert!(!stdout.contains("INFO") && !stdout.contains("kvm_backend::") && !stdout.contains("ft_host::"), "{stdout}");
 }
 
 /// `ftvm report-failover` gives kill and host-loss failover figures, and keeps its latency and throughput lines

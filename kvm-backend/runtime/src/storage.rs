@@ -144,7 +144,7 @@ impl SharedStorage {
     /// arbiter record, which is returned. Files that do not exist yet are fine: `create_if_missing` makes them.
     pub fn check(&self, sectors: u64, exact: bool) -> Result<Option<Record>, StorageProblem> {
         let io = |what: &str, path: &std::path::Path, error: io::Error| {
-            let reason = format!("{what} {}: {}", path.display(), crate::cli::error::io_reason(&error));
+            let reason = format!("{what} {}: {}", path.display(), crate::error::io_reason(&error));
             if is_unreachable(&error) {
                 StorageProblem::Unreachable(reason)
             } else {
@@ -208,7 +208,7 @@ impl SharedStorage {
                 Err(error) if error.kind() == io::ErrorKind::InvalidData => Err(StorageProblem::Bad(format!(
                     "arbiter {}: {} (remove it to start the pair afresh, if no node of it is live)",
                     self.arbiter.display(),
-                    crate::cli::error::io_reason(&error)
+                    crate::error::io_reason(&error)
                 ))),
                 Err(error) => Err(io("arbiter", &self.arbiter, error)),
             },
@@ -402,9 +402,9 @@ impl Journal {
 
     /// Reads the journal at `path` (with a bound); a journal nobody wrote yet is empty.
     pub fn read(path: &Path) -> Result<Journal, String> {
-        match crate::files::read_bounded(path, JOURNAL_BYTES_MAX) {
+        match kvm_backend::files::read_bounded(path, JOURNAL_BYTES_MAX) {
             Ok(bytes) => Ok(Journal::parse(&String::from_utf8_lossy(&bytes))),
-            Err(crate::files::ReadError::Io(error)) if error.kind() == io::ErrorKind::NotFound => {
+            Err(kvm_backend::files::ReadError::Io(error)) if error.kind() == io::ErrorKind::NotFound => {
                 Ok(Journal::default())
             }
             Err(error) => Err(format!("write journal {}: {error}", path.display())),

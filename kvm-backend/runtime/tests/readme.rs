@@ -16,7 +16,7 @@ const FTVM: &str = env!("CARGO_BIN_EXE_ftvm");
 const GUARD: Duration = Duration::from_secs(60);
 
 fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the workspace")
 }
 
 /// The indented command block of the README section `heading`.

@@ -1,0 +1,21 @@
+//! The host runtime: the real world around the protocol core. Sockets, files, threads, the logging channel and
+//! its authentication, shared storage and the arbiter record, status and metrics, record and replay, the demo.
+//!
+//! `ft` is the protocol with no I/O, `ft-sim` the simulated world, `kvm-backend` the hardware (a KVM guest and
+//! its vCPU thread); this crate drives the core with a real clock, TCP and files, and `ftvm` (src/main.rs) is a
+//! thin command line over it. A library, so that its failure paths and decoders are tested and fuzzed directly.
+
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod load;
+pub mod machine;
+pub mod node;
+pub mod replay;
+pub mod report;
+pub mod session;
+pub mod status;
+pub mod storage;
+pub mod tap;
+pub mod workload;
