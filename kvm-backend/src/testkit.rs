@@ -1,6 +1,8 @@
-//! A crude stand-in for the protocol's platform layer, for this crate's own tests until `ft::platform` lands:
-//! it answers the port exits of the guest ABI (ft/src/abi.rs) with in-memory devices and virtual time, so the
-//! corpus guests can be booted, fed frames and checked. Not for production: no real time, no real I/O.
+//! Test support, not for production. `Bench` is a crude stand-in for the protocol's platform layer (`ft::platform`)
+//! for this crate's own tests: it answers the port exits of the guest ABI (ft/src/abi.rs) with in-memory devices and virtual time, so the
+//! corpus guests can be booted, fed frames and checked, with no real time and no real I/O. `kvm_usable`,
+//! `test_guest` and `test_bench` let this crate's and the runtime's integration tests skip (or fail, with
+//! FT_REQUIRE_KVM=1) where KVM is unusable.
 
 use std::collections::VecDeque;
 

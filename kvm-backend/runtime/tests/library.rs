@@ -22,7 +22,7 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(tag: &str) -> Scratch {
-        let path = std::env::temp_dir().join(format!("ft-host-lib-{tag}-{}", std::process::id()));
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ft-host-lib-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("scratch dir");
         Scratch(path)
@@ -38,7 +38,12 @@ impl Drop for Scratch {
 #[test]
 fn a_missing_kvm_device_is_named_before_anything_else() {
     let missing = Path::new("/nonexistent/kvm");
-    let error = node::run(missing, sample("primary"), StartAs::Primary).expect_err("refused");
+    // Storage in a directory that does not exist: without the early check the error would be the storage one.
+    let scratch = Scratch::new("kvm");
+    let gone = scratch.0.join("not-made");
+    let config =
+        NodeConfig { disk: Some(gone.join("disk.img")), arbiter: Some(gone.join("arbiter")), ..sample("primary") };
+    let error = within_seconds(move || node::run(missing, config, StartAs::Primary)).expect_err("refused");
     assert!(matches!(error, CliError::KvmUnavailable { .. }), "{error:?}");
     assert!(error.to_string().contains("/nonexistent/kvm"), "{error}");
     let options = SessionOptions {
@@ -64,10 +69,44 @@ fn shared_storage_in_a_missing_directory_is_refused_and_nothing_is_created() {
         arbiter: Some(gone.join("arbiter")),
         ..sample("primary")
     };
-    let error = node::run(Path::new("/dev/kvm"), config, StartAs::Primary).expect_err("refused");
+    let error =
+        within_seconds(move || node::run(Path::new("/dev/kvm"), config, StartAs::Primary)).expect_err("refused");
     let text = error.to_string();
     assert!(text.contains("shared storage") && text.contains("not-made"), "{text}");
     assert!(!gone.exists(), "a refused start created {}", gone.display());
+    // A directory that exists, with an arbiter that is not a file: refused, and the disk image is not created.
+    let present = scratch.0.join("present");
+    std::fs::create_dir_all(present.join("arbiter")).expect("a directory where the arbiter file belongs");
+    let before = listing(&present);
+    let config = NodeConfig {
+        machine: Some("model".into()),
+        disk: Some(present.join("disk.img")),
+        arbiter: Some(present.join("arbiter")),
+        ..sample("primary")
+    };
+    let error =
+        within_seconds(move || node::run(Path::new("/dev/kvm"), config, StartAs::Primary)).expect_err("refused");
+    assert!(error.to_string().contains("not a regular file"), "{error}");
+    assert_eq!(listing(&present), before, "a refused start changed the storage directory");
+}
+
+fn listing(directory: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(directory)
+        .expect("listed")
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Runs `start` on a thread of its own and gives its result, or fails the test after 30 s: a refused start that
+/// regressed into waiting for storage must fail the test, not hang it.
+fn within_seconds(start: impl FnOnce() -> Result<(), CliError> + Send + 'static) -> Result<(), CliError> {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(start());
+    });
+    result.recv_timeout(std::time::Duration::from_secs(30)).expect("a refused start returns instead of waiting")
 }
 
 #[test]
@@ -91,7 +130,7 @@ fn config_files_that_are_missing_empty_or_not_text_are_refused_with_their_path()
 }
 
 #[test]
-fn a_replay_of_a_log_that_is_missing_or_endless_zeroes_is_refused() {
+fn a_replay_of_a_log_that_is_missing_or_a_device_is_refused() {
     if !common::kvm_usable() {
         return;
     }
@@ -114,11 +153,11 @@ fn a_guest_image_that_is_not_an_elf_is_refused_by_name() {
     let path = scratch.0.join("zeros.elf");
     std::fs::write(&path, vec![0u8; 4096]).expect("written");
     let image = GuestImage::resolve(path.to_str().expect("utf-8 path")).expect("a readable file resolves");
+    let error = GuestImage::resolve(scratch.0.join("absent.elf").to_str().unwrap()).err().expect("refused");
+    assert!(error.to_string().contains("absent.elf"), "{error}");
     if !common::kvm_usable() {
         return;
     }
     let error = ft_host::machine::new_guest(Path::new("/dev/kvm"), &image).err().expect("refused");
     assert!(error.to_string().contains("zeros.elf"), "{error}");
-    let error = GuestImage::resolve(scratch.0.join("absent.elf").to_str().unwrap()).err().expect("refused");
-    assert!(error.to_string().contains("absent.elf"), "{error}");
 }
