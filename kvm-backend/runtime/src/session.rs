@@ -454,6 +454,21 @@ impl Driver {
         }
     }
 
+    /// The ideal backup acknowledges everything logged so far, so the outputs logged at the last exits are
+    /// released before the session ends: a session that stopped when the workload got its last answer used to
+    /// drop the console line the guest printed after it, which the log holds and replay prints.
+    fn acknowledge_the_rest(&mut self) -> Result<(), CliError> {
+        // A stopped primary released everything before its goodbye and is not polled again.
+        while !self.stopped_taken && self.log_last > self.acked {
+            self.acked = self.log_last;
+            let position = self.primary.position();
+            let ack = Message::Ack { received: self.acked, replayed: self.acked, position };
+            self.primary.handle_message(self.clock.now_ns(), ack);
+            self.drain()?;
+        }
+        Ok(())
+    }
+
     /// Ends a recording with a checkpoint of the final state, so that replay verifies it (a guest that powered
     /// off has logged one already), and the end-of-recording frame, without which a log is truncated.
     fn finish(mut self, ending: Ending, started: Instant) -> Result<SessionResult, CliError> {
@@ -470,6 +485,7 @@ impl Driver {
                 result.map_err(|error| self.guest_error(error.to_string()))?;
                 self.drain()?;
             }
+            self.acknowledge_the_rest()?;
             match self.last_checkpoint {
                 // The hash the log ends with is the final state's: no need to hash all of memory again.
                 Some((at, hash)) if at == exits => Some(hash),
