@@ -7,7 +7,7 @@ pub fn guest_elf(name: &str) -> Option<&'static [u8]> {
     GUESTS.iter().find(|(guest, _)| *guest == name).map(|(_, image)| *image)
 }
 
-/// Names of the corpus guests, sorted: `cpu`, `kv`, `kvq`, `timer`.
+/// Names of the corpus guests, sorted: `cpu`, `kv`, `kvq`, `netrx`, `nettx`, `timer`.
 pub fn guest_names() -> impl Iterator<Item = &'static str> {
     GUESTS.iter().map(|(name, _)| *name)
 }
@@ -47,7 +47,7 @@ mod tests {
     #[test]
     fn every_guest_is_built() {
         let names: Vec<&str> = super::guest_names().collect();
-        assert_eq!(names, ["cpu", "kv", "kvq", "timer"]);
+        assert_eq!(names, ["cpu", "kv", "kvq", "netrx", "nettx", "timer"]);
         for name in names {
             let image = super::guest_elf(name).expect("built");
             assert_eq!(&image[..4], b"\x7fELF", "{name} is an ELF");

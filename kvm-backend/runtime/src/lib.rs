@@ -17,5 +17,6 @@ pub mod report;
 pub mod session;
 pub mod status;
 pub mod storage;
+pub mod stream;
 pub mod tap;
 pub mod workload;

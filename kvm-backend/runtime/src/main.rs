@@ -20,10 +20,12 @@ use cli::node::StartAs;
 use cli::replay::ReplayOptions;
 use cli::report::ReportOptions;
 use cli::session::{Ending, SessionOptions, SessionResult};
-use cli::workload::KvWorkload;
+use cli::workload::Workload;
 
-/// Requests of the kv guest's scripted load when `--requests` is not given.
+/// Requests of the kv guests' scripted load when `--requests` is not given.
 const REQUESTS_DEFAULT: u64 = 200;
+/// Frames of the netrx and nettx guests' scripted loads when `--requests` is not given.
+const FRAMES_DEFAULT: u64 = 20_000;
 /// The KVM device, unless `--kvm-path` or `FTVM_KVM_PATH` says otherwise.
 const KVM_PATH_DEFAULT: &str = "/dev/kvm";
 
@@ -61,7 +63,8 @@ struct GuestArgs {
     /// Disk image, read into memory (it is never written back); default: 128 zeroed sectors.
     #[arg(long, value_name = "FILE")]
     disk: Option<PathBuf>,
-    /// Requests of the scripted client load sent to the kv guest (default 200 for kv, none for other guests).
+    /// Requests of the scripted client load sent to the kv guests (default 200), or frames for netrx and nettx
+    /// (default 20000); other guests take no load.
     #[arg(long, value_name = "N")]
     requests: Option<u64>,
     /// Seed of the client load.
@@ -302,19 +305,30 @@ fn describe(name: &str) -> &'static str {
         "kv" => "key-value service over the network device, persisted on the disk; idles until requests come",
         "kvq" => "the same service with eight requests in flight: overlapping disk IO, reads checked against writes",
         "timer" => "1 ms timer for 2000 ticks, reading clock and entropy on each; prints digests, powers off",
+        "netrx" => "network receive: takes a stream of frames as fast as they come and acknowledges them (Table 2)",
+        "nettx" => "network transmit: answers a request with a burst of frames sent as fast as it can (Table 2)",
         _ => "",
     }
 }
 
-/// The options of a run or a recording, and whether the guest is the kv service (by its image).
+/// The size of the scripted load a corpus guest gets without `--requests`.
+fn load_default(guest: Option<&str>) -> u64 {
+    match guest {
+        Some("netrx" | "nettx") => FRAMES_DEFAULT,
+        _ => REQUESTS_DEFAULT,
+    }
+}
+
+/// The options of a run or a recording, and whether the guest takes a scripted load (chosen by its image).
 fn session_options(kvm_path: &Path, args: &GuestArgs) -> Result<(SessionOptions, bool), CliError> {
     let image = GuestImage::resolve(&args.guest)?;
-    let kv = image.is_kv();
-    let requests = args.requests.or(kv.then_some(REQUESTS_DEFAULT));
+    let guest = image.corpus_name();
+    let workload = Workload::for_guest(guest, args.requests.unwrap_or(load_default(guest)), args.seed);
+    let kv = workload.is_some();
     let options = SessionOptions {
         kvm_path: kvm_path.to_path_buf(),
         disk: Disk::open(args.disk.as_ref())?,
-        workload: requests.map(|requests| KvWorkload::new(requests, args.seed)),
+        workload,
         image,
         timeout: args.timeout_ms.map(Duration::from_millis),
         echo_console: true,

@@ -7,7 +7,7 @@ use crate::error::CliError;
 use crate::machine::{Disk, GuestImage};
 use crate::replay::{self, ReplayOptions};
 use crate::session::{self, SessionOptions};
-use crate::workload::KvWorkload;
+use crate::workload::Workload;
 
 pub struct ReportOptions {
     pub kvm_path: PathBuf,
@@ -47,7 +47,7 @@ impl Row {
 }
 
 fn session_options(options: &ReportOptions, image: GuestImage) -> SessionOptions {
-    let workload = image.is_kv().then(|| KvWorkload::new(options.requests, options.seed));
+    let workload = Workload::for_guest(image.corpus_name(), options.requests, options.seed);
     SessionOptions {
         kvm_path: options.kvm_path.clone(),
         image,

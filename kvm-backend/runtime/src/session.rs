@@ -20,7 +20,7 @@ use kvm_backend::{GuestHandle, ThreadedGuest};
 
 use crate::error::CliError;
 use crate::machine::{self, Clock, Disk, GuestImage, OsEntropy};
-use crate::workload::KvWorkload;
+use crate::workload::Workload;
 
 /// Epoch of a recorded pair (a plain run goes live at the next one).
 const EPOCH: u64 = 1;
@@ -37,7 +37,7 @@ pub struct SessionOptions {
     pub kvm_path: PathBuf,
     pub image: GuestImage,
     pub disk: Disk,
-    pub workload: Option<KvWorkload>,
+    pub workload: Option<Workload>,
     pub timeout: Option<Duration>,
     /// Print released console output to stdout as it comes.
     pub echo_console: bool,
@@ -163,7 +163,7 @@ struct Driver {
     entropy: OsEntropy,
     disk: Disk,
     log: Option<LogWriter>,
-    workload: Option<KvWorkload>,
+    workload: Option<Workload>,
     echo_console: bool,
     console: Vec<u8>,
     /// The fake backup's answers, given to the primary after the actions are drained.
@@ -254,7 +254,7 @@ impl Driver {
     fn run_to_end(&mut self, timeout: Option<Duration>) -> Result<Ending, CliError> {
         let deadline = timeout.map(|timeout| Instant::now() + timeout);
         let _kick = timeout.map(|timeout| KickTimer::start(self.handle.clone(), timeout));
-        if let Some(frame) = self.workload.as_mut().and_then(KvWorkload::next_frame) {
+        if let Some(frame) = self.workload.as_mut().and_then(Workload::next_frame) {
             self.primary.handle_net_frame(self.clock.now_ns(), frame);
         }
         let ending = self.run_loop(deadline);
@@ -333,7 +333,7 @@ impl Driver {
                     other => Err(CliError::Protocol(format!("the primary stopped: {other:?}"))),
                 };
             }
-            if self.workload.as_ref().is_some_and(KvWorkload::done) {
+            if self.workload.as_ref().is_some_and(Workload::done) {
                 return Ok(Ending::WorkloadDone);
             }
             if self.handle.kicked() || deadline.is_some_and(|deadline| Instant::now() >= deadline) {
@@ -448,7 +448,7 @@ impl Driver {
             self.primary.handle_storage_done(now_ns, done);
             self.delivered = true;
         }
-        if let Some(frame) = self.workload.as_mut().and_then(KvWorkload::next_frame) {
+        if let Some(frame) = self.workload.as_mut().and_then(Workload::next_frame) {
             self.primary.handle_net_frame(now_ns, frame);
             self.delivered = true;
         }
@@ -508,7 +508,7 @@ impl Driver {
             state_hash,
             exits,
             console: self.console,
-            responses: self.workload.as_ref().map_or(0, KvWorkload::responses),
+            responses: self.workload.as_ref().map_or(0, Workload::responses),
             log_entries: self.log_entries,
             log_bytes,
             elapsed,

@@ -1,5 +1,6 @@
-//! A scripted, seeded client load for the `kv` guest: one request at a time, the next sent when the response to
-//! the previous one has been released (so the Output Rule sits on the critical path of every request).
+//! The scripted client loads of `ftvm run`/`record`/`report`, chosen by the guest: for the kv services, one
+//! request at a time, the next sent when the response to the previous one has been released (so the Output Rule
+//! sits on the critical path of every request); for netrx and nettx, the streams of `crate::stream`.
 
 use ft::kv::{Op, Request, Response, Status, KEYS, PEER_BYTES};
 use ft::log::{Output, OutputKind};
@@ -11,6 +12,63 @@ use crate::machine::splitmix;
 const PEER: [u8; PEER_BYTES] = [10, 0, 0, 2, 0x1f, 0x90];
 /// The client id in requests.
 const CLIENT: u32 = 1;
+
+/// A load for one corpus guest.
+pub enum Workload {
+    Kv(KvWorkload),
+    NetRx(crate::stream::NetRxLoad),
+    NetTx(crate::stream::NetTxLoad),
+}
+
+impl Workload {
+    /// The load for corpus guest `guest` (by content): `count` requests for kv and kvq, frames for netrx and
+    /// nettx; None for a guest that takes no input.
+    pub fn for_guest(guest: Option<&str>, count: u64, seed: u64) -> Option<Workload> {
+        match guest? {
+            "kv" | "kvq" => Some(Workload::Kv(KvWorkload::new(count, seed))),
+            "netrx" => Some(Workload::NetRx(crate::stream::NetRxLoad::new(count))),
+            "nettx" => Some(Workload::NetTx(crate::stream::NetTxLoad::new(u32::try_from(count).unwrap_or(u32::MAX)))),
+            _ => None,
+        }
+    }
+
+    pub fn next_frame(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Workload::Kv(load) => load.next_frame(),
+            Workload::NetRx(load) => load.next_frame(),
+            Workload::NetTx(load) => load.next_frame(),
+        }
+    }
+
+    /// A released output; only frames the guest transmitted concern a load.
+    pub fn released(&mut self, output: &Output) -> Result<(), CliError> {
+        if output.kind != OutputKind::NetTransmit {
+            return Ok(());
+        }
+        match self {
+            Workload::Kv(load) => load.released(output),
+            Workload::NetRx(load) => load.released(output),
+            Workload::NetTx(load) => load.released(output),
+        }
+    }
+
+    /// Requests answered, or frames acknowledged (netrx) or received (nettx).
+    pub fn responses(&self) -> u64 {
+        match self {
+            Workload::Kv(load) => load.responses(),
+            Workload::NetRx(load) => load.acked(),
+            Workload::NetTx(load) => load.received(),
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        match self {
+            Workload::Kv(load) => load.done(),
+            Workload::NetRx(load) => load.done(),
+            Workload::NetTx(load) => load.done(),
+        }
+    }
+}
 
 pub struct KvWorkload {
     requests_total: u64,

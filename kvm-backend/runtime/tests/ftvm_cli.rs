@@ -18,6 +18,8 @@ const FTVM: &str = env!("CARGO_BIN_EXE_ftvm");
 const KV_REQUESTS: &str = "60";
 /// kvq prints a line every 100 answers: its last answer comes with a console line.
 const KVQ_REQUESTS: &str = "200";
+/// Frames of the netrx and nettx loads.
+const STREAM_FRAMES: &str = "3000";
 /// Lines of ftvm's own results on stdout (everything else is the guest's console).
 /// Guard against a hang of a command that should finish (never a speed check).
 const HANG_GUARD: std::time::Duration = std::time::Duration::from_secs(120);
@@ -67,8 +69,12 @@ fn recording(guest: &'static str) -> &'static Recording {
     static CPU: OnceLock<Recording> = OnceLock::new();
     static KV: OnceLock<Recording> = OnceLock::new();
     static KVQ: OnceLock<Recording> = OnceLock::new();
+    static NETRX: OnceLock<Recording> = OnceLock::new();
+    static NETTX: OnceLock<Recording> = OnceLock::new();
     static TIMER: OnceLock<Recording> = OnceLock::new();
     let cell = match guest {
+        "netrx" => &NETRX,
+        "nettx" => &NETTX,
         "cpu" => &CPU,
         "kv" => &KV,
         "kvq" => &KVQ,
@@ -82,6 +88,7 @@ fn recording(guest: &'static str) -> &'static Recording {
         match guest {
             "kv" => args.extend(["--requests", KV_REQUESTS]),
             "kvq" => args.extend(["--requests", KVQ_REQUESTS]),
+            "netrx" | "nettx" => args.extend(["--requests", STREAM_FRAMES]),
             _ => {}
         }
         let output = ftvm(&args);
@@ -157,6 +164,9 @@ fn record_then_replay_every_corpus_guest() {
         match guest {
             "kv" => assert_eq!(result(&recorded.output, "responses").as_deref(), Some(KV_REQUESTS)),
             "kvq" => assert_eq!(result(&recorded.output, "responses").as_deref(), Some(KVQ_REQUESTS)),
+            // Every frame acknowledged by netrx, or received from nettx in order with its pattern (the loads
+            // check each one).
+            "netrx" | "nettx" => assert_eq!(result(&recorded.output, "responses").as_deref(), Some(STREAM_FRAMES)),
             _ => assert_eq!(result(&replayed, "powered-off").as_deref(), Some("0"), "{guest} powers off"),
         }
     }
