@@ -34,6 +34,11 @@ pub enum StorageError {
 pub enum Observation<'a> {
     Action(&'a Action),
     Received(&'a Message),
+    /// The log entries up to this index have been written to the channel (and flushed): what remains of their
+    /// wait for an ack is the network and the backup.
+    Written {
+        log_index: u64,
+    },
     ChannelError(&'a str),
 }
 
@@ -151,14 +156,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
-    let mut channel_out: Option<mpsc::UnboundedSender<Vec<u8>>> = None;
+    let mut channel_out: Option<mpsc::UnboundedSender<Frame>> = None;
     let mut reader = None;
     if let Some(stream) = channel {
         let (read_half, write_half) = tokio::io::split(stream);
         reader = Some(read_half);
         let (tx, rx) = mpsc::unbounded_channel();
         channel_out = Some(tx);
-        tokio::task::spawn_local(write_frames(write_half, rx, done_tx.clone()));
+        tokio::task::spawn_local(write_frames(write_half, rx, done_tx.clone(), host.clone()));
     } else {
         node.handle_channel_closed(host.now_ns(), "no logging channel");
     }
@@ -300,7 +305,7 @@ fn channel_lost<H: Host, G: Guest, R>(
     host: &Rc<H>,
     node: &mut Node<G>,
     reader: &mut Option<R>,
-    channel_out: &mut Option<mpsc::UnboundedSender<Vec<u8>>>,
+    channel_out: &mut Option<mpsc::UnboundedSender<Frame>>,
     now_ns: u64,
     reason: &str,
 ) {
@@ -315,7 +320,13 @@ fn channel_lost<H: Host, G: Guest, R>(
 
 /// The driver's side of the logging channel, as `perform` needs it.
 type ChannelParts<'a, R> =
-    (&'a mut StreamEncoder, &'a mut Option<mpsc::UnboundedSender<Vec<u8>>>, &'a mut Option<R>, &'a mut Linger);
+    (&'a mut StreamEncoder, &'a mut Option<mpsc::UnboundedSender<Frame>>, &'a mut Option<R>, &'a mut Linger);
+
+/// An encoded frame for the writer, and the log index it carries, if it is a log entry.
+struct Frame {
+    bytes: Vec<u8>,
+    log_index: Option<u64>,
+}
 
 fn perform<H: Host, G: Guest, R: AsyncRead + Unpin + 'static>(
     host: &Rc<H>,
@@ -331,8 +342,12 @@ fn perform<H: Host, G: Guest, R: AsyncRead + Unpin + 'static>(
                 linger.goodbye_sent = true;
             }
             if let Some(out) = channel_out {
+                let log_index = match &message {
+                    Message::Log { index, .. } => Some(*index),
+                    _ => None,
+                };
                 // A closed writer shows up as ChannelWriteFailed; nothing to do here.
-                let _ = out.send(encoder.encode(&message));
+                let _ = out.send(Frame { bytes: encoder.encode(&message), log_index });
             }
         }
         Action::Heartbeat(message) => {
@@ -416,16 +431,19 @@ async fn storage_request<H: Host>(
     }
 }
 
-async fn write_frames<W: AsyncWrite + Unpin>(
+async fn write_frames<W: AsyncWrite + Unpin, H: Host>(
     mut writer: W,
-    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut frames: mpsc::UnboundedReceiver<Frame>,
     done_tx: mpsc::UnboundedSender<Completion>,
+    host: Rc<H>,
 ) {
-    while let Some(mut batch) = frames.recv().await {
+    while let Some(first) = frames.recv().await {
         // What is queued goes out in one write (the entries of one exit, or of everything since the last
         // write), then a flush: the Output Rule waits on the ack, so latency matters more than syscalls.
+        let (mut batch, mut log_index) = (first.bytes, first.log_index);
         while let Ok(frame) = frames.try_recv() {
-            batch.extend_from_slice(&frame);
+            batch.extend_from_slice(&frame.bytes);
+            log_index = frame.log_index.or(log_index);
         }
         if let Err(error) = writer.write_all(&batch).await {
             let _ = done_tx.send(Completion::ChannelWriteFailed(error.to_string()));
@@ -434,6 +452,9 @@ async fn write_frames<W: AsyncWrite + Unpin>(
         if let Err(error) = writer.flush().await {
             let _ = done_tx.send(Completion::ChannelWriteFailed(error.to_string()));
             return;
+        }
+        if let Some(log_index) = log_index {
+            host.observe(host.now_ns(), Observation::Written { log_index });
         }
     }
     let _ = writer.shutdown().await;

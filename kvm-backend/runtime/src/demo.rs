@@ -122,6 +122,10 @@ pub struct Trial {
     pub hold_log_to_ack_p99_us: Option<f64>,
     pub hold_ack_to_release_p50_us: Option<f64>,
     pub hold_ack_to_release_p99_us: Option<f64>,
+    pub hold_log_to_write_p50_us: Option<f64>,
+    pub hold_log_to_write_p99_us: Option<f64>,
+    pub hold_write_to_ack_p50_us: Option<f64>,
+    pub hold_write_to_ack_p99_us: Option<f64>,
     /// The backup's delay from receiving an entry to acknowledging it (µs) before the kill.
     pub ack_delay_p50_us: Option<f64>,
     pub ack_delay_p99_us: Option<f64>,
@@ -526,6 +530,10 @@ pub fn trial(options: &DemoOptions, index: u32) -> Result<Trial, CliError> {
         out.hold_log_to_ack_p99_us = status["hold_log_to_ack_p99_us"].as_f64();
         out.hold_ack_to_release_p50_us = status["hold_ack_to_release_p50_us"].as_f64();
         out.hold_ack_to_release_p99_us = status["hold_ack_to_release_p99_us"].as_f64();
+        out.hold_log_to_write_p50_us = status["hold_log_to_write_p50_us"].as_f64();
+        out.hold_log_to_write_p99_us = status["hold_log_to_write_p99_us"].as_f64();
+        out.hold_write_to_ack_p50_us = status["hold_write_to_ack_p50_us"].as_f64();
+        out.hold_write_to_ack_p99_us = status["hold_write_to_ack_p99_us"].as_f64();
         let bytes = status["channel_bytes_sent"].as_f64().unwrap_or(0.0);
         out.log_bytes_per_request = Some(bytes / load.answered().max(1) as f64);
     }
@@ -1024,11 +1032,16 @@ pub fn report(options: &DemoOptions) -> Result<bool, CliError> {
         percentile(&values, 0.5)
     };
     println!(
-        "output-rule-stages-us log-to-ack p50={:.0} p99={:.0} ack-to-release p50={:.0} p99={:.0}",
+        "output-rule-stages-us log-to-ack p50={:.0} p99={:.0} ack-to-release p50={:.0} p99={:.0} log-to-write \
+         p50={:.0} p99={:.0} write-to-ack p50={:.0} p99={:.0}",
         median(|t| t.hold_log_to_ack_p50_us),
         median(|t| t.hold_log_to_ack_p99_us),
         median(|t| t.hold_ack_to_release_p50_us),
         median(|t| t.hold_ack_to_release_p99_us),
+        median(|t| t.hold_log_to_write_p50_us),
+        median(|t| t.hold_log_to_write_p99_us),
+        median(|t| t.hold_write_to_ack_p50_us),
+        median(|t| t.hold_write_to_ack_p99_us),
     );
     let mut a50: Vec<f64> = all.iter().filter_map(|t| t.ack_delay_p50_us).collect();
     let mut a99: Vec<f64> = all.iter().filter_map(|t| t.ack_delay_p99_us).collect();

@@ -385,6 +385,7 @@ impl Observer for NetHost {
                 }
             }
             Observation::Received(message) => self.board.borrow_mut().observe_received(now_ns, message),
+            Observation::Written { log_index } => self.board.borrow_mut().observe_written(now_ns, log_index),
             Observation::ChannelError(reason) => tracing::warn!("{}: logging channel: {reason}", self.name),
         }
     }

@@ -52,6 +52,13 @@ pub struct Snapshot {
     /// back), and from that ack to the release (the primary's own delay).
     pub hold_log_to_ack_p50_us: f64,
     pub hold_log_to_ack_p99_us: f64,
+    /// The wait for the ack in two parts: from logging to the write of the entry's frame to the channel socket
+    /// (the primary's queue), and from that write to the ack's arrival (the network both ways and the backup,
+    /// whose own part is its `ack_delay`).
+    pub hold_log_to_write_p50_us: f64,
+    pub hold_log_to_write_p99_us: f64,
+    pub hold_write_to_ack_p50_us: f64,
+    pub hold_write_to_ack_p99_us: f64,
     pub hold_ack_to_release_p50_us: f64,
     pub hold_ack_to_release_p99_us: f64,
     /// Backup: from receiving a log entry to sending its acknowledgement.
@@ -70,24 +77,50 @@ pub struct Board {
     unreplayed: VecDeque<(u64, u64)>,
     /// Outputs logged and not yet released, by output sequence number.
     held: BTreeMap<u64, Held>,
-    /// Recent hold times (ns), rings of `HOLDS_KEPT`: whole, then its two stages.
-    holds: Vec<u64>,
-    holds_next: usize,
-    to_ack: Vec<u64>,
-    to_ack_next: usize,
-    to_release: Vec<u64>,
-    to_release_next: usize,
+    /// Recent hold times (ns): whole, then its stages.
+    holds: Ring,
+    to_ack: Ring,
+    to_write: Ring,
+    write_to_ack: Ring,
+    to_release: Ring,
     /// Backup: entries received and not yet acknowledged, with when they arrived; recent ack delays (ns).
     unacked: VecDeque<(u64, u64)>,
-    ack_delays: Vec<u64>,
-    ack_delays_next: usize,
+    ack_delays: Ring,
 }
 
-/// An output the Output Rule holds: its log entry, when that was logged, and when an ack covering it came.
+/// The last `HOLDS_KEPT` durations (ns) of one kind, for percentiles.
+#[derive(Default)]
+struct Ring {
+    values: Vec<u64>,
+    next: usize,
+}
+
+impl Ring {
+    fn keep(&mut self, value: u64) {
+        if self.values.len() < HOLDS_KEPT {
+            self.values.push(value);
+        } else {
+            self.values[self.next] = value;
+            self.next = (self.next + 1) % HOLDS_KEPT;
+        }
+    }
+
+    /// The `p` quantile in µs (0 with nothing kept).
+    fn percentile_us(&self, p: f64) -> f64 {
+        let mut sorted = self.values.clone();
+        sorted.sort_unstable();
+        let at = ((sorted.len().saturating_sub(1)) as f64 * p).round() as usize;
+        sorted.get(at).map_or(0.0, |ns| *ns as f64 / 1e3)
+    }
+}
+
+/// An output the Output Rule holds: its log entry, when that was logged, written to the channel, and when an ack
+/// covering it came.
 #[derive(Clone, Copy, Debug)]
 struct Held {
     index: u64,
     logged_ns: u64,
+    written_ns: Option<u64>,
     acked_ns: Option<u64>,
 }
 
@@ -103,7 +136,10 @@ impl Board {
                 self.snapshot.log_entries_sent = *index;
                 self.unreplayed.push_back((*index, now_ns));
                 if let Entry::Output { record, .. } = entry {
-                    self.held.insert(record.seq, Held { index: *index, logged_ns: now_ns, acked_ns: None });
+                    self.held.insert(
+                        record.seq,
+                        Held { index: *index, logged_ns: now_ns, written_ns: None, acked_ns: None },
+                    );
                 }
             }
             Action::Release { output, .. } => {
@@ -119,7 +155,7 @@ impl Board {
                         break;
                     }
                     self.unacked.pop_front();
-                    Self::keep(&mut self.ack_delays, &mut self.ack_delays_next, now_ns.saturating_sub(at));
+                    self.ack_delays.keep(now_ns.saturating_sub(at));
                 }
             }
             Action::Notify(event) => self.observe_event(now_ns, event),
@@ -129,20 +165,22 @@ impl Board {
 
     fn release(&mut self, now_ns: u64, seq: u64) {
         if let Some(held) = self.held.remove(&seq) {
-            Self::keep(&mut self.holds, &mut self.holds_next, now_ns.saturating_sub(held.logged_ns));
+            self.holds.keep(now_ns.saturating_sub(held.logged_ns));
             if let Some(acked_ns) = held.acked_ns {
-                Self::keep(&mut self.to_ack, &mut self.to_ack_next, acked_ns.saturating_sub(held.logged_ns));
-                Self::keep(&mut self.to_release, &mut self.to_release_next, now_ns.saturating_sub(acked_ns));
+                self.to_ack.keep(acked_ns.saturating_sub(held.logged_ns));
+                self.to_release.keep(now_ns.saturating_sub(acked_ns));
+                if let Some(written_ns) = held.written_ns.filter(|written| *written <= acked_ns) {
+                    self.to_write.keep(written_ns.saturating_sub(held.logged_ns));
+                    self.write_to_ack.keep(acked_ns - written_ns);
+                }
             }
         }
     }
 
-    fn keep(ring: &mut Vec<u64>, next: &mut usize, value: u64) {
-        if ring.len() < HOLDS_KEPT {
-            ring.push(value);
-        } else {
-            ring[*next] = value;
-            *next = (*next + 1) % HOLDS_KEPT;
+    /// The driver wrote the frames of the log entries up to `log_index` to the channel.
+    pub fn observe_written(&mut self, now_ns: u64, log_index: u64) {
+        for held in self.held.values_mut().filter(|held| held.index <= log_index && held.written_ns.is_none()) {
+            held.written_ns = Some(now_ns);
         }
     }
 
@@ -202,21 +240,18 @@ impl Board {
         }
         s.execution_lag_ms = self.unreplayed.front().map_or(0.0, |(_, at)| now_ns.saturating_sub(*at) as f64 / 1e6);
         s.outputs_held = self.held.len();
-        let percentile = |ring: &[u64], p: f64| {
-            let mut sorted = ring.to_vec();
-            sorted.sort_unstable();
-            sorted
-                .get(((sorted.len().saturating_sub(1)) as f64 * p).round() as usize)
-                .map_or(0.0, |ns| *ns as f64 / 1e3)
-        };
-        s.output_hold_p50_us = percentile(&self.holds, 0.5);
-        s.output_hold_p99_us = percentile(&self.holds, 0.99);
-        s.hold_log_to_ack_p50_us = percentile(&self.to_ack, 0.5);
-        s.hold_log_to_ack_p99_us = percentile(&self.to_ack, 0.99);
-        s.hold_ack_to_release_p50_us = percentile(&self.to_release, 0.5);
-        s.hold_ack_to_release_p99_us = percentile(&self.to_release, 0.99);
-        s.ack_delay_p50_us = percentile(&self.ack_delays, 0.5);
-        s.ack_delay_p99_us = percentile(&self.ack_delays, 0.99);
+        s.output_hold_p50_us = self.holds.percentile_us(0.5);
+        s.output_hold_p99_us = self.holds.percentile_us(0.99);
+        s.hold_log_to_ack_p50_us = self.to_ack.percentile_us(0.5);
+        s.hold_log_to_ack_p99_us = self.to_ack.percentile_us(0.99);
+        s.hold_log_to_write_p50_us = self.to_write.percentile_us(0.5);
+        s.hold_log_to_write_p99_us = self.to_write.percentile_us(0.99);
+        s.hold_write_to_ack_p50_us = self.write_to_ack.percentile_us(0.5);
+        s.hold_write_to_ack_p99_us = self.write_to_ack.percentile_us(0.99);
+        s.hold_ack_to_release_p50_us = self.to_release.percentile_us(0.5);
+        s.hold_ack_to_release_p99_us = self.to_release.percentile_us(0.99);
+        s.ack_delay_p50_us = self.ack_delays.percentile_us(0.5);
+        s.ack_delay_p99_us = self.ack_delays.percentile_us(0.99);
         s.oldest_output_held_ms = self
             .held
             .values()
@@ -238,7 +273,8 @@ impl Snapshot {
              execution lag: {:.3} ms\ncpu share: {:.1} % (lag throttle)\nlog: {} entries sent, {} received, {} acked, {} replayed\n\
              log bandwidth: {} bytes/s ({} bytes sent, {} received)\noutputs held: {} (oldest {:.3} ms), {} released\n\
              output rule hold: p50 {:.0} us, p99 {:.0} us (log to ack: p50 {:.0} us, p99 {:.0} us; ack to \
-             release: p50 {:.0} us, p99 {:.0} us)\nbackup ack delay: p50 {:.0} us, p99 {:.0} us\n{}",
+             release: p50 {:.0} us, p99 {:.0} us)\n  log to ack: log to write p50 {:.0} us, p99 {:.0} us; write to \
+             ack p50 {:.0} us, p99 {:.0} us\nbackup ack delay: p50 {:.0} us, p99 {:.0} us\n{}",
             self.name,
             self.role,
             self.epoch,
@@ -264,6 +300,10 @@ impl Snapshot {
             self.hold_log_to_ack_p99_us,
             self.hold_ack_to_release_p50_us,
             self.hold_ack_to_release_p99_us,
+            self.hold_log_to_write_p50_us,
+            self.hold_log_to_write_p99_us,
+            self.hold_write_to_ack_p50_us,
+            self.hold_write_to_ack_p99_us,
             self.ack_delay_p50_us,
             self.ack_delay_p99_us,
             self.stopped.as_ref().map(|why| format!("stopped: {why}\n")).unwrap_or_default(),
@@ -306,7 +346,21 @@ impl Snapshot {
             ("log_to_ack_p99", "p99 hold from logging to the covering ack", self.hold_log_to_ack_p99_us),
             ("ack_to_release_p50", "median hold from the ack to the release", self.hold_ack_to_release_p50_us),
             ("ack_to_release_p99", "p99 hold from the ack to the release", self.hold_ack_to_release_p99_us),
+            ("log_to_write_p50", "median hold from logging to the channel write", self.hold_log_to_write_p50_us),
+            ("log_to_write_p99", "p99 hold from logging to the channel write", self.hold_log_to_write_p99_us),
+            ("write_to_ack_p50", "median hold from the channel write to the ack", self.hold_write_to_ack_p50_us),
+            ("write_to_ack_p99", "p99 hold from the channel write to the ack", self.hold_write_to_ack_p99_us),
         ];
+        metric(
+            "ack_delay_p50_seconds",
+            "backup: median from an entry's receipt to its ack",
+            format!("{}", self.ack_delay_p50_us / 1e6),
+        );
+        metric(
+            "ack_delay_p99_seconds",
+            "backup: p99 from an entry's receipt to its ack",
+            format!("{}", self.ack_delay_p99_us / 1e6),
+        );
         for (stage, help, us) in stages {
             metric(&format!("output_hold_{stage}_seconds"), help, format!("{}", us / 1e6));
         }
@@ -399,7 +453,9 @@ mod tests {
         let mut board = Board::default();
         let (first, second) = (console(0), console(1));
         log(&mut board, 0, 1, &first);
+        board.observe_written(40 * US, 1);
         log(&mut board, 100 * US, 2, &second);
+        board.observe_written(110 * US, 2);
         // One ack covers the first entry only; the second's comes later.
         board.observe_received(300 * US, &Message::Ack { received: 1, replayed: 1, position: Position::ZERO });
         board.observe_action(350 * US, &Action::Release { output: first, log_index: Some(1) });
@@ -410,7 +466,11 @@ mod tests {
         assert_eq!((snapshot.output_hold_p50_us, snapshot.output_hold_p99_us), (620.0, 620.0));
         assert_eq!((snapshot.hold_log_to_ack_p50_us, snapshot.hold_log_to_ack_p99_us), (600.0, 600.0));
         assert_eq!((snapshot.hold_ack_to_release_p50_us, snapshot.hold_ack_to_release_p99_us), (50.0, 50.0));
+        // Written at 40 and 110 us: 40 and 10 us in the queue, 260 and 590 us from the write to the ack.
+        assert_eq!((snapshot.hold_log_to_write_p50_us, snapshot.hold_log_to_write_p99_us), (40.0, 40.0));
+        assert_eq!((snapshot.hold_write_to_ack_p50_us, snapshot.hold_write_to_ack_p99_us), (590.0, 590.0));
         assert!(snapshot.text().contains("log to ack: p50 600 us"), "{}", snapshot.text());
+        assert!(snapshot.text().contains("write to ack p50 590 us"), "{}", snapshot.text());
         assert!(snapshot.prometheus().contains("ftvm_output_hold_ack_to_release_p99_seconds 0.00005"));
     }
 }
