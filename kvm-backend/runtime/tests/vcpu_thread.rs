@@ -9,9 +9,9 @@ use std::time::Duration;
 use ft_host::machine::{Disk, GuestImage};
 use ft_host::replay::{self, ReplayOptions};
 use ft_host::session::{self, Ending, SessionOptions};
-use ft_host::workload::KvWorkload;
+use ft_host::workload::{KvWorkload, Workload};
 
-fn record_kicked(guest: &str, workload: Option<KvWorkload>, log: &Path) -> session::SessionResult {
+fn record_kicked(guest: &str, workload: Option<Workload>, log: &Path) -> session::SessionResult {
     let options = SessionOptions {
         kvm_path: PathBuf::from("/dev/kvm"),
         image: GuestImage::resolve(guest).expect("corpus guest"),
@@ -40,8 +40,15 @@ fn kicks_between_exits_change_nothing_that_replay_sees() {
     }
     let dir = std::env::temp_dir().join(format!("ftvm-kicks-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    // timer: interrupts and clock reads; cpu: long runs without exits, where the kicks land; kv: frames and disk.
-    for (guest, workload) in [("timer", None), ("cpu", None), ("kv", Some(KvWorkload::new(100, 7)))] {
+    // timer: interrupts and clock reads; cpu: long runs without exits, where the kicks land; kv: frames and disk;
+    // netrx: a stream of frames, each DMAed into memory at an exit.
+    let loads = [
+        ("timer", None),
+        ("cpu", None),
+        ("kv", Some(Workload::Kv(KvWorkload::new(100, 7)))),
+        ("netrx", Workload::for_guest(Some("netrx"), 500, 7)),
+    ];
+    for (guest, workload) in loads {
         let log = dir.join(format!("{guest}.log"));
         let recorded = record_kicked(guest, workload, &log);
         assert!(recorded.runs_kicked > 0, "{guest}: no kick landed between two exits");
