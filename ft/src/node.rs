@@ -191,13 +191,20 @@ impl<G: Guest> Node<G> {
         }
     }
 
+    /// The next action. Once the last one is out, a node that stopped while they were produced (a primary
+    /// decides its power-off is complete while it flushes them) becomes `Node::Stopped`, so that `stopped()`
+    /// says so at once: a driver with no channel and no timer has nothing else to wake it.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<Action> {
-        match self {
+        let action = match self {
             Node::Primary(primary) => primary.poll_action(),
             Node::Backup(backup) => backup.poll_action(),
             Node::Stopped(_, actions) => actions.pop_front(),
+        };
+        if action.is_none() && !self.guest_running() {
+            self.transition_stopped();
         }
+        action
     }
 
     /// The earliest time at which `handle_timeout` has work to do.

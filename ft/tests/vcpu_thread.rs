@@ -177,3 +177,22 @@ fn a_guest_on_the_callers_thread_runs_as_before() {
     assert_eq!(node.run_guest(2, &mut Zero), Progress::Ran);
     assert!(!node.guest_running());
 }
+
+/// The driver looks at `stopped()` right after draining a node's actions, and otherwise sleeps until something
+/// wakes it. A primary without a backup has no channel and no timers, and its guest's power-off exit came from
+/// the vCPU thread: so after that exit and the drain, the node must say it stopped, or nothing ever wakes the
+/// driver again (found by `ftvm bench`: the cpu guest alone powered off and its node never exited).
+#[test]
+fn an_unprotected_primary_whose_guest_powers_off_is_stopped_after_the_drain() {
+    let thread = Rc::new(RefCell::new(Thread::default()));
+    let guest = OnThread { script: Script::new([Script::power_off(0)]), thread: thread.clone(), running: false };
+    let mut node = Node::Primary(Box::new(ft::primary::Primary::new(common::config(), guest, 64, 1, 0)));
+    node.handle_channel_closed(1, "no backup");
+    node.handle_arbiter(2, ft::ArbiterOutcome::Won { epoch: 2 });
+    drain(&mut node);
+    assert_eq!(node.run_guest(3, &mut Zero), Progress::Running);
+    exit(&mut node, &thread, 4);
+    let actions = drain(&mut node);
+    assert!(common::events(&actions).contains(&ft::Event::PoweredOff { status: 0 }), "{actions:?}");
+    assert!(matches!(node.stopped(), Some(ft::Stopped::PoweredOff { status: 0 })), "{:?}", node.stopped());
+}

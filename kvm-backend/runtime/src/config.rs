@@ -63,6 +63,9 @@ pub struct NodeConfig {
     /// Run with `sh -c` when this node goes live, before it binds the service address (move the service IP,
     /// send a gratuitous ARP).
     pub go_live_command: Option<String>,
+    /// When the node stops, its last status (the JSON of `ftvm status --json`) is written here: the figures of
+    /// a node that is gone, for a post-mortem or a benchmark. Its directory must exist.
+    pub status_file: Option<PathBuf>,
 }
 
 /// Defaults of the optional settings.
@@ -115,6 +118,7 @@ pub struct NodeSettings {
     pub sync_writes: bool,
     pub write_journal: bool,
     pub go_live_command: Option<String>,
+    pub status_file: Option<PathBuf>,
     pub key: Vec<u8>,
 }
 
@@ -190,7 +194,8 @@ impl NodeConfig {
             throttle_period_ms,
             sync_writes,
             write_journal,
-            go_live_command
+            go_live_command,
+            status_file
         )
     }
 
@@ -298,6 +303,15 @@ impl NodeConfig {
                 return Err(bad("go_live_command", "\"\"", "an empty command (leave the key out for none)"));
             }
         }
+        if let Some(path) = &self.status_file {
+            let directory = match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            if !directory.is_dir() || path.is_dir() {
+                return Err(bad("status_file", path.display(), "not a file in an existing directory"));
+            }
+        }
         let key = self.key()?;
         Ok(NodeSettings {
             name,
@@ -318,6 +332,7 @@ impl NodeConfig {
             sync_writes: self.sync_writes.unwrap_or(true),
             write_journal: self.write_journal.unwrap_or(false),
             go_live_command: self.go_live_command.clone(),
+            status_file: self.status_file.clone(),
             key,
         })
     }
@@ -401,8 +416,12 @@ mod tests {
         assert!(error.contains("`metrics`") && error.contains("`status`"), "{error}");
         let error = refused(NodeConfig { disk_sectors: Some(DISK_SECTORS_MAX + 1), ..sample.clone() });
         assert!(error.contains("`disk_sectors`"), "{error}");
-        let error = refused(NodeConfig { go_live_command: Some(" ".into()), ..sample });
+        let error = refused(NodeConfig { go_live_command: Some(" ".into()), ..sample.clone() });
         assert!(error.contains("`go_live_command`"), "{error}");
+        let error = refused(NodeConfig { status_file: Some("/nonexistent/dir/status.json".into()), ..sample.clone() });
+        assert!(error.contains("`status_file`"), "{error}");
+        let error = refused(NodeConfig { status_file: Some("/tmp".into()), ..sample });
+        assert!(error.contains("`status_file`"), "{error}");
     }
 
     #[test]

@@ -639,11 +639,20 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
             *host.heartbeats.borrow_mut() = Some(session.heartbeats(start_as == StartAs::Primary));
             auth::secure(stream, session, start_as == StartAs::Primary, host.counters.clone())
         });
+        board.borrow_mut().snapshot.guest_started_at_ms = Some(host.now() / 1_000_000);
         let stopped = ft::driver::run(host.clone(), node, channel, &mut entropy).await;
         {
             let mut board = board.borrow_mut();
             board.snapshot.role = "stopped".into();
             board.snapshot.stopped = Some(stopped.to_string());
+        }
+        if let Some(path) = &settings.status_file {
+            let snapshot = board.borrow().snapshot(host.now(), &host.counters);
+            let json = serde_json::to_string_pretty(&snapshot).expect("serialisable");
+            // The node has stopped either way: a status file that cannot be written is said, not fatal.
+            if let Err(error) = std::fs::write(path, json + "\n") {
+                tracing::error!("{name}: status file {} (`status_file`): {error}", path.display());
+            }
         }
         tracing::warn!(target: TIMELINE, "{name}: stopped: {stopped}");
         let failure = guest_handle.as_ref().and_then(kvm_backend::GuestHandle::failure);

@@ -41,6 +41,9 @@ pub struct Snapshot {
     pub execution_lag_ms: f64,
     /// The primary's CPU share under the lag throttle, in percent (100: not throttled).
     pub cpu_share_percent: f64,
+    /// Times the primary stopped its guest because `log_entries_unacked_max` entries waited for an ack (the
+    /// buffer bound of flow control).
+    pub flow_control_stalls: u64,
     pub outputs_held: usize,
     pub oldest_output_held_ms: f64,
     pub outputs_released: u64,
@@ -65,6 +68,10 @@ pub struct Snapshot {
     pub ack_delay_p50_us: f64,
     pub ack_delay_p99_us: f64,
     pub went_live_at_ms: Option<u64>,
+    /// When the protocol started (the guest's first run, once the channel is up or given up on) and when the
+    /// guest powered off, in ms of uptime: a benchmark's run time of a guest that ends.
+    pub guest_started_at_ms: Option<u64>,
+    pub powered_off_at_ms: Option<u64>,
     pub stopped: Option<String>,
 }
 
@@ -202,7 +209,12 @@ impl Board {
                 self.unreplayed.clear();
             }
             Event::CpuShare { permille, .. } => self.snapshot.cpu_share_percent = *permille as f64 / 10.0,
-            Event::LostRace { .. } | Event::Diverged(_) | Event::PoweredOff { .. } | Event::GuestStopped { .. } => {
+            Event::Stalled { .. } => self.snapshot.flow_control_stalls += 1,
+            Event::PoweredOff { .. } => {
+                self.snapshot.role = "stopped".into();
+                self.snapshot.powered_off_at_ms.get_or_insert(now_ns / 1_000_000);
+            }
+            Event::LostRace { .. } | Event::Diverged(_) | Event::GuestStopped { .. } => {
                 self.snapshot.role = "stopped".into();
             }
             _ => {}

@@ -1,5 +1,5 @@
-//! The runtime's failure paths called as a library, without a process in between: each bad input gets an error
-//! that names what is wrong, and nothing on disk is created or changed by a refused start.
+//! The runtime called as a library, without a process in between: each bad input gets an error that names what
+//! is wrong, and nothing on disk is created or changed by a refused start; a node whose guest ends, ends.
 
 mod common;
 
@@ -160,4 +160,35 @@ fn a_guest_image_that_is_not_an_elf_is_refused_by_name() {
     }
     let error = ft_host::machine::new_guest(Path::new("/dev/kvm"), &image).err().expect("refused");
     assert!(error.to_string().contains("zeros.elf"), "{error}");
+}
+
+/// A primary without a backup whose guest powers off returns, and leaves its last status in `status_file`. It
+/// used to hang after the power-off: its guest's last exit came from the vCPU thread, and with no channel and no
+/// timer nothing woke the driver to see that the node had stopped (found by `ftvm bench`).
+#[test]
+fn a_primary_alone_whose_guest_powers_off_returns_with_its_status_file() {
+    if !common::kvm_usable() {
+        return;
+    }
+    let scratch = Scratch::new("alone");
+    let free_udp = || ft_host::pair::free_udp().expect("a free port");
+    let status_file = scratch.0.join("status.json");
+    let config = NodeConfig {
+        guest: Some("cpu".into()),
+        channel_peer: Some(ft_host::pair::free_tcp().expect("a free port")),
+        heartbeat_listen: Some(free_udp()),
+        heartbeat_peer: Some(free_udp()),
+        service: Some(free_udp()),
+        disk: Some(scratch.0.join("disk.img")),
+        arbiter: Some(scratch.0.join("arbiter")),
+        startup_timeout_ms: Some(100),
+        status_file: Some(status_file.clone()),
+        ..sample("primary")
+    };
+    within_seconds(move || node::run(Path::new("/dev/kvm"), config, StartAs::Primary)).expect("powered off with 0");
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&status_file).expect("the status file")).expect("JSON");
+    assert_eq!(status["role"], "stopped", "{status}");
+    let (started, off) = (status["guest_started_at_ms"].as_u64(), status["powered_off_at_ms"].as_u64());
+    assert!(started.is_some() && off.is_some() && off >= started, "{status}");
 }
