@@ -196,3 +196,25 @@ fn an_unprotected_primary_whose_guest_powers_off_is_stopped_after_the_drain() {
     assert!(common::events(&actions).contains(&ft::Event::PoweredOff { status: 0 }), "{actions:?}");
     assert!(matches!(node.stopped(), Some(ft::Stopped::PoweredOff { status: 0 })), "{:?}", node.stopped());
 }
+
+/// While the guest runs on its vCPU thread, its timer can only be delivered at the run's next exit, and the
+/// exit wakes the driver: a timer deadline that passed meanwhile must not be offered as a wake-up. It was, and
+/// the driver spun at 100 % of a CPU beside every CPU-bound guest with a timer (found by `ftvm bench`: pinned to
+/// one CPU with its runtime, the `cpu` guest ran at half speed).
+#[test]
+fn a_running_guest_s_past_timer_deadline_is_no_wake_up() {
+    let script = Script::new([Exit::PortOut { port: abi::TIMER_PERIOD_US, size: 4, value: 1_000 }]);
+    let (mut node, thread) = threaded_primary(script);
+    node.handle_message(1, Message::Ack { received: 0, replayed: 0, position: Position::ZERO });
+    assert_eq!(node.run_guest(2, &mut Zero), Progress::Running);
+    assert_eq!(exit(&mut node, &thread, 3), Progress::Ran);
+    drain(&mut node);
+    assert_eq!(node.run_guest(4, &mut Zero), Progress::Running);
+    // 5 ms later the 1 ms timer is long due, and the guest is still out on its thread.
+    let now_ns = 5_000_000;
+    node.handle_timeout(now_ns);
+    drain(&mut node);
+    assert!(node.guest_running());
+    let wake_ns = node.poll_timeout();
+    assert!(wake_ns.is_none_or(|wake_ns| wake_ns > now_ns), "a wake-up in the past: {wake_ns:?} at {now_ns}");
+}

@@ -515,8 +515,10 @@ impl<G: Guest> Primary<G> {
             && self.power_off.is_none()
             && matches!(self.mode, Mode::Protected | Mode::Arbitrating { .. } | Mode::Unprotected)
             && !self.flow_controlled();
-        // A throttled guest is woken by the throttle's next change, not by a timer it cannot take yet.
-        let timer = self.timer_deadline_ns.filter(|_| runnable && !self.throttled());
+        // A throttled guest is woken by the throttle's next change, not by a timer it cannot take yet; a guest
+        // out on its vCPU thread takes its timer at the run's next exit, which wakes the driver anyway (a past
+        // deadline offered meanwhile spun the driver beside every CPU-bound guest with a timer).
+        let timer = self.timer_deadline_ns.filter(|_| runnable && !self.throttled() && !self.vm().running());
         let throttle = self.throttle.next_change_ns().filter(|_| runnable && self.logging());
         [heartbeat, mode, timer, throttle].into_iter().flatten().min()
     }
