@@ -14,27 +14,22 @@
 //! prints the figures.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use ft::kv::KEYS;
 use serde::Serialize;
 
-use crate::config::{encode_hex, NodeConfig};
 use crate::error::CliError;
 use crate::load::{self, Client, History, Load};
 use crate::machine::{self, splitmix};
-use crate::status;
+use crate::pair::{localhost_pair, log_tail, status_json, wait_for, write_config, Scratch, GUEST};
 use crate::storage::{journal_path, Journal, SharedStorage, NOBODY};
 
 /// Give up on a failover after this long.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(15);
 /// Keep the load going this long after the first answer of the new primary.
 const AFTER_FAILOVER: Duration = Duration::from_millis(200);
-/// The guest of the demo: the key-value service with up to eight requests in flight.
-const GUEST: &str = "kvq";
 /// Reads in flight while every key is read back.
 const READ_BACK_DEPTH: usize = 8;
 
@@ -145,208 +140,6 @@ impl Trial {
     }
 }
 
-/// Child processes killed (SIGKILL) and reaped on drop, and a scratch directory removed on drop.
-struct Scratch {
-    dir: PathBuf,
-    children: Vec<(String, Child)>,
-}
-
-impl Scratch {
-    fn new(tag: &str) -> Result<Scratch, CliError> {
-        let dir = std::env::temp_dir().join(format!("ftvm-{tag}-{}-{}", std::process::id(), unique()));
-        std::fs::create_dir_all(&dir).map_err(|error| CliError::io(dir.display().to_string(), &error))?;
-        Ok(Scratch { dir, children: Vec::new() })
-    }
-
-    fn spawn(&mut self, name: &str, role: &str, config: &Path) -> Result<u32, CliError> {
-        let exe = std::env::current_exe().map_err(|error| CliError::io("current executable", &error))?;
-        let stderr = std::fs::File::create(self.dir.join(format!("{name}.log")))
-            .map_err(|error| CliError::io("node log", &error))?;
-        let mut command = Command::new(exe);
-        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's state.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                // The nodes die with the demo, even if the demo itself is killed.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        // The timeline and the detection cause come from the nodes' info lines, whatever the demo's own level.
-        let log = std::env::var("FTVM_NODE_LOG").unwrap_or_else(|_| "info".into());
-        let child = command
-            .arg(role)
-            .arg("--config")
-            .arg(config)
-            .env("FTVM_LOG", log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|error| CliError::io(format!("starting the {role}"), &error))?;
-        let pid = child.id();
-        self.children.push((name.to_string(), child));
-        Ok(pid)
-    }
-
-    fn kill(&mut self, name: &str) {
-        if let Some((_, child)) = self.children.iter_mut().find(|(n, _)| n == name) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn signal(&self, name: &str, signal: libc::c_int) {
-        if let Some((_, child)) = self.children.iter().find(|(n, _)| n == name) {
-            // SAFETY: kill(2) of our own child's pid, which is not reaped while it is in `children`.
-            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
-        }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::env::var_os("FTVM_KEEP_SCRATCH").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// The lowest port of the kernel's ephemeral range (where `bind(0)` and `connect` take their local ports).
-fn ephemeral_ports_start() -> u16 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next().and_then(|low| low.parse().ok()))
-        .unwrap_or(32_768)
-}
-
-/// A local port that is free now, for a node to bind a moment later. Taken below the ephemeral range: a port that
-/// `bind(0)` hands out and the caller releases is soon handed to somebody's `connect` (the demo's status requests,
-/// the primary's channel), and the node that wanted it fails to start.
-fn free_port(tcp: bool) -> Result<SocketAddr, CliError> {
-    let start = ephemeral_ports_start().min(32_768);
-    let low = 10_000u16.min(start / 2);
-    let span = u64::from(start.saturating_sub(low).max(1));
-    // Ports handed out lately: a pair's ports must differ, and none is bound until its node starts.
-    static RECENT: std::sync::Mutex<std::collections::VecDeque<u16>> =
-        std::sync::Mutex::new(std::collections::VecDeque::new());
-    let mut recent = RECENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let mut state = splitmix(unique() ^ (u64::from(std::process::id()) << 32));
-    for _ in 0..256 {
-        state = splitmix(state);
-        let port = low + (state % span) as u16;
-        if recent.contains(&port) {
-            continue;
-        }
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let free = if tcp { std::net::TcpListener::bind(addr).is_ok() } else { UdpSocket::bind(addr).is_ok() };
-        if free {
-            if recent.len() == 64 {
-                recent.pop_front();
-            }
-            recent.push_back(port);
-            return Ok(addr);
-        }
-    }
-    Err(CliError::Io { what: "a free local port".into(), reason: "256 tries found none".into() })
-}
-
-fn free_tcp() -> Result<SocketAddr, CliError> {
-    free_port(true)
-}
-
-fn free_udp() -> Result<SocketAddr, CliError> {
-    free_port(false)
-}
-
-/// The two configs of a localhost pair in `dir`.
-pub struct PairConfigs {
-    pub a: NodeConfig,
-    pub b: NodeConfig,
-}
-
-/// A pair of the `kvq` guest on free localhost ports, storage in `dir`, with the write journal on.
-pub fn localhost_pair(
-    dir: &Path,
-    seed: u64,
-    failure_timeout_ms: u64,
-    machine: &machine::MachineKind,
-) -> Result<PairConfigs, CliError> {
-    let mut key = Vec::new();
-    let mut state =
-        seed ^ SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-    for _ in 0..4 {
-        state = splitmix(state);
-        key.extend_from_slice(&state.to_le_bytes());
-    }
-    let (channel, hb_a, hb_b, service) = (free_tcp()?, free_udp()?, free_udp()?, free_udp()?);
-    let base = NodeConfig {
-        guest: Some(GUEST.into()),
-        machine: Some(machine.config_value().into()),
-        pair_id: Some(seed | 1),
-        service: Some(service),
-        disk: Some(dir.join("disk.img")),
-        disk_sectors: Some(128),
-        arbiter: Some(dir.join("arbiter")),
-        key_hex: Some(encode_hex(&key)),
-        heartbeat_interval_ms: Some(20),
-        failure_timeout_ms: Some(failure_timeout_ms),
-        startup_timeout_ms: Some(5_000),
-        arbiter_retry_ms: Some(50),
-        storage_timeout_ms: Some(500),
-        write_journal: Some(true),
-        ..NodeConfig::default()
-    };
-    let a = NodeConfig {
-        name: Some("a".into()),
-        channel_peer: Some(channel),
-        heartbeat_listen: Some(hb_a),
-        heartbeat_peer: Some(hb_b),
-        status: Some(free_tcp()?),
-        ..base.clone()
-    };
-    let b = NodeConfig {
-        name: Some("b".into()),
-        channel_listen: Some(channel),
-        heartbeat_listen: Some(hb_b),
-        heartbeat_peer: Some(hb_a),
-        status: Some(free_tcp()?),
-        ..base
-    };
-    Ok(PairConfigs { a, b })
-}
-
-fn write_config(dir: &Path, name: &str, config: &NodeConfig) -> Result<PathBuf, CliError> {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, config.to_toml()).map_err(|error| CliError::io(path.display().to_string(), &error))?;
-    Ok(path)
-}
-
-fn status_json(addr: Option<SocketAddr>) -> Option<serde_json::Value> {
-    let body = status::fetch(addr?, "/json").ok()?;
-    serde_json::from_str(&body).ok()
-}
-
-fn wait_for(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    false
-}
-
 /// Whether the disk image holds, for every key, the value the final read returned (kv record layout: magic u32,
 /// reserved u32, key u64, value u64, version u64 in sector 1 + key).
 fn disk_matches(disk: &Path, values: &[Option<u64>]) -> Result<bool, String> {
@@ -392,18 +185,6 @@ fn log_events(path: &Path) -> Vec<(f64, String)> {
 
 fn second_of_day(time: SystemTime) -> f64 {
     time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64() % 86_400.0
-}
-
-/// The last lines of a node's log, for an error that says what the node said.
-fn log_tail(path: &Path) -> String {
-    let log = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    let tail = lines[lines.len().saturating_sub(4)..].join(" | ");
-    if tail.is_empty() {
-        "(nothing)".into()
-    } else {
-        tail
-    }
 }
 
 /// Whether the backup's log says its test-and-set got no answer from the arbiter.

@@ -6,12 +6,14 @@
 //! thin command line over it. A library, so that its failure paths and decoders are tested and fuzzed directly.
 
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod load;
 pub mod machine;
 pub mod node;
+pub mod pair;
 pub mod replay;
 pub mod report;
 pub mod session;
@@ -19,4 +21,5 @@ pub mod status;
 pub mod storage;
 pub mod stream;
 pub mod tap;
+pub mod timer;
 pub mod workload;

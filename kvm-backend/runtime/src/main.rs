@@ -139,6 +139,8 @@ struct NodeArgs {
     write_journal: Option<bool>,
     #[arg(long, value_name = "SHELL COMMAND")]
     go_live_command: Option<String>,
+    #[arg(long, value_name = "FILE")]
+    status_file: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -175,6 +177,7 @@ impl NodeArgs {
             sync_writes: self.sync_writes,
             write_journal: self.write_journal,
             go_live_command: self.go_live_command,
+            status_file: self.status_file,
         };
         Ok(file.overridden_by(flags))
     }
@@ -240,6 +243,33 @@ enum Command {
         trials: u32,
         #[command(flatten)]
         load: LoadArgs,
+    },
+    /// Measure the system as the paper does, FT against non-FT in one run: Table 1 (each corpus workload, and the
+    /// logging bandwidth it needs), Table 2 (network receive and transmit), the Output Rule's latency per
+    /// request and per stage, the lag with a slow backup, failover, and replay against record. Writes
+    /// report.md, report.json and SVG plots into --out.
+    Bench {
+        /// Where the report and plots go (created if missing).
+        #[arg(long, value_name = "DIR", default_value = "ftvm-bench")]
+        out: PathBuf,
+        /// Print the report as JSON on stdout (the Markdown tables otherwise).
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How long each loaded run lasts (FT and non-FT each).
+        #[arg(long, value_name = "MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+        duration_ms: u64,
+        /// Failover trials of each kind (kill -9, host loss).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        trials: u32,
+        /// The backup's CPU limit in the slow-backup run, in percent of one CPU (50: twice as slow).
+        #[arg(long, value_name = "PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(5..=100))]
+        slow_backup_cpu_percent: u32,
+        /// Let primary, backup and clients share every CPU, instead of the primary on CPU 0 and the backup and
+        /// clients on CPU 1 (two hosts, as far as one machine goes).
+        #[arg(long)]
+        no_pin: bool,
     },
     /// Print the status of a running node.
     Status {
@@ -417,6 +447,26 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             } else {
                 Err(CliError::CheckFailed("report-failover: a trial failed its checks".into()))
             }
+        }
+        Command::Bench { out, json, seed, duration_ms, trials, slow_backup_cpu_percent, no_pin } => {
+            let options = cli::bench::BenchOptions {
+                kvm_path,
+                out: out.clone(),
+                seed,
+                duration: Duration::from_millis(duration_ms),
+                failover_trials: trials,
+                replay_frames: 5_000,
+                slow_backup_cpu_percent,
+                pin: !no_pin,
+            };
+            let report = cli::bench::run(&options)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| CliError::Protocol(e.to_string()))?);
+            } else {
+                print!("{}", std::fs::read_to_string(out.join("report.md")).unwrap_or_default());
+                println!("\n(written to {})", out.display());
+            }
+            Ok(())
         }
         Command::Status { addr, json, wait_ms } => {
             let path = if json { "/json" } else { "/" };

@@ -9,6 +9,7 @@ use crate::replay::{self, ReplayOptions};
 use crate::session::{self, SessionOptions};
 use crate::workload::Workload;
 
+#[derive(Clone)]
 pub struct ReportOptions {
     pub kvm_path: PathBuf,
     pub guests: Vec<String>,
@@ -81,7 +82,7 @@ fn measure_once(options: &ReportOptions, guest: &str, log: &Path) -> Result<Row,
 }
 
 /// The fastest of `options.repeat` measurements of each phase (exits and log size from the fastest recording).
-fn measure(options: &ReportOptions, guest: &str, log: &Path) -> Result<Row, CliError> {
+pub fn measure_guest(options: &ReportOptions, guest: &str, log: &Path) -> Result<Row, CliError> {
     let mut best = measure_once(options, guest, log)?;
     for _ in 1..options.repeat {
         let row = measure_once(options, guest, log)?;
@@ -100,7 +101,7 @@ pub fn run(options: &ReportOptions) -> Result<Vec<Row>, CliError> {
     let mut rows = Vec::new();
     for guest in &options.guests {
         let log = std::env::temp_dir().join(format!("ftvm-report-{}-{guest}.log", std::process::id()));
-        let row = measure(options, guest, &log);
+        let row = measure_guest(options, guest, &log);
         // The log is scratch: a failed removal leaves a file in the temporary directory, nothing worse.
         let _ = std::fs::remove_file(&log);
         rows.push(row?);

@@ -1,0 +1,143 @@
+//! The network loads of `ftvm bench` (the paper's Table 2) over real UDP to the guest's service address: a
+//! windowed stream into `netrx`, and a burst out of `nettx`. Throughput is what the far end saw: netrx's own
+//! count of the bytes it took (in its acks), and the bytes of nettx's frames that reached the receiver.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::error::CliError;
+use crate::stream::{netrx_data, nettx_request, NetRxAck, NetTxFrame, PAYLOAD_BYTES};
+
+/// Frames the netrx sender keeps unacknowledged, and how often it asks for an ack: a window of about 90 KB,
+/// like a TCP receive window.
+const WINDOW_FRAMES: u64 = 64;
+const ACK_EVERY_FRAMES: u64 = 16;
+/// With no ack for this long, the frames in flight are taken as lost and the window opens again (UDP may drop;
+/// the host's frame queue may overflow).
+const STALL_RESET: Duration = Duration::from_millis(100);
+/// The receive buffer asked for, so that a burst from nettx is not dropped by the receiving socket.
+const RECEIVE_BUFFER_BYTES: libc::c_int = 8 << 20;
+
+/// What a stream achieved.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct StreamResult {
+    /// Payload bytes the far end got, over the time between the first and the last of them.
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Frames that went missing (counted by the sender for netrx, by the receiver for nettx).
+    pub frames_lost: u64,
+}
+
+impl StreamResult {
+    pub fn mbit_per_s(&self) -> f64 {
+        self.bytes as f64 * 8.0 / 1e6 / self.seconds.max(1e-9)
+    }
+}
+
+fn socket() -> Result<UdpSocket, CliError> {
+    let socket = UdpSocket::bind("127.0.0.1:0").map_err(|error| CliError::io("benchmark client socket", &error))?;
+    let size = RECEIVE_BUFFER_BYTES;
+    // SAFETY: setsockopt on a socket we own, with a pointer to an int that lives across the call and its size.
+    let _ = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    Ok(socket)
+}
+
+/// Streams frames into netrx at `service` for `duration`, keeping a window in flight.
+pub fn receive_stream(service: SocketAddr, duration: Duration) -> Result<StreamResult, CliError> {
+    let socket = socket()?;
+    socket.set_read_timeout(Some(Duration::from_millis(1))).map_err(|error| CliError::io("socket", &error))?;
+    let (mut sent, mut acked_sequence, mut lost) = (0u64, 0u64, 0u64);
+    let mut first_ack: Option<(Instant, u64)> = None;
+    let mut last_ack: Option<(Instant, u64)> = None;
+    let mut last_progress = Instant::now();
+    let start = Instant::now();
+    let mut buffer = [0u8; 256];
+    while start.elapsed() < duration {
+        while sent - acked_sequence < WINDOW_FRAMES {
+            sent += 1;
+            let ask = sent.is_multiple_of(ACK_EVERY_FRAMES);
+            // A full socket buffer drops the frame; the window accounts for it.
+            let _ = socket.send_to(&netrx_data(sent, ask, PAYLOAD_BYTES), service);
+        }
+        match socket.recv_from(&mut buffer) {
+            Ok((length, _)) => {
+                let Some(ack) = NetRxAck::decode(&buffer[..length]) else { continue };
+                if ack.sequence > acked_sequence {
+                    acked_sequence = ack.sequence;
+                    last_progress = Instant::now();
+                    first_ack.get_or_insert((last_progress, ack.bytes));
+                    last_ack = Some((last_progress, ack.bytes));
+                    lost = acked_sequence - ack.frames;
+                }
+            }
+            Err(_) if last_progress.elapsed() > STALL_RESET => {
+                // Everything in flight is written off: the window opens from what was sent.
+                acked_sequence = sent;
+                last_progress = Instant::now();
+            }
+            Err(_) => {}
+        }
+    }
+    let (Some((t0, b0)), Some((t1, b1))) = (first_ack, last_ack) else {
+        return Err(CliError::Protocol(format!("netrx at {service} acknowledged nothing in {duration:?}")));
+    };
+    Ok(StreamResult { bytes: b1 - b0, seconds: t1.duration_since(t0).as_secs_f64(), frames_lost: lost })
+}
+
+/// Asks nettx at `service` for bursts of frames and receives them for about `duration`.
+pub fn transmit_stream(service: SocketAddr, duration: Duration) -> Result<StreamResult, CliError> {
+    let socket = socket()?;
+    socket.set_read_timeout(Some(Duration::from_millis(200))).map_err(|error| CliError::io("socket", &error))?;
+    // Bursts of about a tenth of a second each (nettx sends some 10^4 frames per second here), asked for one
+    // after the other until the time is up, so FT and non-FT runs last about as long.
+    const BURST_FRAMES: u32 = 1_000;
+    let (mut bytes, mut lost, mut first, mut last) = (0u64, 0u64, None::<Instant>, None::<Instant>);
+    let start = Instant::now();
+    let mut buffer = vec![0u8; 4096];
+    let mut burst = 0u32;
+    while start.elapsed() < duration {
+        burst += 1;
+        socket
+            .send_to(&nettx_request(BURST_FRAMES, PAYLOAD_BYTES as u32, burst), service)
+            .map_err(|error| CliError::io("nettx request", &error))?;
+        let mut received = 0u64;
+        loop {
+            let Ok((length, _)) = socket.recv_from(&mut buffer) else {
+                // No end frame within the timeout: the request or the end was dropped; count what did not come.
+                lost += u64::from(BURST_FRAMES).saturating_sub(received);
+                break;
+            };
+            match NetTxFrame::decode(&buffer[..length]) {
+                Some(NetTxFrame::Data { burst: of, bytes: size, .. }) if of == burst => {
+                    let now = Instant::now();
+                    // The first frame starts the clock; its bytes count for nothing before it.
+                    if first.is_some() {
+                        bytes += size as u64;
+                    }
+                    first.get_or_insert(now);
+                    last = Some(now);
+                    received += 1;
+                }
+                Some(NetTxFrame::End { burst: of, frames, .. }) if of == burst => {
+                    lost += frames.saturating_sub(received);
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    match (first, last) {
+        (Some(first), Some(last)) if last > first => {
+            Ok(StreamResult { bytes, seconds: last.duration_since(first).as_secs_f64(), frames_lost: lost })
+        }
+        _ => Err(CliError::Protocol(format!("nettx at {service} sent nothing in {duration:?}"))),
+    }
+}
