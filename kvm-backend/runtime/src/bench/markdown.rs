@@ -95,9 +95,36 @@ pub fn render(report: &BenchReport) -> String {
             row.ft.frames_lost
         );
     }
+    render_cpu(&mut out, report);
     render_latency(&mut out, report);
     render_rest(&mut out, report);
     out
+}
+
+/// Where the time goes: each thread's share of a CPU, non-FT and FT.
+fn render_cpu(out: &mut String, report: &BenchReport) {
+    let _ = writeln!(out, "\n## Where the CPU goes\n");
+    let _ = writeln!(
+        out,
+        "Share of one CPU used by each thread over the run, non-FT / FT (runtime: the protocol and all I/O; vCPU: \
+         the guest and its exits).\n"
+    );
+    let _ = writeln!(out, "| workload | primary runtime | primary vCPU | backup runtime | backup vCPU |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    let rows = report.table1.iter().map(|row| (&row.guest, &row.cpu_plain, &row.cpu_ft));
+    let rows = rows.chain(report.table2.iter().map(|row| (&row.guest, &row.cpu_plain, &row.cpu_ft)));
+    for (guest, plain, ft) in rows {
+        let _ = writeln!(
+            out,
+            "| {guest} | {:.0} % / {:.0} % | {:.0} % / {:.0} % | - / {:.0} % | - / {:.0} % |",
+            plain.primary_runtime_percent,
+            ft.primary_runtime_percent,
+            plain.primary_vcpu_percent,
+            ft.primary_vcpu_percent,
+            ft.backup_runtime_percent,
+            ft.backup_vcpu_percent
+        );
+    }
 }
 
 fn render_latency(out: &mut String, report: &BenchReport) {

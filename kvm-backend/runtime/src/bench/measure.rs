@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::net::{self, StreamResult};
-use super::run::{guest_run_ms, Run, RunSpec, Sample};
+use super::run::{guest_run_ms, CpuUse, Run, RunSpec, Sample};
 use crate::error::CliError;
 use crate::load::Load;
 use crate::machine::MachineKind;
@@ -24,6 +24,9 @@ pub struct WorkloadRow {
     pub ratio: f64,
     /// Logging channel, primary to backup, over the FT run.
     pub log_mbit_per_s: f64,
+    /// Where the CPU went, non-FT and FT.
+    pub cpu_plain: CpuUse,
+    pub cpu_ft: CpuUse,
     #[serde(skip)]
     pub samples: Vec<Sample>,
 }
@@ -39,6 +42,8 @@ pub struct NetworkRow {
     pub plain_mbit_per_s: f64,
     pub ratio: f64,
     pub log_mbit_per_s: f64,
+    pub cpu_plain: CpuUse,
+    pub cpu_ft: CpuUse,
     #[serde(skip)]
     pub samples: Vec<Sample>,
 }
@@ -121,6 +126,7 @@ fn sampled_mbit_per_s(samples: &[Sample]) -> f64 {
 pub fn ending_guest(guest: &str, setup: &Setup) -> Result<WorkloadRow, CliError> {
     let mut plain_run = Run::start(&spec(guest, false, setup))?;
     let plain_status = plain_run.wait_finished()?;
+    let cpu_plain = CpuUse::of(&plain_run.samples());
     drop(plain_run);
     let mut ft_run = Run::start(&spec(guest, true, setup))?;
     let ft_status = ft_run.wait_finished()?;
@@ -136,6 +142,8 @@ pub fn ending_guest(guest: &str, setup: &Setup) -> Result<WorkloadRow, CliError>
         plain: plain_ms / 1e3,
         ratio: plain_ms / ft_ms,
         log_mbit_per_s: bytes * 8.0 / 1e3 / ft_ms,
+        cpu_plain,
+        cpu_ft: CpuUse::of(&samples),
         samples,
     })
 }
@@ -172,7 +180,8 @@ pub fn service_guest(
     duration: Duration,
 ) -> Result<WorkloadRow, CliError> {
     let ((clients, depth), seed) = (load, setup.seed);
-    let (plain_rps, _, _) = load_run(&mut Run::start(&spec(guest, false, setup))?, clients, depth, seed, duration)?;
+    let (plain_rps, _, plain_samples) =
+        load_run(&mut Run::start(&spec(guest, false, setup))?, clients, depth, seed, duration)?;
     let mut ft_run = Run::start(&spec(guest, true, setup))?;
     let (ft_rps, _, samples) = load_run(&mut ft_run, clients, depth, seed, duration)?;
     Ok(WorkloadRow {
@@ -182,6 +191,8 @@ pub fn service_guest(
         plain: plain_rps,
         ratio: ft_rps / plain_rps.max(1e-9),
         log_mbit_per_s: sampled_mbit_per_s(&samples),
+        cpu_plain: CpuUse::of(&plain_samples),
+        cpu_ft: CpuUse::of(&samples),
         samples,
     })
 }
@@ -192,7 +203,9 @@ pub fn network(guest: &str, setup: &Setup, duration: Duration) -> Result<Network
         "netrx" => net::receive_stream(run.service()?, duration),
         _ => net::transmit_stream(run.service()?, duration),
     };
-    let plain = stream(&Run::start(&spec(guest, false, setup))?)?;
+    let mut plain_run = Run::start(&spec(guest, false, setup))?;
+    let plain = stream(&plain_run)?;
+    let cpu_plain = CpuUse::of(&plain_run.samples());
     let mut ft_run = Run::start(&spec(guest, true, setup))?;
     let ft = stream(&ft_run)?;
     let samples = ft_run.samples();
@@ -205,6 +218,8 @@ pub fn network(guest: &str, setup: &Setup, duration: Duration) -> Result<Network
         log_mbit_per_s: sampled_mbit_per_s(&samples),
         ft,
         plain,
+        cpu_plain,
+        cpu_ft: CpuUse::of(&samples),
         samples,
     })
 }

@@ -12,6 +12,7 @@
 //! asserted: the goals are listed with what was measured against them.
 
 pub mod cgroup;
+pub mod cpu;
 mod markdown;
 pub mod measure;
 pub mod net;

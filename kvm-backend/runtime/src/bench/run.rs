@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::cpu::{self, ThreadCpu};
 use crate::error::CliError;
 use crate::machine::MachineKind;
 use crate::pair::{localhost_pair, log_tail, status_json, wait_for, write_config, PairConfigs, Scratch};
@@ -28,6 +29,9 @@ pub struct Sample {
     pub execution_lag_ms: f64,
     pub channel_bytes_sent: u64,
     pub cpu_share_percent: f64,
+    /// CPU time so far of the primary's and the backup's threads (None: not running, or gone).
+    pub primary_cpu: Option<ThreadCpu>,
+    pub backup_cpu: Option<ThreadCpu>,
 }
 
 /// Reads the status of `addr` every `SAMPLE_PERIOD` on a thread of its own until stopped.
@@ -37,14 +41,17 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn start(addr: Option<SocketAddr>, t0: Instant) -> Sampler {
+    fn start(addr: Option<SocketAddr>, pids: (u32, Option<u32>), t0: Instant) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut samples = Vec::new();
             while !stopping.load(Ordering::Relaxed) {
                 if let Some(status) = status_json(addr) {
+                    let (primary_cpu, backup_cpu) = (cpu::of_process(pids.0), pids.1.and_then(cpu::of_process));
                     samples.push(Sample {
+                        primary_cpu,
+                        backup_cpu,
                         at_ms: t0.elapsed().as_secs_f64() * 1e3,
                         execution_lag_ms: status["execution_lag_ms"].as_f64().unwrap_or(0.0),
                         channel_bytes_sent: status["channel_bytes_sent"].as_u64().unwrap_or(0),
@@ -110,17 +117,19 @@ impl Run {
             configs.a.startup_timeout_ms = Some(100);
         }
         let mut cgroup = None;
+        let mut backup_pid = None;
         if spec.ft {
             let b_path = write_config(&scratch.dir, "b", &configs.b)?;
             let pid = scratch.spawn_on("b", "backup", &b_path, spec.pin.then_some(BACKUP_CPU))?;
+            backup_pid = Some(pid);
             if let Some(percent) = spec.backup_cpu_percent {
                 cgroup = Some(super::cgroup::CpuLimit::apply(pid, percent)?);
             }
         }
         let a_path = write_config(&scratch.dir, "a", &configs.a)?;
-        scratch.spawn_on("a", "primary", &a_path, spec.pin.then_some(PRIMARY_CPU))?;
+        let primary_pid = scratch.spawn_on("a", "primary", &a_path, spec.pin.then_some(PRIMARY_CPU))?;
         let t0 = Instant::now();
-        let sampler = Some(Sampler::start(configs.a.status, t0));
+        let sampler = Some(Sampler::start(configs.a.status, (primary_pid, backup_pid), t0));
         let mut run = Run { scratch, configs, ft: spec.ft, t0, sampler, _cgroup: cgroup };
         run.wait_up(&spec.guest)?;
         Ok(run)
@@ -204,4 +213,31 @@ pub fn guest_run_ms(status: &serde_json::Value) -> Option<f64> {
     let start = status["guest_started_at_ms"].as_f64()?;
     let end = status["powered_off_at_ms"].as_f64()?;
     (end > start).then_some(end - start)
+}
+
+/// The share of one CPU each kind of thread used between the first and the last sample that saw the process.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CpuUse {
+    pub primary_runtime_percent: f64,
+    pub primary_vcpu_percent: f64,
+    pub backup_runtime_percent: f64,
+    pub backup_vcpu_percent: f64,
+}
+
+impl CpuUse {
+    pub fn of(samples: &[Sample]) -> CpuUse {
+        let share = |cpu: fn(&Sample) -> Option<ThreadCpu>| {
+            let seen: Vec<(f64, ThreadCpu)> = samples.iter().filter_map(|s| Some((s.at_ms, cpu(s)?))).collect();
+            match (seen.first(), seen.last()) {
+                (Some((t0, first)), Some((t1, last))) if t1 > t0 => {
+                    let used = last.since(first);
+                    (used.runtime_ms * 100.0 / (t1 - t0), used.vcpu_ms * 100.0 / (t1 - t0))
+                }
+                _ => (0.0, 0.0),
+            }
+        };
+        let (primary_runtime_percent, primary_vcpu_percent) = share(|s| s.primary_cpu);
+        let (backup_runtime_percent, backup_vcpu_percent) = share(|s| s.backup_cpu);
+        CpuUse { primary_runtime_percent, primary_vcpu_percent, backup_runtime_percent, backup_vcpu_percent }
+    }
 }

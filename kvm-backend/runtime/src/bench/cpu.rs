@@ -1,0 +1,91 @@
+//! CPU time of a node's threads, from /proc: where the time of a benchmark run goes (the runtime thread, which
+//! runs the protocol and all I/O, against the vCPU thread, which runs the guest).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// CPU time (user + system) by thread kind, in ms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ThreadCpu {
+    /// The runtime thread (protocol, channel, storage hand-off, status) and any helper threads.
+    pub runtime_ms: f64,
+    /// The vCPU thread: the guest's run, KVM exits included.
+    pub vcpu_ms: f64,
+}
+
+impl ThreadCpu {
+    /// `self - earlier`, for a window of a run.
+    pub fn since(&self, earlier: &ThreadCpu) -> ThreadCpu {
+        ThreadCpu { runtime_ms: self.runtime_ms - earlier.runtime_ms, vcpu_ms: self.vcpu_ms - earlier.vcpu_ms }
+    }
+}
+
+fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf takes no pointers.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// The name and CPU ticks (utime + stime) of one /proc stat line. The name is in parentheses and may hold spaces
+/// or parentheses itself, so the fields are counted from the last ')'.
+fn parse_stat(stat: &str) -> Option<(String, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_string();
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // After the name: state is field 3 of stat(5), utime 14 and stime 15, so indexes 11 and 12 here.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+/// The CPU time of process `pid`'s threads so far; None once the process is gone.
+pub fn of_process(pid: u32) -> Option<ThreadCpu> {
+    let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        if let Some((name, ticks)) = parse_stat(&stat) {
+            *by_name.entry(name).or_default() += ticks;
+        }
+    }
+    let ms_per_tick = 1e3 / clock_ticks_per_s();
+    let mut cpu = ThreadCpu::default();
+    for (name, ticks) in by_name {
+        if name.starts_with("ftvm-vcpu") {
+            cpu.vcpu_ms += ticks as f64 * ms_per_tick;
+        } else {
+            cpu.runtime_ms += ticks as f64 * ms_per_tick;
+        }
+    }
+    Some(cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_odd_names_parse() {
+        let line = "4242 (ftvm-vcpu (0)) S 1 2 3 4 5 6 7 8 9 10 250 17 0 0 20 0 3 0";
+        assert_eq!(parse_stat(line), Some(("ftvm-vcpu (0)".into(), 267)));
+        assert_eq!(parse_stat("4242 (x) S 1"), None, "too few fields");
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_has_spent_some_cpu() {
+        let mut spin = 0u64;
+        for i in 0..50_000_000u64 {
+            spin = spin.wrapping_add(i * i);
+        }
+        assert!(spin > 0);
+        let cpu = of_process(std::process::id()).expect("our own /proc entry");
+        assert!(cpu.runtime_ms > 0.0, "{cpu:?}");
+        assert!(of_process(u32::MAX).is_none());
+    }
+}
