@@ -35,7 +35,7 @@ impl Scratch {
     /// Like `spawn`, with the child (every thread of it) held to CPU `cpu`, if given: two nodes on CPUs of their
     /// own stand for two hosts.
     pub fn spawn_on(&mut self, name: &str, role: &str, config: &Path, cpu: Option<usize>) -> Result<u32, CliError> {
-        let exe = std::env::current_exe().map_err(|error| CliError::io("current executable", &error))?;
+        let exe = node_executable()?;
         let stderr = std::fs::File::create(self.dir.join(format!("{name}.log")))
             .map_err(|error| CliError::io("node log", &error))?;
         let mut command = Command::new(exe);
@@ -110,6 +110,22 @@ impl Drop for Scratch {
         if std::env::var_os("FTVM_KEEP_SCRATCH").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+static NODE_EXECUTABLE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Runs the nodes from `path` (an `ftvm` binary) instead of this process's own executable: for a program or a
+/// test that calls the demo or the benchmark as a library. The first call wins.
+pub fn use_node_executable(path: PathBuf) {
+    let _ = NODE_EXECUTABLE.set(path);
+}
+
+/// The binary the nodes run as: `ftvm` itself, unless [`use_node_executable`] said otherwise.
+fn node_executable() -> Result<PathBuf, CliError> {
+    match NODE_EXECUTABLE.get() {
+        Some(path) => Ok(path.clone()),
+        None => std::env::current_exe().map_err(|error| CliError::io("current executable", &error)),
     }
 }
 
