@@ -155,15 +155,40 @@ where
     G: Guest,
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
+    match run_until(host, &mut node, channel, entropy, |_| false).await {
+        Some(stopped) => stopped,
+        None => unreachable!("`until` never asked to return"),
+    }
+}
+
+/// Runs `node` until it stops (`Some`), or until `until` says the host has what it wanted (`None`): a recording
+/// whose load got its answers, a replay at the end of its file. `until` is asked at the top of every turn of the
+/// loop, before the guest's next run starts, so a node handed back with its guest not running is at an exit (or
+/// where a kick left it); it may act on the node (log a last checkpoint), whose actions then stay queued for the
+/// caller. Before returning, what was queued for the channel is written and the writer shut down,
+/// so the peer sees the end of the stream.
+pub async fn run_until<H, G, S>(
+    host: Rc<H>,
+    node: &mut Node<G>,
+    channel: Option<S>,
+    entropy: &mut dyn EntropySource,
+    mut until: impl FnMut(&mut Node<G>) -> bool,
+) -> Option<Stopped>
+where
+    H: Host,
+    G: Guest,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
     let mut channel_out: Option<mpsc::UnboundedSender<Frame>> = None;
+    let mut writer = None;
     let mut reader = None;
     if let Some(stream) = channel {
         let (read_half, write_half) = tokio::io::split(stream);
         reader = Some(read_half);
         let (tx, rx) = mpsc::unbounded_channel();
         channel_out = Some(tx);
-        tokio::task::spawn_local(write_frames(write_half, rx, done_tx.clone(), host.clone()));
+        writer = Some(tokio::task::spawn_local(write_frames(write_half, rx, done_tx.clone(), host.clone())));
     } else {
         node.handle_channel_closed(host.now_ns(), "no logging channel");
     }
@@ -179,11 +204,19 @@ where
     loop {
         let now_ns = host.now_ns();
         node.handle_timeout(now_ns);
+        if until(node) {
+            // The writer sends what is queued and shuts its side down once the sender is gone.
+            drop(channel_out);
+            if let Some(writer) = writer {
+                let _ = writer.await;
+            }
+            return None;
+        }
         if frames_waiting && node.wants_log() {
-            frames_waiting = match drain_messages(&host, &mut node, &mut decoder, now_ns) {
+            frames_waiting = match drain_messages(&host, node, &mut decoder, now_ns) {
                 Ok(waiting) => waiting,
                 Err(error) => {
-                    channel_lost(&host, &mut node, &mut reader, &mut channel_out, now_ns, &error.to_string());
+                    channel_lost(&host, node, &mut reader, &mut channel_out, now_ns, &error.to_string());
                     false
                 }
             };
@@ -194,14 +227,14 @@ where
         while let Some(action) = node.poll_action() {
             host.observe(now_ns, Observation::Action(&action));
             let channel = (&mut encoder, &mut channel_out, &mut reader, &mut linger);
-            perform(&host, &node, action, channel, &done_tx, &writes);
+            perform(&host, node, action, channel, &done_tx, &writes);
         }
         node.kick_guest_if_wanted();
         if let Some(stopped) = node.stopped() {
             if let Some(task) = linger.task.take() {
                 let _ = task.await;
             }
-            return stopped.clone();
+            return Some(stopped.clone());
         }
         let run_again_ns = (progress == Progress::Ran).then(|| now_ns + host.guest_slice_ns());
         let wake_ns = [run_again_ns, node.poll_timeout()].into_iter().flatten().min().unwrap_or(u64::MAX);
@@ -216,19 +249,19 @@ where
                             Ok(()) => "logging channel closed".to_string(),
                             Err(error) => error.to_string(),
                         };
-                        channel_lost(&host, &mut node, &mut reader, &mut channel_out, now_ns, &reason);
+                        channel_lost(&host, node, &mut reader, &mut channel_out, now_ns, &reason);
                     }
                     Ok(length) => {
                         decoder.feed(&buffer[..length]);
-                        match drain_messages(&host, &mut node, &mut decoder, now_ns) {
+                        match drain_messages(&host, node, &mut decoder, now_ns) {
                             Ok(waiting) => frames_waiting = waiting,
                             Err(error) => {
-                                channel_lost(&host, &mut node, &mut reader, &mut channel_out, now_ns, &error.to_string());
+                                channel_lost(&host, node, &mut reader, &mut channel_out, now_ns, &error.to_string());
                             }
                         }
                     }
                     Err(error) => {
-                        channel_lost(&host, &mut node, &mut reader, &mut channel_out, now_ns, &error.to_string());
+                        channel_lost(&host, node, &mut reader, &mut channel_out, now_ns, &error.to_string());
                     }
                 }
             }
@@ -250,7 +283,7 @@ where
                     Completion::Fenced(epoch, request) => node.handle_fenced(now_ns, epoch, request),
                     Completion::Arbiter(outcome) => node.handle_arbiter(now_ns, outcome),
                     Completion::ChannelWriteFailed(reason) => {
-                        channel_lost(&host, &mut node, &mut reader, &mut channel_out, now_ns, &reason);
+                        channel_lost(&host, node, &mut reader, &mut channel_out, now_ns, &reason);
                     }
                 }
             }

@@ -394,6 +394,11 @@ pub struct StreamEncoder {
 }
 
 impl StreamEncoder {
+    /// An encoder that goes on after `frames_sent` frames of another (a stream taken over by a new writer).
+    pub fn continuing(frames_sent: u64) -> StreamEncoder {
+        StreamEncoder { seq_next: frames_sent }
+    }
+
     pub fn encode(&mut self, message: &Message) -> Vec<u8> {
         let frame = encode(message, self.seq_next);
         self.seq_next += 1;

@@ -13,7 +13,7 @@
 //! (triple fault, MMIO access, emulation failure).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
 use ft::{Exit, Guest, GuestError, Position, StateHash};
@@ -82,6 +82,8 @@ struct Shared {
     /// Why the guest stopped for good (`Exit::Shutdown`), once it has.
     failure: Mutex<Option<String>>,
     target: Mutex<KickTarget>,
+    /// Runs a kick or an interrupt cut short between two exits.
+    runs_kicked: AtomicU64,
 }
 
 /// A handle on a running [`KvmGuest`] from outside the driver that owns it, and from any thread: it can kick the
@@ -153,6 +155,11 @@ impl GuestHandle {
     /// Whether the guest was kicked.
     pub fn kicked(&self) -> bool {
         self.shared.kicked.load(Ordering::SeqCst)
+    }
+
+    /// Runs that a kick or an interrupt cut short between two exits (`Exit::Kicked`), so far.
+    pub fn runs_kicked(&self) -> u64 {
+        self.shared.runs_kicked.load(Ordering::Relaxed)
     }
 
     /// Why the guest stopped for good (triple fault, MMIO, emulation failure, failed entry), once it has.
@@ -258,6 +265,7 @@ impl KvmGuest {
     /// vCPU is left as it was for anything but `run` (hashes, snapshots).
     fn kicked_out(&mut self) -> Exit {
         vcpu::set_immediate_exit(&mut self.vm.vcpu, 0);
+        self.shared.runs_kicked.fetch_add(1, Ordering::Relaxed);
         Exit::Kicked
     }
 

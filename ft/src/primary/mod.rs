@@ -171,6 +171,22 @@ impl<G: Guest> Primary<G> {
         Ok(())
     }
 
+    /// Whether a run of the guest goes on on its vCPU thread.
+    pub fn guest_running(&self) -> bool {
+        self.vm.running()
+    }
+
+    /// When the guest's timer fires next, if it is set: a guest without one, stopped at an exit and sent
+    /// nothing, waits for nothing that will come.
+    pub fn guest_timer_deadline_ns(&self) -> Option<u64> {
+        self.timer_deadline_ns
+    }
+
+    /// The guest powered off; the primary finishes its outputs and writes before it stops.
+    pub fn powering_off(&self) -> bool {
+        self.power_off.is_some()
+    }
+
     pub fn is_protected_or_connecting(&self) -> bool {
         !matches!(self.mode, Mode::Unprotected)
     }

@@ -17,6 +17,7 @@ pub mod pair;
 pub mod replay;
 pub mod report;
 pub mod session;
+mod session_host;
 pub mod status;
 pub mod storage;
 pub mod stream;

@@ -22,8 +22,11 @@ pub enum Workload {
 
 impl Workload {
     /// The load for corpus guest `guest` (by content): `count` requests for kv and kvq, frames for netrx and
-    /// nettx; None for a guest that takes no input.
+    /// nettx; None for a guest that takes no input, and for a count of 0 (no load: the guest idles).
     pub fn for_guest(guest: Option<&str>, count: u64, seed: u64) -> Option<Workload> {
+        if count == 0 {
+            return None;
+        }
         match guest? {
             "kv" | "kvq" => Some(Workload::Kv(KvWorkload::new(count, seed))),
             "netrx" => Some(Workload::NetRx(crate::stream::NetRxLoad::new(count))),

@@ -79,9 +79,11 @@ mod tests {
 
     #[test]
     fn this_process_has_spent_some_cpu() {
+        // Busy for a few clock ticks (10 ms each), in a way the optimiser cannot fold away.
+        let start = std::time::Instant::now();
         let mut spin = 0u64;
-        for i in 0..50_000_000u64 {
-            spin = spin.wrapping_add(i * i);
+        while start.elapsed() < std::time::Duration::from_millis(50) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
         }
         assert!(spin > 0);
         let cpu = of_process(std::process::id()).expect("our own /proc entry");
