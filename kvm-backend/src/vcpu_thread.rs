@@ -245,13 +245,28 @@ impl Drop for ThreadedGuest {
 /// (an inter-processor interrupt, which nested virtualisation makes dearer still).
 const SPIN_NS: u128 = 30_000;
 
-fn next_command(inbox: &Receiver<Command>) -> Option<Command> {
+/// Whether this thread may run on more than one CPU. Polling for the next command only pays when the runtime
+/// thread, which sends it, can run meanwhile on another CPU; on a process held to one CPU (a node pinned as a
+/// host of its own) the poll only takes that CPU from the runtime thread, and every exit costs the whole poll.
+fn other_cpus_available() -> bool {
+    // SAFETY: a zeroed cpu_set_t is a valid set for sched_getaffinity to fill, of the size we give; CPU_COUNT
+    // reads that set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return true;
+        }
+        libc::CPU_COUNT(&set) > 1
+    }
+}
+
+fn next_command(inbox: &Receiver<Command>, spin_ns: u128) -> Option<Command> {
     let start = std::time::Instant::now();
     loop {
         match inbox.try_recv() {
             Ok(command) => return Some(command),
             Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) if start.elapsed().as_nanos() < SPIN_NS => std::hint::spin_loop(),
+            Err(TryRecvError::Empty) if start.elapsed().as_nanos() < spin_ns => std::hint::spin_loop(),
             Err(TryRecvError::Empty) => return inbox.recv().ok(),
         }
     }
@@ -259,7 +274,8 @@ fn next_command(inbox: &Receiver<Command>) -> Option<Command> {
 
 /// The vCPU thread: applies the queued operations, does the work, reports, until the runtime side is dropped.
 fn serve(mut guest: KvmGuest, inbox: &Receiver<Command>, outbox: &Sender<Reply>, waker: &Waker) {
-    while let Some(Command { ops, work }) = next_command(inbox) {
+    let spin_ns = if other_cpus_available() { SPIN_NS } else { 0 };
+    while let Some(Command { ops, work }) = next_command(inbox, spin_ns) {
         for op in ops {
             match op {
                 Op::CompletePortIn(value) => guest.complete_port_in(value),
