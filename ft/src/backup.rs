@@ -67,6 +67,10 @@ pub struct Backup<G: Guest> {
     received: LogIndex,
     replayed: LogIndex,
     acked: (LogIndex, LogIndex),
+    /// The latest time the driver gave (replay itself knows no time), and when an ack last reported replay
+    /// progress: progress is reported at least every `REPLAY_ACK_NS`.
+    now_seen_ns: u64,
+    replay_acked_ns: u64,
     expect: Option<Expect>,
     /// Console and network outputs produced in replay and not yet confirmed released by the primary.
     unreleased: VecDeque<Output>,
@@ -80,8 +84,10 @@ pub struct Backup<G: Guest> {
 /// Bound on unconfirmed outputs kept for go-live; the primary's unacked-log bound keeps the real number far lower.
 const UNRELEASED_MAX: usize = 1 << 16;
 /// While entries wait for replay, the backup acknowledges replay progress (for the primary's execution lag)
-/// at least every this many replayed entries; receipt is acknowledged at once, as the Output Rule needs.
+/// at least every this many replayed entries, and at least every `REPLAY_ACK_NS` (a guest with sparse entries
+/// replays few in a long time); receipt is acknowledged at once, as the Output Rule needs.
 const REPLAY_ACK_ENTRIES: u64 = 64;
+pub const REPLAY_ACK_NS: u64 = 2_000_000;
 
 impl<G: Guest> Backup<G> {
     pub fn new(config: Config, guest: G, disk_sectors: u64, now_ns: u64) -> Backup<G> {
@@ -104,6 +110,8 @@ impl<G: Guest> Backup<G> {
             received: 0,
             replayed: 0,
             acked: (0, 0),
+            now_seen_ns: now_ns,
+            replay_acked_ns: now_ns,
             expect: None,
             unreleased: VecDeque::new(),
             released_seq: None,
@@ -308,6 +316,7 @@ impl<G: Guest> Backup<G> {
     }
 
     pub fn handle_timeout(&mut self, now_ns: u64) {
+        self.now_seen_ns = self.now_seen_ns.max(now_ns);
         // One heartbeat per interval however late this call (a burst would carry equal `sent_ms` values).
         if self.mode == Mode::Replaying && self.heartbeat_next_ns <= now_ns {
             self.heartbeat_next_ns = now_ns + self.config.heartbeat_interval_ms * NS_PER_MS;
@@ -376,7 +385,8 @@ impl<G: Guest> Backup<G> {
 
     // ---- replay -----------------------------------------------------------------------------------------------
 
-    pub fn run_guest(&mut self, _now_ns: u64) -> Progress {
+    pub fn run_guest(&mut self, now_ns: u64) -> Progress {
+        self.now_seen_ns = self.now_seen_ns.max(now_ns);
         if self.stopped.is_some() || self.vm.running() || matches!(self.mode, Mode::Listening { .. }) {
             return Progress::Idle;
         }
@@ -408,7 +418,8 @@ impl<G: Guest> Backup<G> {
     }
 
     /// Takes the result of a replay run on the vCPU thread, if it has ended.
-    pub fn guest_exited(&mut self, _now_ns: u64) -> Progress {
+    pub fn guest_exited(&mut self, now_ns: u64) -> Progress {
+        self.now_seen_ns = self.now_seen_ns.max(now_ns);
         let Some(result) = self.vm.finish_run() else { return Progress::Running };
         match self.after_run(result) {
             Ok(_) => Progress::Ran,
@@ -631,9 +642,14 @@ impl<G: Guest> Backup<G> {
         let receipt = self.received > received_acked;
         // Replay progress matters for the execution lag: say when the buffer drained, and now and then before.
         let replay = self.replayed > replayed_acked
-            && (self.buffer.is_empty() || self.replayed - replayed_acked >= REPLAY_ACK_ENTRIES);
+            && (self.buffer.is_empty()
+                || self.replayed - replayed_acked >= REPLAY_ACK_ENTRIES
+                || self.now_seen_ns >= self.replay_acked_ns + REPLAY_ACK_NS);
         let paired = matches!(self.mode, Mode::Replaying | Mode::Arbitrating { .. });
         if self.actions.is_empty() && paired && (receipt || replay) {
+            if self.replayed > replayed_acked {
+                self.replay_acked_ns = self.now_seen_ns;
+            }
             self.acked = (self.received, self.replayed);
             self.actions.push_back(Action::Send(Message::Ack {
                 received: self.received,
@@ -648,7 +664,11 @@ impl<G: Guest> Backup<G> {
         match self.mode {
             Mode::Listening { deadline_ns } => Some(deadline_ns),
             Mode::Replaying => {
-                Some(self.heartbeat_next_ns.min(self.detector.deadline_ns()).min(self.channel_detector.deadline_ns()))
+                // Replay progress not yet reported is, at the latest, when `REPLAY_ACK_NS` has passed.
+                let progress =
+                    if self.replayed > self.acked.1 { self.replay_acked_ns + REPLAY_ACK_NS } else { u64::MAX };
+                let detectors = self.detector.deadline_ns().min(self.channel_detector.deadline_ns());
+                Some(self.heartbeat_next_ns.min(detectors).min(progress))
             }
             Mode::Arbitrating { retry_at_ns } => retry_at_ns,
             Mode::GoingLive { .. } | Mode::Draining => None,

@@ -437,3 +437,49 @@ fn a_primary_says_goodbye_once_however_often_it_is_polled() {
     let goodbyes = sent(&actions).into_iter().filter(|m| matches!(m, Message::Goodbye { .. })).count();
     assert_eq!(goodbyes, 1, "{actions:?}");
 }
+
+/// Found by `ftvm bench` (a backup held to half a CPU, the `cpu` guest, one entry every 4 ms): a backup with
+/// entries waiting acknowledged replay progress only every 64 entries or when its buffer drained, so for a guest
+/// with sparse entries the primary heard nothing of the replay for a quarter of a second, saw its execution lag
+/// grow by a millisecond per millisecond, and throttled its guest to 5 % while the backup was in fact catching
+/// up. Replay progress must be reported within `REPLAY_ACK_NS` however few entries it covers.
+#[test]
+fn replay_progress_is_acknowledged_in_time_while_entries_still_wait() {
+    let console = Exit::PortOut { port: abi::CONSOLE_WRITE, size: 4, value: 0x100 };
+    let script = || {
+        let mut script = Script::new(std::iter::repeat_n(console, 8));
+        script.put_buffer(0x100, b"hi\n");
+        script
+    };
+    let one_exit_slices = Config { slice_exits_max: 1, ..config() };
+    let mut primary = Node::Primary(Box::new(Primary::new(one_exit_slices.clone(), script(), 64, 1, 0)));
+    drain(&mut primary);
+    primary.handle_message(1, Message::Welcome { pair_id: 3, epoch: 1 });
+    let mut log = Vec::new();
+    for step in 0..8 {
+        primary.run_guest(2 + step, &mut Zero);
+        log.extend(log_of(&drain(&mut primary)));
+    }
+    assert_eq!(log.len(), 8, "{log:?}");
+    let mut backup = backup_with(one_exit_slices, script());
+    for message in log {
+        backup.handle_message(2 * MS, message);
+    }
+    let mut acks = sent(&drain(&mut backup));
+    // One entry replayed per slice, a slice every REPLAY_ACK_NS: the buffer never drains in the first slices.
+    for slice in 1..=3 {
+        let now_ns = 2 * MS + slice * ft::backup::REPLAY_ACK_NS;
+        backup.handle_timeout(now_ns);
+        backup.run_guest(now_ns, &mut Zero);
+        acks.extend(sent(&drain(&mut backup)));
+    }
+    let progress: Vec<u64> = acks
+        .iter()
+        .filter_map(|message| match message {
+            Message::Ack { received: 8, replayed, .. } if *replayed < 8 => Some(*replayed),
+            _ => None,
+        })
+        .filter(|replayed| *replayed > 0)
+        .collect();
+    assert!(progress.len() >= 2, "progress reported while entries wait: {acks:?}");
+}

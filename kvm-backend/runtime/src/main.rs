@@ -266,6 +266,9 @@ enum Command {
         /// The backup's CPU limit in the slow-backup run, in percent of one CPU (50: twice as slow).
         #[arg(long, value_name = "PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(5..=100))]
         slow_backup_cpu_percent: u32,
+        /// The lag throttle's target in the slow-backup run (default: the nodes' default).
+        #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+        lag_target_ms: Option<u64>,
         /// Let primary, backup and clients share every CPU, instead of the primary on CPU 0 and the backup and
         /// clients on CPU 1 (two hosts, as far as one machine goes).
         #[arg(long)]
@@ -448,7 +451,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
                 Err(CliError::CheckFailed("report-failover: a trial failed its checks".into()))
             }
         }
-        Command::Bench { out, json, seed, duration_ms, trials, slow_backup_cpu_percent, no_pin } => {
+        Command::Bench { out, json, seed, duration_ms, trials, slow_backup_cpu_percent, lag_target_ms, no_pin } => {
             let options = cli::bench::BenchOptions {
                 kvm_path,
                 out: out.clone(),
@@ -457,6 +460,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
                 failover_trials: trials,
                 replay_frames: 5_000,
                 slow_backup_cpu_percent,
+                lag_target_ms,
                 pin: !no_pin,
             };
             let report = cli::bench::run(&options)?;

@@ -109,20 +109,24 @@ fn render_cpu(out: &mut String, report: &BenchReport) {
         "Share of one CPU used by each thread over the run, non-FT / FT (runtime: the protocol and all I/O; vCPU: \
          the guest and its exits).\n"
     );
-    let _ = writeln!(out, "| workload | primary runtime | primary vCPU | backup runtime | backup vCPU |");
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| workload | primary runtime | primary vCPU | backup runtime | backup vCPU | lowest CPU share (throttle) |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
     let rows = report.table1.iter().map(|row| (&row.guest, &row.cpu_plain, &row.cpu_ft));
     let rows = rows.chain(report.table2.iter().map(|row| (&row.guest, &row.cpu_plain, &row.cpu_ft)));
     for (guest, plain, ft) in rows {
         let _ = writeln!(
             out,
-            "| {guest} | {:.0} % / {:.0} % | {:.0} % / {:.0} % | - / {:.0} % | - / {:.0} % |",
+            "| {guest} | {:.0} % / {:.0} % | {:.0} % / {:.0} % | - / {:.0} % | - / {:.0} % | {:.0} % |",
             plain.primary_runtime_percent,
             ft.primary_runtime_percent,
             plain.primary_vcpu_percent,
             ft.primary_vcpu_percent,
             ft.backup_runtime_percent,
-            ft.backup_vcpu_percent
+            ft.backup_vcpu_percent,
+            ft.cpu_share_min_percent
         );
     }
 }

@@ -44,6 +44,8 @@ pub struct BenchOptions {
     pub replay_frames: u64,
     /// The backup's CPU limit in the slow-backup run (a percentage of one CPU).
     pub slow_backup_cpu_percent: u32,
+    /// The throttle's lag target in the slow-backup run (the node's default if None).
+    pub lag_target_ms: Option<u64>,
     /// Primary on CPU 0, backup and clients on CPU 1 (two hosts), where the machine has two CPUs or more.
     pub pin: bool,
 }
@@ -186,7 +188,7 @@ fn loaded_runs(options: &BenchOptions, setup: &measure::Setup) -> Result<LoadedR
     say("the Output Rule's latency: kv, one client, one request at a time");
     let latency = measure::latency("kv", setup, duration)?;
     say(&format!("lag: cpu with its backup held to {} % of a CPU", options.slow_backup_cpu_percent));
-    let slow_backup = measure::slow_backup("cpu", setup, options.slow_backup_cpu_percent, None)?;
+    let slow_backup = measure::slow_backup("cpu", setup, options.slow_backup_cpu_percent, options.lag_target_ms)?;
     Ok((table1, table2, latency, slow_backup))
 }
 

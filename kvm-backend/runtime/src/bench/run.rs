@@ -218,6 +218,8 @@ pub fn guest_run_ms(status: &serde_json::Value) -> Option<f64> {
 /// The share of one CPU each kind of thread used between the first and the last sample that saw the process.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CpuUse {
+    /// The lowest CPU share the primary's lag throttle left the guest (100: never throttled).
+    pub cpu_share_min_percent: f64,
     pub primary_runtime_percent: f64,
     pub primary_vcpu_percent: f64,
     pub backup_runtime_percent: f64,
@@ -238,6 +240,13 @@ impl CpuUse {
         };
         let (primary_runtime_percent, primary_vcpu_percent) = share(|s| s.primary_cpu);
         let (backup_runtime_percent, backup_vcpu_percent) = share(|s| s.backup_cpu);
-        CpuUse { primary_runtime_percent, primary_vcpu_percent, backup_runtime_percent, backup_vcpu_percent }
+        let cpu_share_min_percent = samples.iter().map(|sample| sample.cpu_share_percent).fold(100.0, f64::min);
+        CpuUse {
+            cpu_share_min_percent,
+            primary_runtime_percent,
+            primary_vcpu_percent,
+            backup_runtime_percent,
+            backup_vcpu_percent,
+        }
     }
 }
