@@ -168,6 +168,7 @@ impl<G: Guest> Backup<G> {
     // ---- inputs from the driver -------------------------------------------------------------------------------
 
     pub fn handle_message(&mut self, now_ns: u64, message: Message) {
+        self.now_seen_ns = self.now_seen_ns.max(now_ns);
         if self.stopped.is_some() || matches!(self.mode, Mode::GoingLive { .. } | Mode::Draining) {
             return;
         }

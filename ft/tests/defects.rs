@@ -483,3 +483,65 @@ fn replay_progress_is_acknowledged_in_time_while_entries_still_wait() {
         .collect();
     assert!(progress.len() >= 2, "progress reported while entries wait: {acks:?}");
 }
+
+/// The timing of replay-progress acks (mutation testing found both unchecked): progress waits at most
+/// `REPLAY_ACK_NS` after the last report of progress, the backup asks to be woken for it, and an ack that reports
+/// only receipt does not restart that wait.
+#[test]
+fn replay_progress_waits_at_most_replay_ack_ns_after_the_last_progress_report() {
+    let console = Exit::PortOut { port: abi::CONSOLE_WRITE, size: 4, value: 0x100 };
+    let script = || {
+        let mut script = Script::new(std::iter::repeat_n(console, 8));
+        script.put_buffer(0x100, b"hi\n");
+        script
+    };
+    let one_exit_slices = Config { slice_exits_max: 1, ..config() };
+    let mut primary = Node::Primary(Box::new(Primary::new(one_exit_slices.clone(), script(), 64, 1, 0)));
+    drain(&mut primary);
+    primary.handle_message(1, Message::Welcome { pair_id: 3, epoch: 1 });
+    let mut log = Vec::new();
+    for step in 0..8 {
+        primary.run_guest(2 + step, &mut Zero);
+        log.extend(log_of(&drain(&mut primary)));
+    }
+    let mut backup = backup_with(one_exit_slices, script());
+    let (first, rest) = log.split_at(4);
+    for message in first.iter().cloned() {
+        backup.handle_message(2 * MS, message);
+    }
+    drain(&mut backup);
+    let replayed_in = |acks: &[Message]| {
+        acks.iter()
+            .filter_map(|m| match m {
+                Message::Ack { replayed, .. } => Some(*replayed),
+                _ => None,
+            })
+            .max()
+    };
+    let step = ft::backup::REPLAY_ACK_NS;
+    // One exit per slice: a slice replays the entry of the last exit and runs to the next.
+    backup.run_guest(10 * MS, &mut Zero);
+    let first_ns = 10 * MS + step / 20;
+    backup.run_guest(first_ns, &mut Zero);
+    assert_eq!(replayed_in(&sent(&drain(&mut backup))), Some(1), "the first progress is reported at once");
+    backup.run_guest(first_ns + step / 4, &mut Zero);
+    backup.handle_timeout(first_ns + step / 4);
+    assert_eq!(replayed_in(&sent(&drain(&mut backup))), None, "not again within REPLAY_ACK_NS");
+    // Heartbeats and failure detection wake the backup later than that: the progress must have its own wake-up.
+    let due = backup.poll_timeout().expect("a deadline");
+    assert!(due <= first_ns + step, "woken for the progress by {}, not {due}", first_ns + step);
+    // New entries arrive: their receipt is acknowledged with the progress so far, which restarts the wait...
+    let reported_ns = first_ns + step / 2;
+    backup.handle_message(reported_ns, rest[0].clone());
+    assert_eq!(replayed_in(&sent(&drain(&mut backup))), Some(2));
+    // ...but a receipt alone, with no new progress in it, does not.
+    let receipt_ns = reported_ns + step * 9 / 10;
+    backup.handle_message(receipt_ns, rest[1].clone());
+    assert_eq!(replayed_in(&sent(&drain(&mut backup))), Some(2), "a receipt-only ack");
+    backup.run_guest(reported_ns + step + step / 20, &mut Zero);
+    assert_eq!(
+        replayed_in(&sent(&drain(&mut backup))),
+        Some(3),
+        "REPLAY_ACK_NS since the last report of progress has passed: reported at once"
+    );
+}

@@ -15,12 +15,14 @@ fn cpu_guest_computes_its_result_and_powers_off() {
     let stop = bench.run(10_000).expect("runs");
     let elapsed = start.elapsed();
     assert_eq!(stop, Stop::PowerOff(0), "console: {}", bench.console_text());
+    // The guest also says how many of its timer's ticks it saw: that depends on how fast this host ran it.
     let expected = format!(
-        "cpu: start\ncpu: iterations={} result={:#018x}\n",
+        "cpu: start\ncpu: iterations={} result={:#018x} ticks-seen=",
         corpus::CPU_ITERATIONS,
         corpus::cpu_result(corpus::CPU_ITERATIONS)
     );
-    assert_eq!(bench.console_text(), expected);
+    let console = bench.console_text();
+    assert!(console.starts_with(&expected) && console.ends_with('\n'), "{console:?}");
     let yields =
         bench.trace.iter().filter(|entry| matches!(entry.exit, ft::Exit::PortOut { port: ft::abi::YIELD, .. }));
     assert_eq!(yields.count() as u64, corpus::CPU_ITERATIONS / corpus::CPU_YIELD_EVERY);

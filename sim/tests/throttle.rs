@@ -54,3 +54,21 @@ fn without_the_throttle_the_same_backup_falls_seconds_behind() {
     eprintln!("unthrottled: lag p99 {p99} ms");
     assert!(p99 > 1_000, "lag p99 {p99} ms: the backup kept up without a throttle, so the test above proves nothing");
 }
+
+/// The guest's progress in a run: the console lines it printed (the timer guest prints one every 100 ticks).
+fn progress(report: &Report) -> usize {
+    report.trace.iter().filter(|line| line.contains("console #")).count()
+}
+
+/// A throttle that bounds the lag by starving the guest would pass the test above: the guest must keep going at
+/// about the backup's pace, which for a backup twice as slow is half the unthrottled progress. (A controller that
+/// compounded its cuts while the lag still rose, because of the backlog written before them, oscillated down to
+/// its floor: 36 % of the unthrottled progress; the pace-matching one makes 40 %.)
+#[test]
+fn the_throttled_guest_keeps_about_the_backup_s_pace() {
+    let throttled = progress(&slow_backup(1, 50));
+    let free = progress(&slow_backup(1, 24 * 3600 * 1000));
+    eprintln!("progress: throttled {throttled}, unthrottled {free} console lines");
+    assert!(free >= 20, "the unthrottled guest ran: {free}");
+    assert!(throttled * 100 >= free * 38, "throttled {throttled} against {free}: under 38 % of the free pace");
+}

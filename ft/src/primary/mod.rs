@@ -176,10 +176,10 @@ impl<G: Guest> Primary<G> {
         self.vm.running()
     }
 
-    /// When the guest's timer fires next, if it is set: a guest without one, stopped at an exit and sent
-    /// nothing, waits for nothing that will come.
-    pub fn guest_timer_deadline_ns(&self) -> Option<u64> {
-        self.timer_deadline_ns
+    /// Whether the guest waits for an interrupt (it halted) and nothing can raise one by itself: no timer is set
+    /// and no disk request is in flight. Only something from outside (a frame) can wake it.
+    pub fn guest_waits_for_the_outside(&self) -> bool {
+        self.vm.halted && self.timer_deadline_ns.is_none() && self.scheduler.is_idle()
     }
 
     /// The guest powered off; the primary finishes its outputs and writes before it stops.

@@ -7,6 +7,8 @@
 //! `share` of each period (a run on a vCPU thread that goes on past it is kicked). Sans-IO like the rest: time
 //! comes in as `now_ns`, and `next_change_ns` tells the driver when to look again.
 
+use std::collections::VecDeque;
+
 use crate::config::{Config, NS_PER_MS};
 
 /// The full share.
@@ -31,7 +33,13 @@ pub struct Throttle {
     /// The lag at the last adjustment, and its growth per period (smoothed), for its trend.
     lag_before_ns: u64,
     growth_ns: i64,
+    /// The share in effect from each time on, oldest first (bounded): the backup replays now what the guest
+    /// ran a lag ago, at the share of then.
+    history: VecDeque<(u64, u64)>,
 }
+
+/// Changes of the share remembered, for looking up the share a lag ago.
+const HISTORY_MAX: usize = 256;
 
 impl Throttle {
     pub fn new(config: &Config, now_ns: u64) -> Throttle {
@@ -43,6 +51,7 @@ impl Throttle {
             now_ns,
             lag_before_ns: 0,
             growth_ns: 0,
+            history: VecDeque::from([(now_ns, SHARE_FULL_PERMILLE)]),
         }
     }
 
@@ -64,31 +73,62 @@ impl Throttle {
         // Rising: half way to the target and growing by more than a twentieth of a period per period (a backup
         // at least 5 % slower than the log's pace); less is jitter of a backup that keeps up.
         let rising = self.growth_ns > (self.period_ns / RISING_PACE_DIVISOR) as i64 && lag_ns > self.lag_target_ns / 2;
-        if lag_ns > self.lag_target_ns || rising {
-            cov_mark::hit!(throttle_lowers_the_share);
-            // A lag that grows by g per period of P means the backup replays at (P - g) / P of the pace the log
-            // was written at: match it at once (the lag still grows meanwhile, since the backlog was written at
-            // the old pace, so waiting for the target to act overshoots it by the whole backlog). Above the
-            // target, take a quarter more off to drain it; far above, half.
-            let pace = if self.growth_ns > 0 {
-                (self.period_ns as i64 - self.growth_ns).max(self.period_ns as i64 / 4) as u64 * 1_000 / self.period_ns
-            } else {
-                1_000
-            };
-            let kept = match lag_ns {
-                lag if lag > 2 * self.lag_target_ns => 500,
-                lag if lag > self.lag_target_ns => 750,
-                _ => 1_000,
-            };
-            self.share_permille = (self.share_permille * pace / 1_000 * kept / 1_000).max(SHARE_MIN_PERMILLE);
-        } else if lag_ns < self.lag_target_ns / 2 && self.growth_ns <= 0 {
-            self.share_permille = (self.share_permille + SHARE_STEP_UP_PERMILLE).min(SHARE_FULL_PERMILLE);
+        // The backup replays now what the guest ran a lag ago, at the share of then; in a period of P it got
+        // through P - g of it while the lag grew by g. So its pace, as a share of the guest's full speed:
+        let then_permille = self.share_at(now_ns.saturating_sub(lag_ns));
+        let period = self.period_ns as i64;
+        let replayed_ns = (period - self.growth_ns).clamp(period / 4, 2 * period) as u64;
+        let pace_permille = then_permille * replayed_ns / self.period_ns;
+        let limit = if lag_ns > 2 * self.lag_target_ns {
+            // Far above the target: half the backup's pace, to drain it fast.
+            Some(pace_permille / 2)
+        } else if lag_ns > self.lag_target_ns {
+            // Above it: a quarter under the pace, to drain it.
+            Some(pace_permille * 3 / 4)
+        } else if rising {
+            // Half way and rising: the backup's pace at once (waiting for the target overshoots it by the whole
+            // backlog written meanwhile at the old pace).
+            Some(pace_permille)
+        } else {
+            None
+        };
+        let share = match limit {
+            Some(limit) if limit < self.share_permille => {
+                cov_mark::hit!(throttle_lowers_the_share);
+                limit.max(SHARE_MIN_PERMILLE)
+            }
+            Some(_) => self.share_permille,
+            None if lag_ns < self.lag_target_ns / 2 && self.growth_ns <= 0 => {
+                (self.share_permille + SHARE_STEP_UP_PERMILLE).min(SHARE_FULL_PERMILLE)
+            }
+            None => self.share_permille,
+        };
+        if share != self.share_permille {
+            self.share_permille = share;
+            if self.history.len() == HISTORY_MAX {
+                self.history.pop_front();
+            }
+            self.history.push_back((now_ns, share));
         }
     }
 
-    /// No backup to wait for: the full share, at once.
+    /// The share in effect at `at_ns` (the oldest remembered, for a time before it).
+    fn share_at(&self, at_ns: u64) -> u64 {
+        let mut share = self.history.front().map_or(SHARE_FULL_PERMILLE, |(_, share)| *share);
+        for (since_ns, permille) in &self.history {
+            if *since_ns > at_ns {
+                break;
+            }
+            share = *permille;
+        }
+        share
+    }
+
+    /// No backup to wait for: the full share, at once, and a history that starts again from it.
     pub fn release(&mut self) {
         self.share_permille = SHARE_FULL_PERMILLE;
+        self.history.clear();
+        self.history.push_back((self.now_ns, SHARE_FULL_PERMILLE));
     }
 
     fn running_part_end_ns(&self) -> u64 {
@@ -125,7 +165,8 @@ mod tests {
         Throttle::new(&Config { throttle_period_ms: 10, lag_target_ms: 40, ..Config::default() }, 0)
     }
 
-    /// A throttle that has seen `lag_ms` for long enough that its trend is flat, at the full share again.
+    /// A throttle that has seen `lag_ms` for long enough that its trend is flat, back at the full share with a
+    /// history that starts there; and the next period's start.
     fn settled_at(lag_ms: u64) -> (Throttle, u64) {
         let mut throttle = throttle();
         let mut period = 1;
@@ -134,21 +175,25 @@ mod tests {
             period += 1;
         }
         throttle.release();
-        (throttle, period)
+        (throttle, period * 10 * MS)
     }
 
     #[test]
-    fn a_steady_lag_above_the_target_takes_a_quarter_off_far_above_it_half() {
-        let (mut throttle, period) = settled_at(50);
-        throttle.tick(period * 10 * MS, 50 * MS);
-        assert_eq!(throttle.share_permille(), 750, "just above the target: a quarter off");
-        throttle.tick(period * 10 * MS + 5 * MS, 50 * MS);
+    fn above_the_target_the_share_goes_under_the_backup_s_pace_once_per_lag() {
+        let (mut throttle, start) = settled_at(50);
+        throttle.tick(start, 50 * MS);
+        assert_eq!(throttle.share_permille(), 750, "above the target: a quarter under the pace");
+        throttle.tick(start + 5 * MS, 50 * MS);
         assert_eq!(throttle.share_permille(), 750, "once per period");
-        let (mut throttle, period) = settled_at(90);
-        throttle.tick(period * 10 * MS, 90 * MS);
-        assert_eq!(throttle.share_permille(), 500, "far above the target: half");
-        for later in 1..40 {
-            throttle.tick((period + later) * 10 * MS, 90 * MS);
+        throttle.tick(start + 10 * MS, 50 * MS);
+        assert_eq!(throttle.share_permille(), 750, "what the backup replays now ran before the cut: no second cut");
+        throttle.tick(start + 60 * MS, 50 * MS);
+        assert_eq!(throttle.share_permille(), 562, "a lag later, the entries of the cut share are replayed");
+        let (mut throttle, start) = settled_at(90);
+        throttle.tick(start, 90 * MS);
+        assert_eq!(throttle.share_permille(), 500, "far above the target: half the pace");
+        for period in 1..400 {
+            throttle.tick(start + period * 10 * MS, 1_000 * MS);
         }
         assert_eq!(throttle.share_permille(), SHARE_MIN_PERMILLE, "never below the floor");
     }
@@ -156,23 +201,21 @@ mod tests {
     #[test]
     fn a_flat_lag_at_the_target_or_at_half_of_it_holds_the_share_and_a_small_one_raises_it() {
         for held_ms in [40, 20, 30] {
-            let (mut throttle, period) = settled_at(held_ms);
-            throttle.tick(period * 10 * MS, held_ms * MS);
+            let (mut throttle, start) = settled_at(held_ms);
+            throttle.tick(start, held_ms * MS);
             assert_eq!(throttle.share_permille(), SHARE_FULL_PERMILLE, "{held_ms} ms: held");
         }
-        let (mut throttle, period) = settled_at(50);
-        throttle.tick(period * 10 * MS, 50 * MS);
-        throttle.tick((period + 1) * 10 * MS, 50 * MS);
-        assert_eq!(throttle.share_permille(), 562);
+        let (mut throttle, start) = settled_at(50);
+        throttle.tick(start, 50 * MS);
+        assert_eq!(throttle.share_permille(), 750);
         // Below half the target and not rising: raised a step per period.
-        throttle.tick((period + 2) * 10 * MS, 19 * MS);
-        assert_eq!(throttle.share_permille(), 562 + SHARE_STEP_UP_PERMILLE);
+        throttle.tick(start + 10 * MS, 19 * MS);
+        assert_eq!(throttle.share_permille(), 750 + SHARE_STEP_UP_PERMILLE);
         // Back above half the target, not rising: held.
-        throttle.tick((period + 3) * 10 * MS, 19 * MS + 5 * MS);
-        assert_eq!(throttle.share_permille(), 562 + SHARE_STEP_UP_PERMILLE, "rising: held");
-        let later = period + 4;
-        for step in 1..100 {
-            throttle.tick((later + step) * 10 * MS, 0);
+        throttle.tick(start + 20 * MS, 24 * MS);
+        assert_eq!(throttle.share_permille(), 750 + SHARE_STEP_UP_PERMILLE, "held");
+        for period in 3..100 {
+            throttle.tick(start + period * 10 * MS, 0);
         }
         assert_eq!(throttle.share_permille(), SHARE_FULL_PERMILLE, "never above full");
     }
@@ -190,17 +233,24 @@ mod tests {
         throttle.tick(50 * MS, 25 * MS);
         let share = throttle.share_permille();
         assert!((450..=550).contains(&share), "about half: {share}");
-        // The same growth with the lag below half the target does nothing; a growth of under a twentieth of a
-        // period per period is jitter, even half way.
-        let (mut slow, period) = settled_at(21);
-        slow.tick(period * 10 * MS, 21 * MS + MS / 4);
+        // A growth of under a twentieth of a period per period is jitter, even half way.
+        let (mut slow, start) = settled_at(21);
+        slow.tick(start, 21 * MS + MS / 4);
         assert_eq!(slow.share_permille(), SHARE_FULL_PERMILLE, "jitter");
     }
 
     #[test]
+    fn the_share_a_lag_ago_is_the_one_in_effect_then() {
+        let (mut throttle, start) = settled_at(50);
+        throttle.tick(start, 50 * MS);
+        assert_eq!(throttle.share_at(start - 1), SHARE_FULL_PERMILLE);
+        assert_eq!(throttle.share_at(start), 750);
+        assert_eq!(throttle.share_at(0), SHARE_FULL_PERMILLE, "before the history: its oldest share");
+    }
+
+    #[test]
     fn the_guest_runs_in_the_first_share_of_each_period_only() {
-        let (mut throttle, period) = settled_at(50);
-        let start = period * 10 * MS;
+        let (mut throttle, start) = settled_at(50);
         assert!(throttle.may_run());
         assert_eq!(throttle.next_change_ns(), None, "no wake-ups at the full share");
         throttle.tick(start, 50 * MS);

@@ -21,6 +21,7 @@ use ft::kv::KEYS;
 use serde::Serialize;
 
 use crate::error::CliError;
+use crate::figures::percentile;
 use crate::load::{self, Client, History, Load};
 use crate::machine::{self, splitmix};
 use crate::pair::{localhost_pair, log_tail, status_json, wait_for, write_config, Scratch, GUEST};
@@ -704,13 +705,6 @@ pub fn run(options: &DemoOptions, json: bool) -> Result<bool, CliError> {
         );
     }
     Ok(!trials.iter().any(Trial::failed))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn failover_line(mode: FailureMode, trials: &[Trial]) -> String {

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod figures;
 pub mod load;
 pub mod machine;
 pub mod node;

@@ -264,7 +264,7 @@ enum Command {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
         trials: u32,
         /// The backup's CPU limit in the slow-backup run, in percent of one CPU (50: twice as slow).
-        #[arg(long, value_name = "PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(5..=100))]
+        #[arg(long, value_name = "PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(10..=100))]
         slow_backup_cpu_percent: u32,
         /// The lag throttle's target in the slow-backup run (default: the nodes' default).
         #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
@@ -333,7 +333,8 @@ enum Command {
 fn describe(name: &str) -> &'static str {
     match name {
         "cpu" => {
-            "CPU-bound: 2^28 iterations of an integer hash at CPL3, a yield every 2^21; prints the result, powers off"
+            "CPU-bound: 2^28 iterations of an integer hash at CPL3 with a 1 ms timer, a yield every 2^21; prints the \
+             result, powers off"
         }
         "kv" => "key-value service over the network device, persisted on the disk; idles until requests come",
         "kvq" => "the same service with eight requests in flight: overlapping disk IO, reads checked against writes",

@@ -35,12 +35,15 @@ impl Scratch {
     /// Like `spawn`, with the child (every thread of it) held to CPU `cpu`, if given: two nodes on CPUs of their
     /// own stand for two hosts.
     pub fn spawn_on(&mut self, name: &str, role: &str, config: &Path, cpu: Option<usize>) -> Result<u32, CliError> {
+        if cpu.is_some_and(|cpu| cpu >= libc::CPU_SETSIZE as usize) {
+            return Err(CliError::Usage(format!("no CPU {cpu:?} to pin the {role} to")));
+        }
         let exe = node_executable()?;
         let stderr = std::fs::File::create(self.dir.join(format!("{name}.log")))
             .map_err(|error| CliError::io("node log", &error))?;
         let mut command = Command::new(exe);
         // SAFETY: prctl and sched_setaffinity are async-signal-safe system calls on the child itself, and touch
-        // nothing of the parent's state.
+        // nothing of the parent's state; `pin_to` allocates only for a CPU out of range, refused above.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
                 // The nodes die with the demo, even if the demo itself is killed.
@@ -131,8 +134,12 @@ fn node_executable() -> Result<PathBuf, CliError> {
 
 /// Holds the calling thread (and the threads it starts afterwards) to CPU `cpu`.
 pub fn pin_to(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside it (cpu is bounds-checked by the macro's
-    // implementation against the set's size); sched_setaffinity reads the set we pass, of the size we give.
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("no CPU {cpu}")));
+    }
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes the bit of `cpu`, which is below CPU_SETSIZE
+    // (checked above), inside it; sched_setaffinity reads the set we pass, of the size we give. No allocation and
+    // no panic: this runs between fork and exec too.
     let result = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
@@ -142,6 +149,14 @@ pub fn pin_to(cpu: usize) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The first two CPUs this process may run on (a primary's and a backup's, as two hosts), if it may run on two.
+pub fn two_cpus() -> Option<(usize, usize)> {
+    let set = affinity().ok()?;
+    // SAFETY: CPU_ISSET reads the bit of a CPU below CPU_SETSIZE in a set we own.
+    let mut allowed = (0..libc::CPU_SETSIZE as usize).filter(|cpu| unsafe { libc::CPU_ISSET(*cpu, &set) });
+    Some((allowed.next()?, allowed.next()?))
 }
 
 /// The calling thread's CPU affinity, to put back with [`restore_affinity`].

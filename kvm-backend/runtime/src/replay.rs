@@ -24,12 +24,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::error::CliError;
 use crate::machine::{self, GuestImage};
 use crate::tap::ConsoleTap;
+use crate::timer::WallClock;
 
 /// Longest sleep of the replay's driver: `run_until` asks whether replay is done at least this often.
 const LOOK_PERIOD: Duration = Duration::from_millis(10);
-/// A replay that has all of the file and has not moved for this long is stuck: the log ends before the guest
-/// does what it says.
-const STUCK_FOR: Duration = Duration::from_millis(200);
 /// Bytes handed to the driver per read of the file.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// The recording's "primary" cannot fail: the backup must never give up on it.
@@ -172,14 +170,13 @@ pub fn run(options: ReplayOptions) -> Result<ReplayResult, CliError> {
     let mut bytes = bytes;
     bytes.truncate(log.channel_bytes);
     let channel = LogStream { bytes, at: 0, fed: host.fed.clone() };
-    let stuck = STUCK_FOR.as_nanos() as u64;
     let entries = log.checkpoints.len() as u64;
     let stopped = local.block_on(&runtime, async {
+        // Done once every entry is replayed (a log that ends in a power-off stops the backup instead). The
+        // backup never runs its guest past the last entry, so nothing is done after it.
         let until = |node: &mut Node<ConsoleTap<kvm_backend::KvmGuest>>| {
             let Node::Backup(backup) = node else { return false };
-            let replayed = backup.stats().acked;
-            host.progress(replayed);
-            host.fed.get() && (replayed >= entries || host.still_for(stuck)) || host.has_error()
+            host.has_error() || (host.fed.get() && backup.stats().acked >= entries)
         };
         let mut entropy = NoEntropy;
         ft::driver::run_until(host.clone(), &mut node, Some(channel), &mut entropy, until).await
@@ -221,12 +218,9 @@ impl ReplayError {
 /// The backup's world in a replay: the wall clock, a file for a primary, and nothing else (no heartbeats, no
 /// storage, no outside world: a backup suppresses its outputs, and its "primary" never fails).
 struct ReplayHost {
-    start: Instant,
+    clock: WallClock,
     /// The whole file has been handed to the driver.
     fed: Rc<Cell<bool>>,
-    /// Entries replayed at the last look, and when that count last moved.
-    replayed: Cell<u64>,
-    moved_ns: Cell<u64>,
     checkpoints: Cell<u64>,
     error: RefCell<Option<ReplayError>>,
 }
@@ -234,29 +228,15 @@ struct ReplayHost {
 impl ReplayHost {
     fn new() -> ReplayHost {
         ReplayHost {
-            start: Instant::now(),
+            clock: WallClock::new(LOOK_PERIOD),
             fed: Rc::new(Cell::new(false)),
-            replayed: Cell::new(0),
-            moved_ns: Cell::new(0),
             checkpoints: Cell::new(0),
             error: RefCell::new(None),
         }
     }
 
     fn now_ns(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    fn progress(&self, replayed: u64) {
-        if replayed != self.replayed.get() {
-            self.replayed.set(replayed);
-            self.moved_ns.set(self.now_ns());
-        }
-    }
-
-    /// Replay has not moved for `ns`.
-    fn still_for(&self, ns: u64) -> bool {
-        self.now_ns().saturating_sub(self.moved_ns.get()) >= ns
+        self.clock.now_ns()
     }
 
     fn has_error(&self) -> bool {
@@ -278,13 +258,7 @@ impl Clock for ReplayHost {
     }
 
     async fn sleep_until_ns(&self, deadline_ns: u64) {
-        let now = self.now_ns();
-        if deadline_ns <= now {
-            tokio::task::yield_now().await;
-            return;
-        }
-        let wait = Duration::from_nanos(deadline_ns - now).min(LOOK_PERIOD);
-        crate::timer::sleep_until(Instant::now() + wait).await;
+        self.clock.sleep_until_ns(deadline_ns).await;
     }
 }
 

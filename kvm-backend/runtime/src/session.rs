@@ -24,11 +24,10 @@ use kvm_backend::{GuestHandle, ThreadedGuest};
 use crate::error::CliError;
 use crate::machine::{self, Disk, GuestImage, OsEntropy};
 use crate::session_host::{file_backup, Recorded, SessionHost};
+use crate::workload::Workload;
 
 /// Bytes the in-memory logging channel of a recording holds before the primary's writes wait.
 const CHANNEL_BUFFER_BYTES: usize = 1 << 20;
-use crate::workload::Workload;
-
 /// Epoch of a recorded pair (a plain run goes live at the next one).
 const EPOCH: u64 = 1;
 /// How long a session that has what it wanted waits for the guest's run to end at an exit of its own, before it
@@ -260,6 +259,10 @@ async fn drive(
     let tail =
         Tail { host: &host, guest_name: &options.image.name, exits, powered_off_hash: watch.powered_off_hash.get() };
     let (state_hash, log_entries, log_bytes) = tail.finish(node, recorded)?;
+    // The last outputs the tail released went to the load too, which may have found them wrong.
+    if let Some(error) = host.take_error() {
+        return Err(error);
+    }
     Ok(SessionResult {
         ending,
         state_hash,
@@ -299,6 +302,10 @@ impl Session<'_> {
         if self.host.has_error() {
             return true;
         }
+        if primary.powering_off() {
+            // The guest powered off: the primary finishes (its outputs, its disk writes, its goodbye) and stops.
+            return false;
+        }
         let now_ns = self.host.now_ns();
         let (by, since_ns, interrupted) = match self.phase.get() {
             Phase::Ending { by, since_ns, interrupted } => (by, since_ns, interrupted),
@@ -307,10 +314,7 @@ impl Session<'_> {
                     EndedBy::TimedOut
                 } else if self.host.workload_done() {
                     EndedBy::WorkloadDone
-                } else if !primary.guest_running()
-                    && primary.guest_timer_deadline_ns().is_none()
-                    && self.host.quiet(now_ns)
-                {
+                } else if !primary.guest_running() && primary.guest_waits_for_the_outside() && self.host.quiet(now_ns) {
                     EndedBy::Idle
                 } else {
                     return false;
@@ -323,7 +327,7 @@ impl Session<'_> {
         };
         let running = primary.guest_running();
         if !running && primary.at_position() {
-            if self.recording && !primary.powering_off() {
+            if self.recording {
                 // The last entry of a recording: replay verifies the final state.
                 if let Err(error) = primary.checkpoint_now(now_ns) {
                     self.host.fail(CliError::Guest { guest: "record".into(), reason: error.to_string() });

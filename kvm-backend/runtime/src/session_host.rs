@@ -4,7 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ft::driver::{
     Arbiter, BlockStorage, Clock, Datagrams, GuestExits, Observation, Observer, Outside, StorageError, WriteStamp,
@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use crate::error::CliError;
 use crate::machine::Disk;
 use crate::session::LogWriter;
+use crate::timer::WallClock;
 use crate::workload::Workload;
 
 /// Longest sleep of the driver: `run_until` asks the session whether it is done at least this often.
@@ -29,7 +30,7 @@ const LOOK_PERIOD: Duration = Duration::from_millis(10);
 const QUIET_FOR: Duration = Duration::from_millis(50);
 
 pub(crate) struct SessionHost {
-    start: Instant,
+    clock: WallClock,
     disk: RefCell<Disk>,
     workload: RefCell<Option<Workload>>,
     /// No more frames: the session is ending.
@@ -53,7 +54,7 @@ impl SessionHost {
         guest_exit: Arc<tokio::sync::Notify>,
     ) -> SessionHost {
         SessionHost {
-            start: Instant::now(),
+            clock: WallClock::new(LOOK_PERIOD),
             disk: RefCell::new(disk),
             workload: RefCell::new(workload),
             load_stopped: Cell::new(false),
@@ -67,7 +68,7 @@ impl SessionHost {
     }
 
     pub(crate) fn now_ns(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.clock.now_ns()
     }
 
     pub(crate) fn fail(&self, error: CliError) {
@@ -148,13 +149,7 @@ impl Clock for SessionHost {
     }
 
     async fn sleep_until_ns(&self, deadline_ns: u64) {
-        let now = self.now_ns();
-        if deadline_ns <= now {
-            tokio::task::yield_now().await;
-            return;
-        }
-        let wait = Duration::from_nanos(deadline_ns - now).min(LOOK_PERIOD);
-        crate::timer::sleep_until(Instant::now() + wait).await;
+        self.clock.sleep_until_ns(deadline_ns).await;
     }
 }
 
@@ -240,7 +235,7 @@ pub(crate) struct Recorded {
     /// Frames in the log so far: the next one the session adds takes this number.
     frames: u64,
     pub(crate) entries: u64,
-    /// The last entry logged, and the last acknowledged.
+    /// The last entry logged, and the last the ideal backup acknowledged (sent, not necessarily read yet).
     last_index: u64,
     acked: u64,
     /// Where and what the last checkpoint entry was.
@@ -280,7 +275,9 @@ impl Recorded {
                     _ => {}
                 }
             }
-            if self.acked >= self.last_index {
+            // What the primary has taken in, not what the backup task sent: its last acks may still be in the
+            // channel, unread, when the driver handed the node back.
+            if primary.stats(host.now_ns()).acked >= self.last_index {
                 return Ok(());
             }
             self.acked = self.last_index;

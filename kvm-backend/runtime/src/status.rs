@@ -68,8 +68,9 @@ pub struct Snapshot {
     pub ack_delay_p50_us: f64,
     pub ack_delay_p99_us: f64,
     pub went_live_at_ms: Option<u64>,
-    /// When the protocol started (the guest's first run, once the channel is up or given up on) and when the
-    /// guest powered off, in ms of uptime: a benchmark's run time of a guest that ends.
+    /// When the driver started (after the channel's handshake, or after giving up on a backup: the guest's first
+    /// run follows the primary's hello and the backup's welcome) and when the guest powered off (its outputs all
+    /// released), in ms of uptime: a benchmark's run time of a guest that ends.
     pub guest_started_at_ms: Option<u64>,
     pub powered_off_at_ms: Option<u64>,
     pub stopped: Option<String>,

@@ -66,6 +66,34 @@ async fn precise_sleep(duration: Duration) -> std::io::Result<()> {
     }
 }
 
+/// The wall clock of a host that runs the core on this thread without a deadline of its own to keep: ns since
+/// it started, and sleeps that end at their deadline or after `look`, whichever is first, so that the host of a
+/// `run_until` is asked at least that often whether it is done.
+pub struct WallClock {
+    start: Instant,
+    look: Duration,
+}
+
+impl WallClock {
+    pub fn new(look: Duration) -> WallClock {
+        WallClock { start: Instant::now(), look }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub async fn sleep_until_ns(&self, deadline_ns: u64) {
+        let now = self.now_ns();
+        if deadline_ns <= now {
+            tokio::task::yield_now().await;
+            return;
+        }
+        let wait = Duration::from_nanos(deadline_ns - now).min(self.look);
+        sleep_until(Instant::now() + wait).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

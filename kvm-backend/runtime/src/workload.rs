@@ -30,7 +30,10 @@ impl Workload {
         match guest? {
             "kv" | "kvq" => Some(Workload::Kv(KvWorkload::new(count, seed))),
             "netrx" => Some(Workload::NetRx(crate::stream::NetRxLoad::new(count))),
-            "nettx" => Some(Workload::NetTx(crate::stream::NetTxLoad::new(u32::try_from(count).unwrap_or(u32::MAX)))),
+            "nettx" => {
+                let frames = count.min(crate::stream::NETTX_FRAMES_MAX);
+                Some(Workload::NetTx(crate::stream::NetTxLoad::new(u32::try_from(frames).unwrap_or(u32::MAX))))
+            }
             _ => None,
         }
     }

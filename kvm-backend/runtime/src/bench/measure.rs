@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::net::{self, StreamResult};
 use super::run::{guest_run_ms, CpuUse, Run, RunSpec, Sample};
 use crate::error::CliError;
+pub use crate::figures::percentile;
 use crate::load::Load;
 use crate::machine::MachineKind;
 
@@ -62,6 +63,9 @@ pub struct Latency {
     pub added_p99_us: f64,
     /// The primary's hold per output and its stages, and the backup's receipt-to-ack (from their status).
     pub stages_us: Vec<(String, f64, f64)>,
+    /// A TCP round trip over loopback between the primary's CPU and the backup's, p50 and p99: the floor of a
+    /// hold on this machine.
+    pub tcp_round_trip_us: (f64, f64),
     #[serde(skip)]
     pub ft_us: Vec<f64>,
     #[serde(skip)]
@@ -83,21 +87,12 @@ pub struct SlowBackup {
     pub samples: Vec<Sample>,
 }
 
-pub fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// Where the runs happen: the machine, the seed, and whether the nodes are pinned to CPUs of their own.
+/// Where the runs happen: the machine, the seed, and the CPUs of the primary and the backup if they are pinned.
 #[derive(Clone, Debug)]
 pub struct Setup {
     pub machine: MachineKind,
     pub seed: u64,
-    pub pin: bool,
+    pub cpus: Option<(usize, usize)>,
 }
 
 fn spec(guest: &str, ft: bool, setup: &Setup) -> RunSpec {
@@ -108,7 +103,7 @@ fn spec(guest: &str, ft: bool, setup: &Setup) -> RunSpec {
         machine: setup.machine.clone(),
         backup_cpu_percent: None,
         lag_target_ms: None,
-        pin: setup.pin,
+        cpus: setup.cpus,
     }
 }
 
@@ -116,7 +111,9 @@ fn spec(guest: &str, ft: bool, setup: &Setup) -> RunSpec {
 fn sampled_mbit_per_s(samples: &[Sample]) -> f64 {
     match (samples.first(), samples.last()) {
         (Some(first), Some(last)) if last.at_ms > first.at_ms => {
-            (last.channel_bytes_sent - first.channel_bytes_sent) as f64 * 8.0 / 1e3 / (last.at_ms - first.at_ms)
+            last.channel_bytes_sent.saturating_sub(first.channel_bytes_sent) as f64 * 8.0
+                / 1e3
+                / (last.at_ms - first.at_ms)
         }
         _ => 0.0,
     }
@@ -263,6 +260,7 @@ pub fn latency(guest: &str, setup: &Setup, duration: Duration) -> Result<Latency
         added_p50_us: ft_p50_us - plain_p50_us,
         added_p99_us: ft_p99_us - plain_p99_us,
         stages_us: stages(&primary, &backup),
+        tcp_round_trip_us: net::tcp_round_trip_us(2_000, setup.cpus)?,
         ft_us,
         plain_us,
     })

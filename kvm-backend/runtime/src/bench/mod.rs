@@ -95,7 +95,9 @@ pub struct BenchReport {
     pub table1: Vec<WorkloadRow>,
     pub table2: Vec<NetworkRow>,
     pub latency: Latency,
-    pub slow_backup: SlowBackup,
+    /// None where no cgroup CPU controller can hold the backup back (`slow_backup_skipped` says why).
+    pub slow_backup: Option<SlowBackup>,
+    pub slow_backup_skipped: Option<String>,
     pub failover: Vec<Failover>,
     pub replay: Vec<ReplayRow>,
     pub goals: Vec<Goal>,
@@ -166,7 +168,7 @@ fn replay(options: &BenchOptions, guests: &[&str]) -> Result<Vec<ReplayRow>, Cli
     Ok(rows)
 }
 
-type LoadedRuns = (Vec<WorkloadRow>, Vec<NetworkRow>, Latency, SlowBackup);
+type LoadedRuns = (Vec<WorkloadRow>, Vec<NetworkRow>, Latency, Option<SlowBackup>);
 
 /// Tables 1 and 2, the latency and the slow backup: the runs on a pair (or a primary alone) under load.
 fn loaded_runs(options: &BenchOptions, setup: &measure::Setup) -> Result<LoadedRuns, CliError> {
@@ -187,8 +189,16 @@ fn loaded_runs(options: &BenchOptions, setup: &measure::Setup) -> Result<LoadedR
     }
     say("the Output Rule's latency: kv, one client, one request at a time");
     let latency = measure::latency("kv", setup, duration)?;
-    say(&format!("lag: cpu with its backup held to {} % of a CPU", options.slow_backup_cpu_percent));
-    let slow_backup = measure::slow_backup("cpu", setup, options.slow_backup_cpu_percent, options.lag_target_ms)?;
+    let slow_backup = match cgroup::unavailable() {
+        Some(why) => {
+            say(&format!("lag with a slow backup: not measured: {why}"));
+            None
+        }
+        None => {
+            say(&format!("lag: cpu with its backup held to {} % of a CPU", options.slow_backup_cpu_percent));
+            Some(measure::slow_backup("cpu", setup, options.slow_backup_cpu_percent, options.lag_target_ms)?)
+        }
+    };
     Ok((table1, table2, latency, slow_backup))
 }
 
@@ -204,12 +214,14 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, CliError> {
         GuestImage::resolve(guest)?;
     }
     std::fs::create_dir_all(&options.out).map_err(|error| CliError::io(options.out.display().to_string(), &error))?;
-    let pin = options.pin && std::thread::available_parallelism().map_or(1, usize::from) >= 2;
-    let setup = measure::Setup { machine: MachineKind::Kvm, seed: options.seed, pin };
+    let cpus = options.pin.then(crate::pair::two_cpus).flatten();
+    let pin = cpus.is_some();
+    let setup = measure::Setup { machine: MachineKind::Kvm, seed: options.seed, cpus };
     // The clients (this process's threads) go with the backup, as on a third host would be better still.
     let affinity = crate::pair::affinity().ok();
-    if pin {
-        crate::pair::pin_to(run::BACKUP_CPU).map_err(|error| CliError::io("pinning the clients to CPU 1", &error))?;
+    if let Some((_, backup_cpu)) = cpus {
+        crate::pair::pin_to(backup_cpu)
+            .map_err(|error| CliError::io("pinning the clients to the backup's CPU", &error))?;
     }
     let measured = loaded_runs(options, &setup);
     if let Some(set) = &affinity {
@@ -227,10 +239,11 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, CliError> {
         seed: options.seed,
         pinned: pin,
         duration_ms: options.duration.as_millis() as u64,
-        machine: machine_words(pin),
+        machine: machine_words(cpus),
         table1,
         table2,
         latency,
+        slow_backup_skipped: if slow_backup.is_none() { cgroup::unavailable() } else { None },
         slow_backup,
         failover: failovers,
         replay,
@@ -242,15 +255,17 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, CliError> {
 }
 
 /// The host, as the report states it: CPUs and kernel.
-fn machine_words(pinned: bool) -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+fn machine_words(cpus: Option<(usize, usize)>) -> String {
+    let count = std::thread::available_parallelism().map_or(0, usize::from);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let placement = if pinned {
-        "primary pinned to CPU 0, backup and clients to CPU 1, over loopback (two hosts, as far as one machine goes)"
-    } else {
-        "primary, backup and clients sharing every CPU, over loopback"
+    let placement = match cpus {
+        Some((primary, backup)) => format!(
+            "primary pinned to CPU {primary}, backup and clients to CPU {backup}, over loopback (two hosts, as far \
+             as one machine goes)"
+        ),
+        None => "primary, backup and clients sharing every CPU, over loopback".to_string(),
     };
-    format!("{cpus} CPUs, Linux {}; {placement}", kernel.trim())
+    format!("{count} CPUs, Linux {}; {placement}", kernel.trim())
 }
 
 fn write_files(out: &Path, report: &BenchReport) -> Result<(), CliError> {

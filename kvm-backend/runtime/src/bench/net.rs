@@ -6,12 +6,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use crate::error::CliError;
-use crate::stream::{netrx_data, nettx_request, NetRxAck, NetTxFrame, PAYLOAD_BYTES};
+use crate::stream::{netrx_data, nettx_request, NetRxAck, NetTxFrame, ACK_EVERY_FRAMES, PAYLOAD_BYTES, WINDOW_FRAMES};
 
-/// Frames the netrx sender keeps unacknowledged, and how often it asks for an ack: a window of about 90 KB,
-/// like a TCP receive window.
-const WINDOW_FRAMES: u64 = 64;
-const ACK_EVERY_FRAMES: u64 = 16;
 /// With no ack for this long, the frames in flight are taken as lost and the window opens again (UDP may drop;
 /// the host's frame queue may overflow).
 const STALL_RESET: Duration = Duration::from_millis(100);
@@ -61,7 +57,7 @@ pub fn receive_stream(service: SocketAddr, duration: Duration) -> Result<StreamR
     let start = Instant::now();
     let mut buffer = [0u8; 256];
     while start.elapsed() < duration {
-        while sent - acked_sequence < WINDOW_FRAMES {
+        while sent.saturating_sub(acked_sequence) < WINDOW_FRAMES {
             sent += 1;
             let ask = sent.is_multiple_of(ACK_EVERY_FRAMES);
             // A full socket buffer drops the frame; the window accounts for it.
@@ -70,12 +66,13 @@ pub fn receive_stream(service: SocketAddr, duration: Duration) -> Result<StreamR
         match socket.recv_from(&mut buffer) {
             Ok((length, _)) => {
                 let Some(ack) = NetRxAck::decode(&buffer[..length]) else { continue };
-                if ack.sequence > acked_sequence {
+                // An ack of a frame not sent (a stray datagram to this port) or an old one changes nothing.
+                if ack.sequence > acked_sequence && ack.sequence <= sent {
                     acked_sequence = ack.sequence;
                     last_progress = Instant::now();
                     first_ack.get_or_insert((last_progress, ack.bytes));
                     last_ack = Some((last_progress, ack.bytes));
-                    lost = acked_sequence - ack.frames;
+                    lost = acked_sequence.saturating_sub(ack.frames);
                 }
             }
             Err(_) if last_progress.elapsed() > STALL_RESET => {
@@ -89,7 +86,7 @@ pub fn receive_stream(service: SocketAddr, duration: Duration) -> Result<StreamR
     let (Some((t0, b0)), Some((t1, b1))) = (first_ack, last_ack) else {
         return Err(CliError::Protocol(format!("netrx at {service} acknowledged nothing in {duration:?}")));
     };
-    Ok(StreamResult { bytes: b1 - b0, seconds: t1.duration_since(t0).as_secs_f64(), frames_lost: lost })
+    Ok(StreamResult { bytes: b1.saturating_sub(b0), seconds: t1.duration_since(t0).as_secs_f64(), frames_lost: lost })
 }
 
 /// Asks nettx at `service` for bursts of frames and receives them for about `duration`.
@@ -140,4 +137,60 @@ pub fn transmit_stream(service: SocketAddr, duration: Duration) -> Result<Stream
         }
         _ => Err(CliError::Protocol(format!("nettx at {service} sent nothing in {duration:?}"))),
     }
+}
+
+/// The floor under the Output Rule's hold on this machine: the round trip of a small message over loopback TCP
+/// between a thread on the primary's CPU and one on the backup's (both blocking in `read`, as the nodes do), p50
+/// and p99 in µs over `count` round trips. `cpus` pins the two ends, if given.
+pub fn tcp_round_trip_us(count: usize, cpus: Option<(usize, usize)>) -> Result<(f64, f64), CliError> {
+    use std::io::{Read, Write};
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|error| CliError::io("round-trip listener", &error))?;
+    let addr = listener.local_addr().map_err(|error| CliError::io("round-trip listener", &error))?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        if let Some((_, cpu)) = cpus {
+            crate::pair::pin_to(cpu)?;
+        }
+        let (mut stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        let mut buffer = [0u8; 64];
+        loop {
+            let length = stream.read(&mut buffer)?;
+            if length == 0 {
+                return Ok(());
+            }
+            stream.write_all(&buffer[..length])?;
+        }
+    });
+    // On a thread of its own, so that pinning it leaves the caller's threads where they are.
+    let client = std::thread::spawn(move || -> std::io::Result<Vec<f64>> {
+        if let Some((cpu, _)) = cpus {
+            crate::pair::pin_to(cpu)?;
+        }
+        let mut stream = std::net::TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        let (message, mut buffer) = ([7u8; 40], [0u8; 64]);
+        let mut round_trips = Vec::with_capacity(count);
+        for _ in 0..count {
+            let start = Instant::now();
+            stream.write_all(&message)?;
+            let mut received = 0;
+            while received < message.len() {
+                match stream.read(&mut buffer)? {
+                    0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    length => received += length,
+                }
+            }
+            round_trips.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok(round_trips)
+    });
+    let measured = client.join().unwrap_or_else(|_| Err(std::io::Error::other("the client thread panicked")));
+    if measured.is_err() {
+        // The echo thread may still wait in `accept`: a connection that closes at once lets it finish.
+        drop(std::net::TcpStream::connect(addr));
+    }
+    let _ = echo.join();
+    let round_trips = measured.map_err(|error| CliError::io("round trip over loopback", &error))?;
+    Ok((super::measure::percentile(&round_trips, 0.5), super::measure::percentile(&round_trips, 0.99)))
 }

@@ -94,8 +94,9 @@ fn runs(report: &BenchReport) -> Vec<(String, &[Sample])> {
     let mut runs: Vec<(String, &[Sample])> = Vec::new();
     runs.extend(report.table1.iter().map(|row| (row.guest.clone(), row.samples.as_slice())));
     runs.extend(report.table2.iter().map(|row| (row.guest.clone(), row.samples.as_slice())));
-    let slow = &report.slow_backup;
-    runs.push((format!("{}, backup at {} % CPU", slow.guest, slow.backup_cpu_percent), slow.samples.as_slice()));
+    if let Some(slow) = &report.slow_backup {
+        runs.push((format!("{}, backup at {} % CPU", slow.guest, slow.backup_cpu_percent), slow.samples.as_slice()));
+    }
     runs
 }
 

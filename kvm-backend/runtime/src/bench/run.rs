@@ -83,13 +83,9 @@ pub struct RunSpec {
     pub backup_cpu_percent: Option<u32>,
     /// The throttle's lag target, if not the default.
     pub lag_target_ms: Option<u64>,
-    /// Put the primary on CPU 0 and the backup on CPU 1, as two hosts (the clients run on CPU 1 too).
-    pub pin: bool,
+    /// The primary's CPU and the backup's, as two hosts (the clients run on the backup's too); None: shared.
+    pub cpus: Option<(usize, usize)>,
 }
-
-/// The CPUs of the primary and the backup when pinned.
-pub const PRIMARY_CPU: usize = 0;
-pub const BACKUP_CPU: usize = 1;
 
 /// A run in progress.
 pub struct Run {
@@ -120,14 +116,14 @@ impl Run {
         let mut backup_pid = None;
         if spec.ft {
             let b_path = write_config(&scratch.dir, "b", &configs.b)?;
-            let pid = scratch.spawn_on("b", "backup", &b_path, spec.pin.then_some(BACKUP_CPU))?;
+            let pid = scratch.spawn_on("b", "backup", &b_path, spec.cpus.map(|cpus| cpus.1))?;
             backup_pid = Some(pid);
             if let Some(percent) = spec.backup_cpu_percent {
                 cgroup = Some(super::cgroup::CpuLimit::apply(pid, percent)?);
             }
         }
         let a_path = write_config(&scratch.dir, "a", &configs.a)?;
-        let primary_pid = scratch.spawn_on("a", "primary", &a_path, spec.pin.then_some(PRIMARY_CPU))?;
+        let primary_pid = scratch.spawn_on("a", "primary", &a_path, spec.cpus.map(|cpus| cpus.0))?;
         let t0 = Instant::now();
         let sampler = Some(Sampler::start(configs.a.status, (primary_pid, backup_pid), t0));
         let mut run = Run { scratch, configs, ft: spec.ft, t0, sampler, _cgroup: cgroup };
