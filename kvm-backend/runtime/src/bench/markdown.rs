@@ -118,22 +118,24 @@ fn render_cpu(out: &mut String, report: &BenchReport) {
     );
     let _ = writeln!(
         out,
-        "| workload | primary runtime | primary vCPU | backup runtime | backup vCPU | lowest CPU share (throttle) |"
+        "| workload | primary runtime | primary vCPU | backup runtime | backup vCPU | lowest CPU share (throttle) \
+         | lag p99 |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
     let rows = report.table1.iter().map(|row| (&row.guest, &row.cpu_plain, &row.cpu_ft));
     let rows = rows.chain(report.table2.iter().map(|row| (&row.guest, &row.cpu_plain, &row.cpu_ft)));
     for (guest, plain, ft) in rows {
         let _ = writeln!(
             out,
-            "| {guest} | {:.0} % / {:.0} % | {:.0} % / {:.0} % | - / {:.0} % | - / {:.0} % | {:.0} % |",
+            "| {guest} | {:.0} % / {:.0} % | {:.0} % / {:.0} % | - / {:.0} % | - / {:.0} % | {:.0} % | {:.0} ms |",
             plain.primary_runtime_percent,
             ft.primary_runtime_percent,
             plain.primary_vcpu_percent,
             ft.primary_vcpu_percent,
             ft.backup_runtime_percent,
             ft.backup_vcpu_percent,
-            ft.cpu_share_min_percent
+            ft.cpu_share_min_percent,
+            ft.lag_p99_ms
         );
     }
 }

@@ -214,8 +214,10 @@ pub fn guest_run_ms(status: &serde_json::Value) -> Option<f64> {
 /// The share of one CPU each kind of thread used between the first and the last sample that saw the process.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CpuUse {
-    /// The lowest CPU share the primary's lag throttle left the guest (100: never throttled).
+    /// The lowest CPU share the primary's lag throttle left the guest (100: never throttled), and the execution
+    /// lag's p99 over the samples, which says why.
     pub cpu_share_min_percent: f64,
+    pub lag_p99_ms: f64,
     pub primary_runtime_percent: f64,
     pub primary_vcpu_percent: f64,
     pub backup_runtime_percent: f64,
@@ -237,8 +239,11 @@ impl CpuUse {
         let (primary_runtime_percent, primary_vcpu_percent) = share(|s| s.primary_cpu);
         let (backup_runtime_percent, backup_vcpu_percent) = share(|s| s.backup_cpu);
         let cpu_share_min_percent = samples.iter().map(|sample| sample.cpu_share_percent).fold(100.0, f64::min);
+        let lags: Vec<f64> = samples.iter().map(|sample| sample.execution_lag_ms).collect();
+        let lag_p99_ms = if lags.is_empty() { 0.0 } else { crate::figures::percentile(&lags, 0.99) };
         CpuUse {
             cpu_share_min_percent,
+            lag_p99_ms,
             primary_runtime_percent,
             primary_vcpu_percent,
             backup_runtime_percent,
