@@ -438,13 +438,9 @@ fn a_primary_says_goodbye_once_however_often_it_is_polled() {
     assert_eq!(goodbyes, 1, "{actions:?}");
 }
 
-/// Found by `ftvm bench` (a backup held to half a CPU, the `cpu` guest, one entry every 4 ms): a backup with
-/// entries waiting acknowledged replay progress only every 64 entries or when its buffer drained, so for a guest
-/// with sparse entries the primary heard nothing of the replay for a quarter of a second, saw its execution lag
-/// grow by a millisecond per millisecond, and throttled its guest to 5 % while the backup was in fact catching
-/// up. Replay progress must be reported within `REPLAY_ACK_NS` however few entries it covers.
-#[test]
-fn replay_progress_is_acknowledged_in_time_while_entries_still_wait() {
+/// Eight console lines, one exit each, as a primary logs them with one exit per slice; and a fresh backup of the
+/// same guest with the same one-exit slices, welcomed, that has received nothing yet.
+fn eight_console_lines() -> (Vec<Message>, Node<Script>) {
     let console = Exit::PortOut { port: abi::CONSOLE_WRITE, size: 4, value: 0x100 };
     let script = || {
         let mut script = Script::new(std::iter::repeat_n(console, 8));
@@ -461,7 +457,17 @@ fn replay_progress_is_acknowledged_in_time_while_entries_still_wait() {
         log.extend(log_of(&drain(&mut primary)));
     }
     assert_eq!(log.len(), 8, "{log:?}");
-    let mut backup = backup_with(one_exit_slices, script());
+    (log, backup_with(one_exit_slices, script()))
+}
+
+/// Found by `ftvm bench` (a backup held to half a CPU, the `cpu` guest, one entry every 4 ms): a backup with
+/// entries waiting acknowledged replay progress only every 64 entries or when its buffer drained, so for a guest
+/// with sparse entries the primary heard nothing of the replay for a quarter of a second, saw its execution lag
+/// grow by a millisecond per millisecond, and throttled its guest to 5 % while the backup was in fact catching
+/// up. Replay progress must be reported within `REPLAY_ACK_NS` however few entries it covers.
+#[test]
+fn replay_progress_is_acknowledged_in_time_while_entries_still_wait() {
+    let (log, mut backup) = eight_console_lines();
     for message in log {
         backup.handle_message(2 * MS, message);
     }
@@ -489,22 +495,7 @@ fn replay_progress_is_acknowledged_in_time_while_entries_still_wait() {
 /// only receipt does not restart that wait.
 #[test]
 fn replay_progress_waits_at_most_replay_ack_ns_after_the_last_progress_report() {
-    let console = Exit::PortOut { port: abi::CONSOLE_WRITE, size: 4, value: 0x100 };
-    let script = || {
-        let mut script = Script::new(std::iter::repeat_n(console, 8));
-        script.put_buffer(0x100, b"hi\n");
-        script
-    };
-    let one_exit_slices = Config { slice_exits_max: 1, ..config() };
-    let mut primary = Node::Primary(Box::new(Primary::new(one_exit_slices.clone(), script(), 64, 1, 0)));
-    drain(&mut primary);
-    primary.handle_message(1, Message::Welcome { pair_id: 3, epoch: 1 });
-    let mut log = Vec::new();
-    for step in 0..8 {
-        primary.run_guest(2 + step, &mut Zero);
-        log.extend(log_of(&drain(&mut primary)));
-    }
-    let mut backup = backup_with(one_exit_slices, script());
+    let (log, mut backup) = eight_console_lines();
     let (first, rest) = log.split_at(4);
     for message in first.iter().cloned() {
         backup.handle_message(2 * MS, message);

@@ -106,6 +106,7 @@ void print_str(const char *text);
 void print_u64(uint64_t value);
 void print_hex(uint64_t value);
 void print_flush(void);
+void net_receive(struct net_buffer *buffer);
 
 void *memset(void *destination, int value, size_t bytes);
 void *memcpy(void *destination, const void *source, size_t bytes);

@@ -93,3 +93,16 @@ int memcmp(const void *left, const void *right, size_t bytes)
     }
     return 0;
 }
+
+/* Posts `buffer` for the next frame and waits until the device has filled it (its length is no longer the
+ * marker the guest wrote), halting while no network interrupt is pending. */
+void net_receive(struct net_buffer *buffer)
+{
+    buffer->length = 0xffffffffu;
+    outl(NET_RX_POST, gpa_of(buffer));
+    while (*(volatile uint32_t *)&buffer->length == 0xffffffffu) {
+        if ((take_pending() & IRQ_NET) == 0) {
+            wait_for_interrupt();
+        }
+    }
+}

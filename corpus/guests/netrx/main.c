@@ -94,13 +94,7 @@ int main(void)
 {
     print_str("netrx: ready\n");
     for (;;) {
-        rx_buffer.length = 0xffffffffu;
-        outl(NET_RX_POST, gpa_of(&rx_buffer));
-        while (*(volatile uint32_t *)&rx_buffer.length == 0xffffffffu) {
-            if ((take_pending() & IRQ_NET) == 0) {
-                wait_for_interrupt();
-            }
-        }
+        net_receive(&rx_buffer);
         frame();
     }
 }

@@ -87,13 +87,7 @@ int main(void)
 {
     print_str("nettx: ready\n");
     for (;;) {
-        rx_buffer.length = 0xffffffffu;
-        outl(NET_RX_POST, gpa_of(&rx_buffer));
-        while (*(volatile uint32_t *)&rx_buffer.length == 0xffffffffu) {
-            if ((take_pending() & IRQ_NET) == 0) {
-                wait_for_interrupt();
-            }
-        }
+        net_receive(&rx_buffer);
         uint32_t length = rx_buffer.length;
         if (length != PEER_BYTES + sizeof(struct nettx_request)) {
             continue;
