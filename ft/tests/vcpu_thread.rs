@@ -218,3 +218,30 @@ fn a_running_guest_s_past_timer_deadline_is_no_wake_up() {
     let wake_ns = node.poll_timeout();
     assert!(wake_ns.is_none_or(|wake_ns| wake_ns > now_ns), "a wake-up in the past: {wake_ns:?} at {now_ns}");
 }
+
+/// `ftvm run`/`record` end a guest that waits for nothing that can come: halted, with no timer set and no disk
+/// request in flight. A guest still running, one with a timer, or one waiting for its disk is not idle.
+#[test]
+fn a_guest_waits_for_the_outside_only_when_halted_with_no_timer_and_no_disk_request() {
+    let waits = |node: &Node<Script>| match node {
+        Node::Primary(primary) => primary.guest_waits_for_the_outside(),
+        _ => unreachable!("a primary"),
+    };
+    let mut halts = primary(Script::new([Exit::Halt]));
+    assert!(!waits(&halts), "not halted yet");
+    halts.run_guest(2, &mut Zero);
+    drain(&mut halts);
+    assert!(waits(&halts), "halted, nothing set");
+    let mut timed =
+        primary(Script::new([Exit::PortOut { port: abi::TIMER_PERIOD_US, size: 4, value: 1_000 }, Exit::Halt]));
+    timed.run_guest(2, &mut Zero);
+    drain(&mut timed);
+    assert!(!waits(&timed), "halted, but its timer will wake it");
+    let mut script = Script::new([]);
+    let read = script.disk_request(0x400, abi::DISK_OP_READ, 1, 5, 0x2000);
+    script.exits.extend([read, Exit::Halt]);
+    let mut reading = primary(script);
+    reading.run_guest(2, &mut Zero);
+    drain(&mut reading);
+    assert!(!waits(&reading), "halted, but its disk read will complete");
+}
