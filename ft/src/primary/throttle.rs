@@ -239,6 +239,23 @@ mod tests {
         assert_eq!(slow.share_permille(), SHARE_FULL_PERMILLE, "jitter");
     }
 
+    /// Mutation testing found both unchecked: the growth of a tick that comes several periods late is per
+    /// period, and a lag exactly at half the target is not yet half way.
+    #[test]
+    fn growth_is_per_period_and_half_way_means_past_half_the_target() {
+        // 10 ms over two periods is 5 ms a period: with the smoothing, 2.5 ms, above a twentieth of a period.
+        let (mut late, start) = settled_at(21);
+        late.tick(start + 10 * MS, 31 * MS);
+        assert_eq!(late.growth_ns, 2_500_000, "{}", late.growth_ns);
+        let (mut at_half, start) = settled_at(10);
+        at_half.tick(start, 20 * MS);
+        assert!(at_half.growth_ns > 0);
+        assert_eq!(at_half.share_permille(), SHARE_FULL_PERMILLE, "at half the target: not past it");
+        let (mut past_half, start) = settled_at(11);
+        past_half.tick(start, 21 * MS);
+        assert!(past_half.share_permille() < SHARE_FULL_PERMILLE, "past half the target and rising: cut");
+    }
+
     #[test]
     fn the_share_a_lag_ago_is_the_one_in_effect_then() {
         let (mut throttle, start) = settled_at(50);
