@@ -25,3 +25,13 @@ pub mod stream;
 pub mod tap;
 pub mod timer;
 pub mod workload;
+
+/// The executor of every driver loop (`ftvm primary`/`backup`, `run`/`record`, `replay`): one thread and a
+/// `LocalSet`, because the protocol's tasks share the node through `Rc` and are not `Send`.
+pub fn local_runtime() -> Result<(tokio::runtime::Runtime, tokio::task::LocalSet), error::CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| error::CliError::io("tokio runtime", &error))?;
+    Ok((runtime, tokio::task::LocalSet::new()))
+}

@@ -505,11 +505,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
         sync_writes: settings.sync_writes,
         journal: settings.write_journal.then(|| crate::storage::journal_path(&settings.disk)),
     });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| CliError::io("tokio runtime", &error))?;
-    let local = tokio::task::LocalSet::new();
+    let (runtime, local) = crate::local_runtime()?;
     local.block_on(&runtime, async move {
         let name = settings.name.clone();
         let start = Instant::now();

@@ -23,9 +23,25 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(tag: &str) -> Result<Scratch, CliError> {
-        let dir = std::env::temp_dir().join(format!("ftvm-{tag}-{}-{}", std::process::id(), unique()));
+        Scratch::at(std::env::temp_dir().join(format!("ftvm-{tag}-{}-{}", std::process::id(), unique())))
+    }
+
+    /// A scratch directory at `dir`, emptied first (tests keep theirs under the target directory).
+    pub fn at(dir: PathBuf) -> Result<Scratch, CliError> {
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|error| CliError::io(dir.display().to_string(), &error))?;
         Ok(Scratch { dir, children: Vec::new() })
+    }
+
+    /// Takes a child started elsewhere (in a network namespace, with flags of its own) into the same care:
+    /// killed and reaped on drop.
+    pub fn adopt(&mut self, name: &str, child: Child) {
+        self.children.push((name.to_string(), child));
+    }
+
+    /// The newest child called `name` (a restarted node's name comes back).
+    fn newest(&mut self, name: &str) -> Option<&mut Child> {
+        self.children.iter_mut().rev().find(|(n, _)| n == name).map(|(_, child)| child)
     }
 
     pub fn spawn(&mut self, name: &str, role: &str, config: &Path) -> Result<u32, CliError> {
@@ -73,7 +89,7 @@ impl Scratch {
 
     /// Waits up to `deadline` for the child `name` to exit by itself; its exit status, or None if it still runs.
     pub fn wait_exit(&mut self, name: &str, deadline: Duration) -> Option<std::process::ExitStatus> {
-        let (_, child) = self.children.iter_mut().find(|(n, _)| n == name)?;
+        let child = self.newest(name)?;
         let start = Instant::now();
         loop {
             match child.try_wait() {
@@ -86,18 +102,19 @@ impl Scratch {
 
     /// The process id of the child `name`, while it has not been reaped.
     pub fn pid(&self, name: &str) -> Option<u32> {
-        self.children.iter().find(|(n, _)| n == name).map(|(_, child)| child.id())
+        self.children.iter().rev().find(|(n, _)| n == name).map(|(_, child)| child.id())
     }
 
+    /// Kills (SIGKILL) and reaps every child called `name`.
     pub fn kill(&mut self, name: &str) {
-        if let Some((_, child)) = self.children.iter_mut().find(|(n, _)| n == name) {
+        for (_, child) in self.children.iter_mut().filter(|(n, _)| n == name) {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
     pub fn signal(&self, name: &str, signal: libc::c_int) {
-        if let Some((_, child)) = self.children.iter().find(|(n, _)| n == name) {
+        if let Some((_, child)) = self.children.iter().rev().find(|(n, _)| n == name) {
             // SAFETY: kill(2) of our own child's pid, which is not reaped while it is in `children`.
             unsafe { libc::kill(child.id() as libc::pid_t, signal) };
         }

@@ -159,11 +159,7 @@ pub fn run(options: ReplayOptions) -> Result<ReplayResult, CliError> {
         failure_timeout_ms: REPLAY_FAILURE_TIMEOUT_MS,
         ..Config::default()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| CliError::io("tokio runtime", &error))?;
-    let local = tokio::task::LocalSet::new();
+    let (runtime, local) = crate::local_runtime()?;
     let started = Instant::now();
     let host = Rc::new(ReplayHost::new());
     let mut node = Node::Backup(Box::new(Backup::new(config, guest, disk_sectors, host.now_ns())));

@@ -195,11 +195,7 @@ pub fn run(options: SessionOptions, log: Option<&Path>) -> Result<SessionResult,
         failure_timeout_ms: RECORD_FAILURE_TIMEOUT_MS,
         ..Config::default()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| CliError::io("tokio runtime", &error))?;
-    let local = tokio::task::LocalSet::new();
+    let (runtime, local) = crate::local_runtime()?;
     local.block_on(&runtime, drive(options, config, guest, handle, guest_exit, log))
 }
 

@@ -9,12 +9,14 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ft::kv::{Op, Request, Response, Status};
+
+use ft_host::pair::Scratch;
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm");
 /// How long a wait for an event may take before the test fails as hung (not a speed check).
@@ -38,6 +40,7 @@ fn unique() -> u64 {
 /// The addresses and files of one localhost pair, and its processes: killed, and the directory removed, on drop
 /// (kept with FTVM_KEEP_SCRATCH).
 struct Pair {
+    scratch: Scratch,
     dir: PathBuf,
     storage: PathBuf,
     /// Where the backup listens; the primary connects to `channel_front` (a proxy's, or the same).
@@ -53,18 +56,18 @@ struct Pair {
     extra_b: String,
     /// Keys left out of both configs.
     without: Vec<&'static str>,
-    children: Vec<(String, Child)>,
 }
 
 impl Pair {
     fn new(tag: &str) -> Pair {
         let dir =
             Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("deploy-{tag}-{}-{}", std::process::id(), unique()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let scratch = Scratch::at(dir.clone()).expect("a scratch directory");
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage).unwrap();
         let channel = free_tcp();
         Pair {
+            scratch,
             dir,
             storage,
             channel,
@@ -77,7 +80,6 @@ impl Pair {
             extra_a: String::new(),
             extra_b: String::new(),
             without: Vec::new(),
-            children: Vec::new(),
         }
     }
 
@@ -140,40 +142,22 @@ impl Pair {
             .stderr(log)
             .spawn()
             .expect("ftvm starts");
-        self.children.push((node.to_string(), child));
+        self.scratch.adopt(node, child);
     }
 
     fn kill(&mut self, node: &str) {
-        for (name, child) in &mut self.children {
-            if name == node {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        self.scratch.kill(node);
     }
 
     fn signal(&self, node: &str, signal: libc::c_int) {
-        for (name, child) in &self.children {
-            if name == node {
-                // SAFETY: kill(2) of this test's own child.
-                unsafe { libc::kill(child.id() as libc::pid_t, signal) };
-            }
-        }
+        self.scratch.signal(node, signal);
     }
 
     /// The exit status of `node` once it has exited, waiting for it (under the guard).
     fn exit_status(&mut self, node: &str) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            for (name, child) in &mut self.children {
-                if name == node {
-                    if let Some(status) = child.try_wait().unwrap() {
-                        return status;
-                    }
-                }
-            }
-            assert!(start.elapsed() < GUARD, "{node} did not exit\n{}", self.logs());
-            std::thread::sleep(Duration::from_millis(20));
+        match self.scratch.wait_exit(node, GUARD) {
+            Some(status) => status,
+            None => panic!("{node} did not exit\n{}", self.logs()),
         }
     }
 
@@ -217,18 +201,6 @@ impl Pair {
             "the primary came up unprotected\n{}",
             self.logs()
         );
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::env::var_os("FTVM_KEEP_SCRATCH").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
 }
 

@@ -11,11 +11,13 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ft::kv::{Op, Request, Response, Status};
+
+use ft_host::pair::Scratch;
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm");
 const SERVICE: &str = "10.77.0.100:7000";
@@ -84,16 +86,15 @@ impl Drop for Network {
 
 /// Child processes, killed on drop; the scratch directory too.
 struct Nodes {
-    dir: PathBuf,
-    children: Vec<(char, Child)>,
+    scratch: Scratch,
 }
 
 impl Nodes {
     fn start(&mut self, network: &Network, host: char, role: &str) {
-        let log = std::fs::File::create(self.dir.join(format!("{host}.log"))).unwrap();
+        let log = std::fs::File::create(self.scratch.dir.join(format!("{host}.log"))).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", network.namespace(host), FTVM, role, "--config"])
-            .arg(self.dir.join(format!("{host}.toml")))
+            .arg(self.scratch.dir.join(format!("{host}.toml")))
             .env("FTVM_LOG", "info")
             .env_remove("FTVM_KVM_PATH")
             .stdin(Stdio::null())
@@ -101,32 +102,15 @@ impl Nodes {
             .stderr(log)
             .spawn()
             .expect("ip netns exec ftvm starts");
-        self.children.push((host, child));
+        self.scratch.adopt(&host.to_string(), child);
     }
 
     fn kill(&mut self, host: char) {
-        for (h, child) in &mut self.children {
-            if *h == host {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        self.scratch.kill(&host.to_string());
     }
 
     fn log(&self, host: char) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{host}.log"))).unwrap_or_default()
-    }
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::env::var_os("FTVM_KEEP_SCRATCH").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        std::fs::read_to_string(self.scratch.dir.join(format!("{host}.log"))).unwrap_or_default()
     }
 }
 
@@ -255,12 +239,11 @@ fn two_hosts_in_namespaces_the_service_ip_moves_to_the_backup() {
     // FT_NO_ARPING=1 exercises the fallback where arping is missing.
     let arping = Command::new("arping").arg("-V").output().is_ok() && std::env::var_os("FT_NO_ARPING").is_none();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("netns-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let mut nodes = Nodes { scratch: Scratch::at(dir.clone()).expect("a scratch directory") };
     let storage = dir.join("storage");
     std::fs::create_dir_all(&storage).unwrap();
     config(&dir, 'A', &storage, arping);
     config(&dir, 'B', &storage, arping);
-    let mut nodes = Nodes { dir: dir.clone(), children: Vec::new() };
     nodes.start(&network, 'B', "backup");
     nodes.start(&network, 'A', "primary");
     let start = Instant::now();

@@ -10,12 +10,13 @@ use common::kvm_usable;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ft::kv::{Op, Request, Response, Status};
+use ft_host::pair::Scratch;
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm");
 
@@ -27,15 +28,16 @@ fn free_udp() -> SocketAddr {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
-/// A pair's files and processes; everything is killed and removed on drop (unless FTVM_KEEP_SCRATCH is set).
+/// A pair's files and processes; everything is killed and removed on drop (unless FTVM_KEEP_SCRATCH is set), by
+/// the runtime's own `Scratch`.
 struct Pair {
+    scratch: Scratch,
     dir: PathBuf,
     storage: PathBuf,
     service: SocketAddr,
     status_a: SocketAddr,
     status_b: SocketAddr,
     metrics_a: SocketAddr,
-    children: Vec<(&'static str, Child)>,
 }
 
 impl Pair {
@@ -47,7 +49,7 @@ impl Pair {
     /// `proxy`: the channel and heartbeats go through a [`Proxy`] the test can cut.
     fn with_network(tag: &str, key_b: Option<&str>, proxy: Option<&Proxy>) -> Pair {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pair-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let scratch = Scratch::at(dir.clone()).expect("a scratch directory");
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage).unwrap();
         let key = "6b6579206f66207468652070616972206f662074686973207465737420212121";
@@ -85,7 +87,7 @@ impl Pair {
             ),
         )
         .unwrap();
-        Pair { dir, storage, service, status_a, status_b, metrics_a, children: Vec::new() }
+        Pair { scratch, dir, storage, service, status_a, status_b, metrics_a }
     }
 
     fn start(&mut self, name: &'static str) {
@@ -101,16 +103,11 @@ impl Pair {
             .stderr(log)
             .spawn()
             .expect("ftvm starts");
-        self.children.push((name, child));
+        self.scratch.adopt(name, child);
     }
 
     fn kill(&mut self, name: &str) {
-        for (n, child) in &mut self.children {
-            if *n == name {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        self.scratch.kill(name);
     }
 
     fn log(&self, name: &str) -> String {
@@ -154,18 +151,6 @@ impl Pair {
         self.wait("the pair is up", Duration::from_secs(10), |pair| {
             pair.status("a").is_some_and(|s| s["channel_up"] == true && s["service_bound"] == true)
         });
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::env::var_os("FTVM_KEEP_SCRATCH").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
 }
 
