@@ -295,10 +295,25 @@ impl Drop for ChannelProxy {
     }
 }
 
-/// Sends `request` once from `socket`, and waits (under the guard) for the answer to its id.
+/// Sends `request` from `socket` (again every 50 ms if `resend`), and waits (under the guard) for the answer to its
+/// id.
 fn answer_to(socket: &UdpSocket, service: SocketAddr, request: Request, resend: bool) -> Option<Response> {
+    answers_to(socket, service, request, resend, false)
+}
+
+/// As `answer_to`; with `every_copy`, it also waits for an answer to every copy it sent, so that no duplicate is
+/// still on its way through the guest when it returns (a late duplicate put is a disk write the Output Rule holds).
+fn answers_to(
+    socket: &UdpSocket,
+    service: SocketAddr,
+    request: Request,
+    resend: bool,
+    every_copy: bool,
+) -> Option<Response> {
     socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     socket.send_to(&request.encode(), service).unwrap();
+    let mut copies_sent = 1;
+    let mut answers = Vec::new();
     let start = Instant::now();
     let mut buffer = [0u8; 256];
     while start.elapsed() < GUARD {
@@ -306,12 +321,16 @@ fn answer_to(socket: &UdpSocket, service: SocketAddr, request: Request, resend: 
             Ok((length, _)) => {
                 if let Ok(response) = Response::decode(&buffer[..length]) {
                     if response.request == request.request {
-                        return Some(response);
+                        answers.push(response);
+                        if !every_copy || answers.len() >= copies_sent {
+                            return answers.into_iter().next();
+                        }
                     }
                 }
             }
-            Err(_) if resend => {
+            Err(_) if resend && answers.is_empty() => {
                 socket.send_to(&request.encode(), service).unwrap();
+                copies_sent += 1;
             }
             Err(_) => {}
         }
@@ -337,7 +356,10 @@ fn outputs_re_sent_at_go_live_reach_the_client() {
     pair.wait_protected();
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     let put = Request { op: Op::Put, client: 7, request: 1, key: 3, value: 33 };
-    let answer = answer_to(&client, pair.service, put, true).expect("the protected primary answers the put");
+    // Every copy of the put must be answered before the acks stop: a late copy would be a held disk write, and the
+    // get behind it would never be answered before the primary hangs.
+    let answer = answers_to(&client, pair.service, put, true, true)
+        .expect("the protected primary answers every copy of the put");
     assert_eq!(answer.status, Status::Ok);
     // From now on the backup's acks go nowhere: the primary holds the answer to the next request.
     proxy.drop_acks.store(true, Ordering::Relaxed);
