@@ -91,6 +91,25 @@ pub const REPLAY_ACK_NS: u64 = 2_000_000;
 
 impl<G: Guest> Backup<G> {
     pub fn new(config: Config, guest: G, disk_sectors: u64, now_ns: u64) -> Backup<G> {
+        Backup::with_vm(config, Vm::new(guest, disk_sectors), now_ns)
+    }
+
+    /// The backup a joiner becomes at the cut of a clone (`crate::join`): its VM is the primary's at the cut,
+    /// it replays the log that follows from index 1 in `epoch`, and `pending_writes` are the disk writes that
+    /// were in flight at the cut (a go-live reissues them).
+    pub fn cloned(config: Config, vm: Vm<G>, epoch: u64, pending_writes: Vec<Output>, now_ns: u64) -> Backup<G> {
+        let mut backup = Backup::with_vm(config, vm, now_ns);
+        backup.epoch = epoch;
+        backup.mode = Mode::Replaying;
+        for output in pending_writes {
+            if let Some(target) = output.disk {
+                backup.pending_writes.insert(target.tag, output);
+            }
+        }
+        backup
+    }
+
+    fn with_vm(config: Config, vm: Vm<G>, now_ns: u64) -> Backup<G> {
         if let Err(error) = config.validate() {
             panic!("the driver must validate the config first: {error}");
         }
@@ -103,7 +122,7 @@ impl<G: Guest> Backup<G> {
             powered_off: None,
             mode: Mode::Listening { deadline_ns: now_ns + config.startup_timeout_ms * NS_PER_MS },
             config,
-            vm: Vm::new(guest, disk_sectors),
+            vm,
             epoch: 0,
             stopped: None,
             buffer: VecDeque::new(),
@@ -155,6 +174,12 @@ impl<G: Guest> Backup<G> {
     /// Actions queued and not yet polled (handed over when the node changes state).
     pub fn take_actions(&mut self) -> VecDeque<Action> {
         std::mem::take(&mut self.actions)
+    }
+
+    /// Puts the actions of the node this backup was (a joiner) before its own.
+    pub fn prepend_actions(&mut self, mut earlier: VecDeque<Action>) {
+        earlier.append(&mut self.actions);
+        self.actions = earlier;
     }
 
     pub fn wants_log(&self) -> bool {

@@ -113,10 +113,28 @@ pub trait GuestExits {
     async fn guest_exit(&self);
 }
 
-/// Everything a node's environment provides.
-pub trait Host: Clock + Datagrams + BlockStorage + Arbiter + Outside + Observer + GuestExits + 'static {}
+/// A logging channel: any reliable ordered byte stream.
+pub trait ChannelStream: AsyncRead + AsyncWrite + Unpin + 'static {}
 
-impl<T: Clock + Datagrams + BlockStorage + Arbiter + Outside + Observer + GuestExits + 'static> Host for T {}
+impl<T: AsyncRead + AsyncWrite + Unpin + 'static> ChannelStream for T {}
+
+/// Where a live primary without a backup takes the channel of a node that wants to join as its new backup
+/// (re-protection). The driver asks only while the node `accepts_joiner`.
+#[allow(async_fn_in_trait)]
+pub trait Joiners {
+    /// The next joiner's channel, connected. A host that takes no joiners never resolves.
+    async fn accept_joiner(&self) -> Box<dyn ChannelStream> {
+        std::future::pending().await
+    }
+}
+
+/// Everything a node's environment provides.
+pub trait Host:
+    Clock + Datagrams + BlockStorage + Arbiter + Outside + Observer + GuestExits + Joiners + 'static
+{
+}
+
+impl<T: Clock + Datagrams + BlockStorage + Arbiter + Outside + Observer + GuestExits + Joiners + 'static> Host for T {}
 
 /// Delay before retrying a storage request that found storage unreachable.
 const STORAGE_RETRY_NS: u64 = 20_000_000;
@@ -184,11 +202,8 @@ where
     let mut writer = None;
     let mut reader = None;
     if let Some(stream) = channel {
-        let (read_half, write_half) = tokio::io::split(stream);
-        reader = Some(read_half);
-        let (tx, rx) = mpsc::unbounded_channel();
-        channel_out = Some(tx);
-        writer = Some(tokio::task::spawn_local(write_frames(write_half, rx, done_tx.clone(), host.clone())));
+        let stream: Box<dyn ChannelStream> = Box::new(stream);
+        (reader, channel_out, writer) = open_channel(stream, &done_tx, &host);
     } else {
         node.handle_channel_closed(host.now_ns(), "no logging channel");
     }
@@ -296,9 +311,36 @@ where
             _ = host.guest_exit(), if progress == Progress::Running => {
                 node.guest_exited(host.now_ns(), entropy);
             }
+            stream = host.accept_joiner(), if node.accepts_joiner() && reader.is_none() && channel_out.is_none() => {
+                // A fresh stream: its own frame sequences, nothing left of the last channel.
+                (reader, channel_out, writer) = open_channel(stream, &done_tx, &host);
+                encoder = StreamEncoder::default();
+                decoder = StreamDecoder::new();
+                frames_waiting = false;
+                linger = Linger::default();
+                node.handle_joiner(host.now_ns());
+            }
             _ = host.sleep_until_ns(wake_ns) => {}
         }
     }
+}
+
+type ChannelHalves = (
+    Option<tokio::io::ReadHalf<Box<dyn ChannelStream>>>,
+    Option<mpsc::UnboundedSender<Frame>>,
+    Option<tokio::task::JoinHandle<()>>,
+);
+
+/// Splits a connected channel into the reader the loop polls and the writer task that sends its frames.
+fn open_channel<H: Host>(
+    stream: Box<dyn ChannelStream>,
+    done_tx: &mpsc::UnboundedSender<Completion>,
+    host: &Rc<H>,
+) -> ChannelHalves {
+    let (read_half, write_half) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::task::spawn_local(write_frames(write_half, rx, done_tx.clone(), host.clone()));
+    (Some(read_half), Some(tx), Some(writer))
 }
 
 /// Hands decoded frames to the node one at a time while it wants log; returns whether complete frames may still

@@ -102,6 +102,39 @@ pub enum Event {
     Stalled {
         unacked: usize,
     },
+    /// Re-protection: the arbiter recorded node `node` as the backup of `epoch`, and the clone begins.
+    CloneStarted {
+        epoch: u64,
+        node: u64,
+        memory_bytes: u64,
+    },
+    /// Re-protection: pre-copy pass `pass` sent `pages` pages while the guest ran on.
+    ClonePass {
+        pass: u32,
+        pages: u64,
+    },
+    /// Re-protection: the cut. The guest was paused for `pause_ns` while the last `pages` pages and its CPU and
+    /// device state were taken; the clone took `total_ns` and `bytes` in all. From here on the pair is protected.
+    CloneCut {
+        epoch: u64,
+        /// The new backup.
+        node: u64,
+        passes: u32,
+        pages: u64,
+        pause_ns: u64,
+        total_ns: u64,
+        bytes: u64,
+    },
+    /// The joiner restored the cut, its state hash matches the primary's, and it replays from here on.
+    Cloned {
+        epoch: u64,
+        position: Position,
+        pages: u64,
+    },
+    /// A clone was given up (either side); the primary runs on unprotected.
+    CloneAbandoned {
+        reason: String,
+    },
 }
 
 /// A timeline sentence, for logs, status pages and the simulator's trace (never Rust debug output).
@@ -136,6 +169,24 @@ impl std::fmt::Display for Event {
             Event::Stalled { unacked } => {
                 write!(f, "flow control: the guest waits, {unacked} entries unacknowledged")
             }
+            Event::CloneStarted { epoch, node, memory_bytes } => write!(
+                f,
+                "re-protecting onto node {node:#x} in epoch {epoch}: cloning {} KiB of guest memory",
+                memory_bytes >> 10
+            ),
+            Event::ClonePass { pass, pages } => write!(f, "re-protecting: pre-copy pass {pass} sent {pages} pages"),
+            Event::CloneCut { epoch, node, passes, pages, pause_ns, total_ns, bytes } => write!(
+                f,
+                "protected by node {node:#x} in epoch {epoch}: the cut after {passes} passes sent {pages} pages with the guest \
+                 paused {} us; the clone took {} ms and {} KiB",
+                pause_ns / 1_000,
+                total_ns / 1_000_000,
+                bytes >> 10
+            ),
+            Event::Cloned { epoch, position, pages } => {
+                write!(f, "cloned in epoch {epoch} at {position} ({pages} pages): replaying from here")
+            }
+            Event::CloneAbandoned { reason } => write!(f, "re-protection abandoned: {reason}"),
             Event::CpuShare { permille, lag_ms } => {
                 write!(
                     f,
@@ -155,6 +206,7 @@ impl std::fmt::Display for Stopped {
             Stopped::Diverged(divergence) => write!(f, "diverged: {divergence}"),
             Stopped::PoweredOff { status } => write!(f, "the guest powered off ({status})"),
             Stopped::GuestFailed(reason) => write!(f, "the guest failed: {reason}"),
+            Stopped::JoinFailed(reason) => write!(f, "joining the pair failed: {reason}"),
         }
     }
 }
@@ -189,10 +241,17 @@ impl std::fmt::Display for FailureCause {
 /// Why a node stopped for good.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stopped {
-    LostRace { epoch: u64 },
+    LostRace {
+        epoch: u64,
+    },
     Diverged(Divergence),
-    PoweredOff { status: u32 },
+    PoweredOff {
+        status: u32,
+    },
     GuestFailed(String),
+    /// A joiner gave up before its clone was complete (refused, timed out, the channel broke, a state mismatch):
+    /// it holds no state worth keeping, and may try again with a fresh guest.
+    JoinFailed(String),
 }
 
 /// Whether more guest work is ready right now.
@@ -214,6 +273,8 @@ pub enum Role {
     /// Live with no backup: "not protected".
     Unprotected,
     Backup,
+    /// Joining a live primary as its new backup: receiving the clone.
+    Joining,
     Stopped,
 }
 
@@ -231,6 +292,19 @@ pub struct Stats {
     pub stalls: u64,
     /// Heartbeats dropped: another pair's, another epoch's, the node's own reflected back, or replayed.
     pub heartbeats_ignored: u64,
+    /// A clone under way (on the primary or the joiner), for `ftvm status`.
+    pub clone: Option<CloneProgress>,
+}
+
+/// How far a clone has come.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloneProgress {
+    pub pass: u32,
+    /// Pages sent (or received) in all passes so far, and the guest's pages.
+    pub pages_done: u64,
+    pub pages_total: u64,
+    /// Pages dirtied since the current pass began, as of the last look.
+    pub dirty_pages: u64,
 }
 
 /// A disk request finished at storage.

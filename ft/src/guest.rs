@@ -10,6 +10,9 @@ use crate::position::Position;
 /// A 64-bit digest of guest state (memory plus CPU registers), compared at checkpoints.
 pub type StateHash = u64;
 
+/// The unit of memory that cloning copies and dirty tracking reports.
+pub const PAGE_BYTES: usize = 4096;
+
 /// Why `Guest::run` returned. Every variant except `InstructionLimit` is guest-initiated and counts as an exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -53,6 +56,9 @@ pub enum GuestError {
     /// The hypervisor failed (KVM ioctl errors and the like).
     #[error("hypervisor: {0}")]
     Hypervisor(String),
+    /// This guest implementation cannot be cloned (no dirty tracking or CPU state transfer).
+    #[error("this guest cannot be cloned (no dirty-page tracking or CPU state transfer)")]
+    CloneUnsupported,
 }
 
 /// A deterministic uniprocessor machine.
@@ -94,6 +100,29 @@ pub trait Guest {
 
     /// Restores a snapshot taken by the same implementation.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), GuestError>;
+
+    /// Bytes of guest memory (a multiple of [`PAGE_BYTES`]) that a clone copies; 0 for a guest that cannot be
+    /// cloned (re-protection then refuses it with a clear error).
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
+
+    /// The pages (numbers, ascending) written since the last call, by the guest or by the host (DMA): what a
+    /// pre-copy round sends again. The first call reports every page written since the guest was built.
+    fn take_dirty_pages(&mut self) -> Result<Vec<u64>, GuestError> {
+        Err(GuestError::CloneUnsupported)
+    }
+
+    /// The CPU state without memory (registers, pending interrupts, position), in the implementation's own
+    /// versioned and checksummed format: what the cut of a clone sends beside the last dirty pages.
+    fn save_cpu(&mut self) -> Result<Vec<u8>, GuestError> {
+        Err(GuestError::CloneUnsupported)
+    }
+
+    /// Restores what [`Guest::save_cpu`] saved, on a guest built from the same image.
+    fn restore_cpu(&mut self, _cpu: &[u8]) -> Result<(), GuestError> {
+        Err(GuestError::CloneUnsupported)
+    }
 
     /// Starts `run`. A guest with a vCPU thread of its own returns at once with `Started`, and the driver goes on
     /// with its I/O (acks, timers) while the guest runs; the others run on the caller's thread. Until the run has
@@ -146,6 +175,18 @@ impl<G: Guest + ?Sized> Guest for Box<G> {
     }
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), GuestError> {
         (**self).restore(snapshot)
+    }
+    fn memory_bytes(&self) -> u64 {
+        (**self).memory_bytes()
+    }
+    fn take_dirty_pages(&mut self) -> Result<Vec<u64>, GuestError> {
+        (**self).take_dirty_pages()
+    }
+    fn save_cpu(&mut self) -> Result<Vec<u8>, GuestError> {
+        (**self).save_cpu()
+    }
+    fn restore_cpu(&mut self, cpu: &[u8]) -> Result<(), GuestError> {
+        (**self).restore_cpu(cpu)
     }
     fn start_run(&mut self, instruction_target: Option<u64>) -> RunStart {
         (**self).start_run(instruction_target)

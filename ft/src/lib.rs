@@ -9,6 +9,7 @@ pub mod config;
 pub mod detector;
 pub mod events;
 pub mod guest;
+pub mod join;
 pub mod kv;
 pub mod log;
 pub mod node;

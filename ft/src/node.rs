@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 
 use crate::backup::Backup;
 use crate::guest::Guest;
+use crate::join::Joiner;
 use crate::position::Position;
 use crate::primary::Primary;
 use crate::wire::Message;
@@ -20,6 +21,8 @@ pub use crate::events::{
 pub enum Node<G: Guest> {
     Primary(Box<Primary<G>>),
     Backup(Box<Backup<G>>),
+    /// Receiving a clone of a live primary; a backup once the cut is restored (`crate::join`).
+    Joining(Box<Joiner<G>>),
     /// Stopped for good; the actions it queued before stopping are still drained.
     Stopped(Stopped, VecDeque<Action>),
 }
@@ -30,6 +33,7 @@ impl<G: Guest> Node<G> {
             Node::Primary(primary) if primary.is_protected_or_connecting() => Role::Primary,
             Node::Primary(_) => Role::Unprotected,
             Node::Backup(_) => Role::Backup,
+            Node::Joining(_) => Role::Joining,
             Node::Stopped(..) => Role::Stopped,
         }
     }
@@ -38,6 +42,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.epoch(),
             Node::Backup(backup) => backup.epoch(),
+            Node::Joining(joiner) => joiner.epoch(),
             Node::Stopped(..) => 0,
         }
     }
@@ -46,7 +51,39 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.handle_message(now_ns, message),
             Node::Backup(backup) => backup.handle_message(now_ns, message),
+            Node::Joining(joiner) => {
+                joiner.handle_message(now_ns, message);
+                self.joined(now_ns);
+            }
             Node::Stopped(..) => {}
+        }
+    }
+
+    /// A joiner whose cut is restored becomes a backup.
+    fn joined(&mut self, now_ns: u64) {
+        if !matches!(self, Node::Joining(joiner) if joiner.cloned()) {
+            return;
+        }
+        let Node::Joining(joiner) =
+            std::mem::replace(self, Node::Stopped(Stopped::LostRace { epoch: 0 }, VecDeque::new()))
+        else {
+            unreachable!("matched a cloned joiner above")
+        };
+        match joiner.into_backup(now_ns) {
+            Ok(backup) => *self = Node::Backup(Box::new(backup)),
+            Err(joiner) => *self = Node::Joining(joiner),
+        }
+    }
+
+    /// Whether the driver may connect a joiner's channel now (re-protection): a live primary without a backup.
+    pub fn accepts_joiner(&self) -> bool {
+        matches!(self, Node::Primary(primary) if primary.accepts_joiner())
+    }
+
+    /// The driver connected a joiner's channel (only when [`Node::accepts_joiner`]).
+    pub fn handle_joiner(&mut self, now_ns: u64) {
+        if let Node::Primary(primary) = self {
+            primary.handle_joiner(now_ns);
         }
     }
 
@@ -55,6 +92,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.handle_channel_closed(now_ns, reason),
             Node::Backup(backup) => backup.handle_channel_closed(now_ns, reason),
+            Node::Joining(joiner) => joiner.handle_channel_closed(now_ns, reason),
             Node::Stopped(..) => {}
         }
     }
@@ -63,6 +101,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.handle_timeout(now_ns),
             Node::Backup(backup) => backup.handle_timeout(now_ns),
+            Node::Joining(joiner) => joiner.handle_timeout(now_ns),
             Node::Stopped(..) => {}
         }
     }
@@ -71,7 +110,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.handle_arbiter(now_ns, outcome),
             Node::Backup(backup) => backup.handle_arbiter(now_ns, outcome),
-            Node::Stopped(..) => {}
+            Node::Joining(_) | Node::Stopped(..) => {}
         }
     }
 
@@ -95,6 +134,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.take_actions(),
             Node::Backup(backup) => backup.take_actions(),
+            Node::Joining(joiner) => joiner.take_actions(),
             Node::Stopped(_, actions) => std::mem::take(actions),
         }
     }
@@ -103,6 +143,7 @@ impl<G: Guest> Node<G> {
         let stopped = match self {
             Node::Primary(primary) => primary.take_stopped(),
             Node::Backup(backup) => backup.take_stopped(),
+            Node::Joining(joiner) => joiner.take_stopped(),
             Node::Stopped(..) => None,
         };
         if let Some(stopped) = stopped {
@@ -124,7 +165,7 @@ impl<G: Guest> Node<G> {
         let progress = match self {
             Node::Primary(primary) => primary.run_guest(now_ns, entropy),
             Node::Backup(backup) => backup.run_guest(now_ns),
-            Node::Stopped(..) => Progress::Idle,
+            Node::Joining(_) | Node::Stopped(..) => Progress::Idle,
         };
         self.transition(now_ns, entropy);
         progress
@@ -136,7 +177,7 @@ impl<G: Guest> Node<G> {
         let progress = match self {
             Node::Primary(primary) => primary.guest_exited(now_ns, entropy),
             Node::Backup(backup) => backup.guest_exited(now_ns),
-            Node::Stopped(..) => Progress::Idle,
+            Node::Joining(_) | Node::Stopped(..) => Progress::Idle,
         };
         self.transition(now_ns, entropy);
         progress
@@ -147,7 +188,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.vm().running(),
             Node::Backup(backup) => backup.vm().running(),
-            Node::Stopped(..) => false,
+            Node::Joining(_) | Node::Stopped(..) => false,
         }
     }
 
@@ -184,6 +225,7 @@ impl<G: Guest> Node<G> {
                     None
                 }
             }
+            Node::Joining(joiner) => joiner.take_stopped().map(|stopped| Node::Stopped(stopped, joiner.take_actions())),
             Node::Stopped(..) => None,
         };
         if let Some(next) = next {
@@ -199,6 +241,7 @@ impl<G: Guest> Node<G> {
         let action = match self {
             Node::Primary(primary) => primary.poll_action(),
             Node::Backup(backup) => backup.poll_action(),
+            Node::Joining(joiner) => joiner.poll_action(),
             Node::Stopped(_, actions) => actions.pop_front(),
         };
         if action.is_none() && !self.guest_running() {
@@ -213,6 +256,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.poll_timeout(),
             Node::Backup(backup) => backup.poll_timeout(),
+            Node::Joining(joiner) => joiner.poll_timeout(),
             Node::Stopped(..) => None,
         }
     }
@@ -229,6 +273,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => primary.stats(now_ns),
             Node::Backup(backup) => backup.stats(),
+            Node::Joining(joiner) => joiner.stats(),
             Node::Stopped(..) => Stats::default(),
         }
     }
@@ -245,6 +290,7 @@ impl<G: Guest> Node<G> {
         match self {
             Node::Primary(primary) => Some(primary.position()),
             Node::Backup(backup) => Some(backup.position()),
+            Node::Joining(joiner) => Some(joiner.position()),
             Node::Stopped(..) => None,
         }
     }

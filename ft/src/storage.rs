@@ -37,7 +37,9 @@ struct Queued {
 #[derive(Debug, Default)]
 pub struct Scheduler {
     queue: VecDeque<Queued>,
-    issued: BTreeMap<u32, (DiskOp, DiskTarget)>,
+    /// Requests at storage, with a write's data and output sequence: a clone's cut carries them, because the
+    /// new backup must be able to reissue them if it goes live.
+    issued: BTreeMap<u32, (DiskOp, DiskTarget, Vec<u8>, u64)>,
     /// Reads done at storage whose completion the backup has not acknowledged (the log index of the completion
     /// once it is logged): overlapping writes wait for them.
     reads_unacked: Vec<(u32, DiskTarget, Option<LogIndex>)>,
@@ -119,7 +121,7 @@ impl Scheduler {
                 cov_mark::hit!(write_waits_for_read_completion);
             }
             let blocked = unacked_read
-                || self.issued.values().any(|(_, busy)| overlap(busy, &candidate.target))
+                || self.issued.values().any(|(_, busy, _, _)| overlap(busy, &candidate.target))
                 || self.queue.iter().take(i).any(|earlier| overlap(&earlier.target, &candidate.target));
             if blocked && candidate.held_until.is_none() {
                 cov_mark::hit!(overlapping_request_waits);
@@ -127,7 +129,8 @@ impl Scheduler {
             candidate.held_until.is_none() && !blocked
         })?;
         let queued = self.queue.remove(ready)?;
-        self.issued.insert(queued.target.tag, (queued.op, queued.target));
+        let kept = if queued.op == DiskOp::Write { queued.data.clone() } else { Vec::new() };
+        self.issued.insert(queued.target.tag, (queued.op, queued.target, kept, queued.output_seq));
         Some(match queued.op {
             DiskOp::Read => StorageRequest::Read { target: queued.target },
             DiskOp::Write => {
@@ -155,15 +158,23 @@ impl Scheduler {
     /// keeps holding overlapping writes back until its completion is logged and acknowledged (`read_logged`).
     pub fn completed(&mut self, tag: u32) -> bool {
         match self.issued.remove(&tag) {
-            Some((DiskOp::Read, target)) => {
+            Some((DiskOp::Read, target, _, _)) => {
                 // Not bounded by the tags: the guest reuses a tag once its completion is delivered, long before
                 // the backup acks it. The bound is the tags plus the log's unacked bound (flow control).
                 self.reads_unacked.push((tag, target, None));
                 true
             }
-            Some((DiskOp::Write, _)) => true,
+            Some((DiskOp::Write, ..)) => true,
             None => false,
         }
+    }
+
+    /// Every write not yet completed (queued or at storage): its output sequence, target and data.
+    pub fn writes_in_flight(&self) -> Vec<(u64, DiskTarget, Vec<u8>)> {
+        let queued = self.queue.iter().filter(|queued| queued.op == DiskOp::Write);
+        let queued = queued.map(|queued| (queued.output_seq, queued.target, queued.data.clone()));
+        let issued = self.issued.values().filter(|(op, ..)| *op == DiskOp::Write);
+        queued.chain(issued.map(|(_, target, data, seq)| (*seq, *target, data.clone()))).collect()
     }
 
     /// Nothing queued or at storage (reads waiting for their completion's ack hold nothing up but writes).

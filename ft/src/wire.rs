@@ -7,7 +7,7 @@
 
 use crate::abi::DiskStatus;
 use crate::bytes::{Reader, Truncated, Writer};
-use crate::log::{Control, Entry, Input, LogIndex, OutputKind, OutputRecord};
+use crate::log::{Control, DiskTarget, Entry, Input, LogIndex, OutputKind, OutputRecord};
 use crate::position::Position;
 
 pub const MAGIC: u16 = 0x4654;
@@ -46,9 +46,46 @@ pub enum Message {
     /// The last frame of a recording file (`ftvm record`), never sent on a channel: the recording is whole and
     /// holds `entries` log entries. A log file without it was cut short.
     EndOfRecording { entries: u64 },
+    /// Joiner to primary, first on a re-protection channel: node `node` asks to become the pair's backup.
+    Join { pair_id: u64, image_digest: u64, node: u64 },
+    /// Primary to joiner: the arbiter records the joiner as the backup of `epoch`; a guest memory of
+    /// `memory_bytes` follows in pre-copy passes, then the cut.
+    CloneBegin { pair_id: u64, epoch: u64, memory_bytes: u64 },
+    /// Primary to joiner: whole pages (number, [`crate::guest::PAGE_BYTES`] bytes) of pre-copy pass `pass`.
+    ClonePages { pass: u32, pages: Vec<(u64, Vec<u8>)> },
+    /// Primary to joiner: pass `pass` is complete with `pages` pages; the joiner answers `CloneAck`.
+    ClonePassEnd { pass: u32, pages: u64 },
+    /// Joiner to primary: every page of `pass` is in place.
+    CloneAck { pass: u32 },
+    /// Primary to joiner, at the cut: a disk write in flight, whose data a go-live would reissue.
+    CloneWrite { seq: u64, target: DiskTarget, data: Vec<u8> },
+    /// Primary to joiner: the cut. With the pages of the last pass already sent, the guest's CPU and device
+    /// state at `position`; the joiner's state must hash to `hash` before it replays the log that follows.
+    CloneCut { position: Position, cpu: Vec<u8>, platform: Vec<u8>, halted: bool, hash: u64 },
 }
 
 impl Message {
+    /// The message's name, for errors about it (its Debug form may carry megabytes of pages).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Welcome { .. } => "Welcome",
+            Message::Log { .. } => "Log",
+            Message::Ack { .. } => "Ack",
+            Message::Released { .. } => "Released",
+            Message::Heartbeat { .. } => "Heartbeat",
+            Message::Goodbye { .. } => "Goodbye",
+            Message::EndOfRecording { .. } => "EndOfRecording",
+            Message::Join { .. } => "Join",
+            Message::CloneBegin { .. } => "CloneBegin",
+            Message::ClonePages { .. } => "ClonePages",
+            Message::ClonePassEnd { .. } => "ClonePassEnd",
+            Message::CloneAck { .. } => "CloneAck",
+            Message::CloneWrite { .. } => "CloneWrite",
+            Message::CloneCut { .. } => "CloneCut",
+        }
+    }
+
     fn kind(&self) -> u8 {
         match self {
             Message::Hello { .. } => 1,
@@ -59,6 +96,13 @@ impl Message {
             Message::Heartbeat { .. } => 6,
             Message::Goodbye { .. } => 7,
             Message::EndOfRecording { .. } => 8,
+            Message::Join { .. } => 9,
+            Message::CloneBegin { .. } => 10,
+            Message::ClonePages { .. } => 11,
+            Message::ClonePassEnd { .. } => 12,
+            Message::CloneAck { .. } => 13,
+            Message::CloneWrite { .. } => 14,
+            Message::CloneCut { .. } => 15,
         }
     }
 }
@@ -108,6 +152,9 @@ fn bulk_bytes(message: &Message) -> usize {
     match message {
         Message::Log { entry: Entry::Input { input: Input::NetReceive { frame }, .. }, .. } => frame.len(),
         Message::Log { entry: Entry::Input { input: Input::DiskComplete { data, .. }, .. }, .. } => data.len(),
+        Message::ClonePages { pages, .. } => pages.len() * (12 + crate::guest::PAGE_BYTES),
+        Message::CloneWrite { data, .. } => data.len(),
+        Message::CloneCut { cpu, platform, .. } => cpu.len() + platform.len(),
         _ => 0,
     }
 }
@@ -142,8 +189,48 @@ fn encode_payload(message: &Message, w: &mut Writer) {
         }
         Message::Goodbye { status } => w.u32(*status),
         Message::EndOfRecording { entries } => w.u64(*entries),
+        Message::Join { pair_id, image_digest, node } => {
+            w.u64(*pair_id);
+            w.u64(*image_digest);
+            w.u64(*node);
+        }
+        Message::CloneBegin { pair_id, epoch, memory_bytes } => {
+            w.u64(*pair_id);
+            w.u64(*epoch);
+            w.u64(*memory_bytes);
+        }
+        Message::ClonePages { pass, pages } => {
+            w.u32(*pass);
+            w.u32(pages.len() as u32);
+            for (number, bytes) in pages {
+                w.u64(*number);
+                w.blob(bytes);
+            }
+        }
+        Message::ClonePassEnd { pass, pages } => {
+            w.u32(*pass);
+            w.u64(*pages);
+        }
+        Message::CloneAck { pass } => w.u32(*pass),
+        Message::CloneWrite { seq, target, data } => {
+            w.u64(*seq);
+            w.u32(target.tag);
+            w.u64(target.sector);
+            w.u32(target.sectors);
+            w.blob(data);
+        }
+        Message::CloneCut { position, cpu, platform, halted, hash } => {
+            encode_position(position, w);
+            w.blob(cpu);
+            w.blob(platform);
+            w.u8(u8::from(*halted));
+            w.u64(*hash);
+        }
     }
 }
+
+/// Pages in one `ClonePages` message: 256 KiB, well inside the payload limit.
+pub const CLONE_PAGES_PER_MESSAGE: usize = 64;
 
 fn encode_position(position: &Position, w: &mut Writer) {
     w.u64(position.exits);
@@ -264,6 +351,43 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message, WireError> {
         },
         7 => Message::Goodbye { status: r.u32()? },
         8 => Message::EndOfRecording { entries: r.u64()? },
+        9 => Message::Join { pair_id: r.u64()?, image_digest: r.u64()?, node: r.u64()? },
+        10 => Message::CloneBegin { pair_id: r.u64()?, epoch: r.u64()?, memory_bytes: r.u64()? },
+        11 => {
+            let pass = r.u32()?;
+            let count = r.u32()? as usize;
+            if count > CLONE_PAGES_PER_MESSAGE {
+                return Err(WireError::Malformed(format!("{count} pages in one message")));
+            }
+            let mut pages = Vec::with_capacity(count);
+            for _ in 0..count {
+                let number = r.u64()?;
+                let bytes = r.blob()?;
+                if bytes.len() != crate::guest::PAGE_BYTES {
+                    return Err(WireError::Malformed(format!("a page of {} bytes", bytes.len())));
+                }
+                pages.push((number, bytes.to_vec()));
+            }
+            Message::ClonePages { pass, pages }
+        }
+        12 => Message::ClonePassEnd { pass: r.u32()?, pages: r.u64()? },
+        13 => Message::CloneAck { pass: r.u32()? },
+        14 => Message::CloneWrite {
+            seq: r.u64()?,
+            target: DiskTarget { tag: r.u32()?, sector: r.u64()?, sectors: r.u32()? },
+            data: r.blob()?.to_vec(),
+        },
+        15 => Message::CloneCut {
+            position: decode_position(&mut r)?,
+            cpu: r.blob()?.to_vec(),
+            platform: r.blob()?.to_vec(),
+            halted: match r.u8()? {
+                0 => false,
+                1 => true,
+                other => return Err(WireError::Malformed(format!("halted flag {other}"))),
+            },
+            hash: r.u64()?,
+        },
         other => return Err(WireError::UnknownKind(other)),
     };
     if r.remaining() != 0 {

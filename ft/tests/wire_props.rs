@@ -72,6 +72,42 @@ fn message() -> impl Strategy<Value = Message> {
         ),
         any::<u32>().prop_map(|status| Message::Goodbye { status }),
         any::<u64>().prop_map(|entries| Message::EndOfRecording { entries }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(pair_id, image_digest, node)| Message::Join {
+            pair_id,
+            image_digest,
+            node
+        }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(pair_id, epoch, memory_bytes)| Message::CloneBegin {
+            pair_id,
+            epoch,
+            memory_bytes
+        }),
+        (any::<u32>(), proptest::collection::vec((any::<u64>(), any::<u8>()), 0..4)).prop_map(|(pass, pages)| {
+            let pages = pages.into_iter().map(|(number, fill)| (number, vec![fill; ft::guest::PAGE_BYTES])).collect();
+            Message::ClonePages { pass, pages }
+        }),
+        (any::<u32>(), any::<u64>()).prop_map(|(pass, pages)| Message::ClonePassEnd { pass, pages }),
+        any::<u32>().prop_map(|pass| Message::CloneAck { pass }),
+        (any::<u64>(), any::<u32>(), any::<u64>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..600))
+            .prop_map(|(seq, tag, sector, sectors, data)| Message::CloneWrite {
+                seq,
+                target: ft::log::DiskTarget { tag, sector, sectors },
+                data
+            }),
+        (
+            position(),
+            proptest::collection::vec(any::<u8>(), 0..200),
+            proptest::collection::vec(any::<u8>(), 0..200),
+            any::<bool>(),
+            any::<u64>()
+        )
+            .prop_map(|(position, cpu, platform, halted, hash)| Message::CloneCut {
+                position,
+                cpu,
+                platform,
+                halted,
+                hash
+            }),
     ]
 }
 

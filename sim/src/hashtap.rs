@@ -1,6 +1,9 @@
 //! The checker's own view of each guest: a wrapper that hashes the guest's state at every `every`-th exit and
 //! files the hash by position, so that S5 compares the two guests itself instead of trusting the backup's
-//! checkpoint verdict (`check::states`).
+//! checkpoint verdict (`check::states`). Hashes are filed under the node's lineage (the epoch of the log it
+//! is in: the pair's first, or the one a re-protection began), because a re-protected pair starts its log, and
+//! its lockstep, afresh. At a clone's cut the tap hashes the primary's guest when its CPU state is saved, and
+//! the joiner's when it is restored: `check::clones` compares the two.
 
 use ft::{Exit, Guest, GuestError, Position, StateHash};
 
@@ -30,7 +33,8 @@ impl Guest for HashTap {
             // At an exit both guests of a pair in lockstep have applied exactly the same inputs.
             let hash = self.inner.state_hash()?;
             let mut world = self.world.borrow_mut();
-            world.hashes.entry(position.exits).or_default()[self.node.index()] = Some((position, hash));
+            let lineage = world.role_epoch[self.node.index()];
+            world.hashes.entry((lineage, position.exits)).or_default()[self.node.index()] = Some((position, hash));
         }
         Ok(exit)
     }
@@ -63,5 +67,25 @@ impl Guest for HashTap {
     }
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), GuestError> {
         self.inner.restore(snapshot)
+    }
+    fn memory_bytes(&self) -> u64 {
+        self.inner.memory_bytes()
+    }
+    fn take_dirty_pages(&mut self) -> Result<Vec<u64>, GuestError> {
+        self.inner.take_dirty_pages()
+    }
+    fn save_cpu(&mut self) -> Result<Vec<u8>, GuestError> {
+        let cpu = self.inner.save_cpu()?;
+        let hash = self.inner.state_hash()?;
+        let position = self.inner.position();
+        self.world.borrow_mut().clone_cuts.push(crate::world::CloneCut { node: self.node, position, hash });
+        Ok(cpu)
+    }
+    fn restore_cpu(&mut self, cpu: &[u8]) -> Result<(), GuestError> {
+        self.inner.restore_cpu(cpu)?;
+        let hash = self.inner.state_hash()?;
+        let position = self.inner.position();
+        self.world.borrow_mut().clone_restores.push(crate::world::CloneCut { node: self.node, position, hash });
+        Ok(())
     }
 }

@@ -28,6 +28,11 @@ pub const MARKS: &[(&str, &str)] = &[
     ("crash_during_test_and_set", "a crash inside the test-and-set"),
     ("crash_during_reissue", "a crash during go-live's reissue"),
     ("crash_during_power_off", "a crash during power-off"),
+    ("crash_during_clone", "a crash of the primary or the joiner during a clone"),
+    ("clone_precopy_repeated", "a clone's second or later pre-copy pass"),
+    ("clone_cut", "a clone's cut: the pair protected again"),
+    ("clone_aborted", "a clone given up before its cut"),
+    ("clone_under_load", "a clone while the guest's outputs were released"),
 ];
 
 thread_local! {

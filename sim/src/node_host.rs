@@ -34,6 +34,10 @@ pub fn model_guests(workload: Workload) -> GuestFactory {
 pub const SERVICE_PORT: u16 = 7000;
 pub const HEARTBEAT_PORT: u16 = 7001;
 pub const CHANNEL_PORT: u16 = 7002;
+/// Where a live primary without a backup takes a restarted node that rejoins as its backup.
+pub const JOIN_PORT: u16 = 7003;
+/// A restarted node's pause between two attempts to join.
+const REJOIN_RETRY_MS: u64 = 100;
 /// Simulated CPU time of a guest slice on a live primary.
 pub const PRIMARY_SLICE_NS: u64 = 1_000_000;
 
@@ -70,6 +74,8 @@ pub struct SimHost {
     pub(crate) dead: Rc<Cell<bool>>,
     /// Reissued disk requests left to count after this node went live (for `Edge::DuringReissue`).
     pub(crate) reissues_left: Cell<u64>,
+    /// Joiners connect here once this node is a live primary without a backup.
+    joiners: TcpListener,
 }
 
 pub fn now_ns() -> u64 {
@@ -99,6 +105,7 @@ impl SimHost {
             Edge::DuringTestAndSet => cov_mark::hit!(crash_during_test_and_set),
             Edge::DuringReissue => cov_mark::hit!(crash_during_reissue),
             Edge::DuringPowerOff => cov_mark::hit!(crash_during_power_off),
+            Edge::DuringClone => cov_mark::hit!(crash_during_clone),
         }
         let mut world = self.world.borrow_mut();
         world.now_ns = now_ns();
@@ -199,6 +206,20 @@ impl Arbiter for SimHost {
     }
 }
 
+impl ft::driver::Joiners for SimHost {
+    async fn accept_joiner(&self) -> Box<dyn ft::driver::ChannelStream> {
+        loop {
+            if self.dead.get() {
+                return std::future::pending().await;
+            }
+            if let Ok((stream, _)) = self.joiners.accept().await {
+                let channel = SimChannel::new(stream, self.id, self.world.clone(), self.dead.clone());
+                return Box::new(channel);
+            }
+        }
+    }
+}
+
 impl GuestExits for SimHost {
     /// Simulated guests run on the driver's thread (`RunStart::Done`): no run ever goes on in the background.
     async fn guest_exit(&self) {
@@ -239,17 +260,13 @@ impl Observer for SimHost {
     }
 }
 
-/// The body of a node host. Restarted (bounced) hosts come back without their VM and stay out: bringing them
-/// back as a backup is re-protection, which is not implemented.
+/// The body of a node host. A restarted (bounced) host comes back without its VM and rejoins the pair: it
+/// asks the live primary for a clone, and becomes its backup (re-protection), as often as it takes.
 pub async fn node_main(id: NodeId, world: SharedWorld, setup: NodeSetup) -> turmoil::Result {
     let restarted = std::mem::replace(&mut world.borrow_mut().started[id.index()], true);
-    if restarted {
-        world.borrow_mut().log(id.host(), "restarted without its VM: stays out (re-protection not implemented)");
-        world.borrow_mut().role[id.index()] = Some(Role::Stopped);
-        return std::future::pending().await;
-    }
     let config = setup.config.clone();
     let peer = id.other().host();
+    let joiners = TcpListener::bind(("0.0.0.0", JOIN_PORT)).await?;
     let host = Rc::new(SimHost {
         id,
         world: world.clone(),
@@ -262,7 +279,18 @@ pub async fn node_main(id: NodeId, world: SharedWorld, setup: NodeSetup) -> turm
         buffered_max: config.log_entries_buffered_max,
         dead: world.borrow().dead[id.index()].clone(),
         reissues_left: Cell::new(0),
+        joiners,
     });
+    let mut entropy = SimEntropy(ChaCha8Rng::seed_from_u64(setup.seed ^ (0x5eed_0000 + id as u64)));
+    if restarted {
+        {
+            let mut world = world.borrow_mut();
+            world.crashed[id.index()] = false;
+            world.restarts[id.index()] += 1;
+            world.log(id.host(), "restarted without its VM: rejoining the pair");
+        }
+        return rejoin(id, world, setup, host, entropy).await;
+    }
     let guest: Box<dyn ft::Guest> = Box::new(HashTap::new((setup.guests)(), id, world.clone()));
     let now = now_ns();
     let (node, stream) = match id {
@@ -270,7 +298,7 @@ pub async fn node_main(id: NodeId, world: SharedWorld, setup: NodeSetup) -> turm
             world.borrow_mut().role[0] = Some(Role::Primary);
             world.borrow_mut().role_epoch[0] = 1;
             let node = Node::Primary(Box::new(ft::primary::Primary::new(config.clone(), guest, DISK_SECTORS, 1, now)));
-            (node, connect(peer, config.startup_timeout_ms).await)
+            (node, connect(peer, CHANNEL_PORT, config.startup_timeout_ms).await)
         }
         NodeId::B => {
             world.borrow_mut().role[1] = Some(Role::Backup);
@@ -280,22 +308,54 @@ pub async fn node_main(id: NodeId, world: SharedWorld, setup: NodeSetup) -> turm
         }
     };
     let channel = stream.map(|inner| SimChannel::new(inner, id, world.clone(), host.dead.clone()));
-    let mut entropy = SimEntropy(ChaCha8Rng::seed_from_u64(setup.seed ^ (0x5eed_0000 + id as u64)));
     let stopped = ft::driver::run(host.clone(), node, channel, &mut entropy).await;
+    stopped_for_good(&host, &world, id, &stopped);
+    std::future::pending().await
+}
+
+/// Asks the other node for a clone until one succeeds; the node then runs as a backup (and perhaps later as a
+/// primary) until it stops for good.
+async fn rejoin(
+    id: NodeId,
+    world: SharedWorld,
+    setup: NodeSetup,
+    host: Rc<SimHost>,
+    mut entropy: SimEntropy,
+) -> turmoil::Result {
+    let config = setup.config.clone();
+    loop {
+        world.borrow_mut().role[id.index()] = Some(Role::Joining);
+        let Some(stream) = connect(id.other().host(), JOIN_PORT, config.startup_timeout_ms).await else {
+            tokio::time::sleep(Duration::from_millis(REJOIN_RETRY_MS)).await;
+            continue;
+        };
+        let guest: Box<dyn ft::Guest> = Box::new(HashTap::new((setup.guests)(), id, world.clone()));
+        let joiner = ft::join::Joiner::new(config.clone(), guest, DISK_SECTORS, id as u64 + 0xa, now_ns());
+        let channel = SimChannel::new(stream, id, world.clone(), host.dead.clone());
+        let stopped = ft::driver::run(host.clone(), Node::Joining(Box::new(joiner)), Some(channel), &mut entropy).await;
+        if matches!(stopped, ft::Stopped::JoinFailed(_)) && !host.dead.get() {
+            world.borrow_mut().log(id.host(), format!("{stopped}: trying again"));
+            tokio::time::sleep(Duration::from_millis(REJOIN_RETRY_MS)).await;
+            continue;
+        }
+        stopped_for_good(&host, &world, id, &stopped);
+        return std::future::pending().await;
+    }
+}
+
+fn stopped_for_good(host: &SimHost, world: &SharedWorld, id: NodeId, stopped: &ft::Stopped) {
     if !host.dead.get() {
         let mut world = world.borrow_mut();
         world.now_ns = now_ns();
         world.role[id.index()] = Some(Role::Stopped);
         world.log(id.host(), format!("stopped: {stopped}"));
     }
-    std::future::pending().await
 }
 
-async fn connect(peer: &str, timeout_ms: u64) -> Option<TcpStream> {
+async fn connect(peer: &str, port: u16, timeout_ms: u64) -> Option<TcpStream> {
     let deadline = now_ns() + timeout_ms * 1_000_000;
     while now_ns() < deadline {
-        if let Ok(Ok(stream)) =
-            tokio::time::timeout(Duration::from_millis(100), TcpStream::connect((peer, CHANNEL_PORT))).await
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(100), TcpStream::connect((peer, port))).await
         {
             return Some(stream);
         }

@@ -68,19 +68,39 @@ fn record(host: &SimHost, world: &mut World, now_ns: u64, observation: &Observat
                 return Some(Edge::DuringReissue);
             }
         }
-        Observation::Action(Action::Send(Message::Ack { received, .. })) if id == NodeId::B => {
-            world.backup_acked_max = world.backup_acked_max.max(*received);
+        Observation::Action(Action::Send(Message::Ack { received, .. }))
+            if world.role[id.index()] == Some(Role::Backup) =>
+        {
+            let lineage = world.role_epoch[id.index()];
+            let acked = world.backup_acked_max.entry(lineage).or_default();
+            *acked = (*acked).max(*received);
+        }
+        // The joiner's lineage is the epoch of the clone it receives: its log (which may arrive in the same read
+        // as the cut, before the joiner says it restored it) belongs there.
+        Observation::Received(Message::CloneBegin { epoch, .. }) => world.role_epoch[id.index()] = *epoch,
+        Observation::Action(Action::Send(Message::CloneWrite { seq, .. })) => {
+            let lineage = world.role_epoch[id.index()];
+            world.clone_writes.insert((lineage, *seq));
+        }
+        Observation::Action(Action::Send(Message::CloneCut { .. })) => {
+            let lineage = world.role_epoch[id.index()];
+            world.cuts_sent.insert(lineage, (id, now_ns));
         }
         Observation::Action(Action::Send(Message::Goodbye { .. })) => return Some(Edge::DuringPowerOff),
+        Observation::Action(Action::Send(Message::ClonePages { .. }))
+        | Observation::Received(Message::ClonePages { .. }) => return Some(Edge::DuringClone),
         Observation::Received(Message::Goodbye { .. }) => {
             world.goodbye_received_ns.get_or_insert(now_ns);
         }
         Observation::Received(Message::Log { index, entry }) => {
-            check::replay::on_log_received(world, *index);
+            let lineage = world.role_epoch[id.index()];
+            world.lineage_backup.insert(lineage, id);
+            check::replay::on_log_received(world, lineage, *index);
             if let Entry::Output { record, .. } = entry {
-                world.backup_logged_index.entry(record.seq).or_insert(*index);
+                world.backup_logged_index.entry((lineage, record.seq)).or_insert(*index);
                 if record.kind != OutputKind::DiskWrite {
-                    world.logged_outputs.entry(record.seq).or_insert((record.kind, record.digest, *index));
+                    let logged = (record.kind, record.digest, *index);
+                    world.logged_outputs.entry((lineage, record.seq)).or_insert(logged);
                 }
             }
             if let Entry::Control { control: Control::PowerOff { .. }, .. } = entry {
@@ -120,11 +140,12 @@ fn record_event(world: &mut World, id: NodeId, event: &Event, host: &SimHost) ->
         // Every period of a throttled primary: too many for the trace.
         Event::CpuShare { .. } => return None,
         Event::WentLive { epoch, reissued_outputs, reissued_disk_requests, .. } => {
+            let was_backup = world.role[id.index()] == Some(Role::Backup);
             world.live.entry(*epoch).or_default().push(id);
             world.role[id.index()] = Some(Role::Unprotected);
             world.role_epoch[id.index()] = *epoch;
             world.went_live_ns.get_or_insert(world.now_ns);
-            if id == NodeId::B {
+            if was_backup {
                 world.counts.failovers += 1;
                 world.went_live_at[id.index()] = Some(world.positions[id.index()]);
                 host.reissues_left.set(*reissued_disk_requests as u64);
@@ -148,6 +169,20 @@ fn record_event(world: &mut World, id: NodeId, event: &Event, host: &SimHost) ->
             world.role[id.index()] = Some(Role::Stopped);
         }
         Event::GuestStopped { .. } => world.role[id.index()] = Some(Role::Stopped),
+        // Re-protection: the lineage (the epoch whose log the pair shares) moves on at the enlisting grant for
+        // the primary, and at the restored cut for the joiner.
+        Event::CloneStarted { epoch, .. } => world.role_epoch[id.index()] = *epoch,
+        Event::CloneCut { .. } => {
+            world.counts.reprotections += 1;
+            world.role[id.index()] = Some(Role::Primary);
+        }
+        Event::Cloned { epoch, .. } => {
+            world.role[id.index()] = Some(Role::Backup);
+            world.role_epoch[id.index()] = *epoch;
+            let now_ns = world.now_ns;
+            world.protected_again_ns.push(now_ns);
+        }
+        Event::CloneAbandoned { .. } => world.counts.clones_abandoned += 1,
         _ => {}
     }
     world.log(who, event.to_string());

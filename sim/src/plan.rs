@@ -111,6 +111,8 @@ pub enum Edge {
     DuringReissue,
     /// The guest powered off and everything drained, and the primary has not said goodbye.
     DuringPowerOff,
+    /// A clone is under way: its primary has sent, or its joiner received, some of its pages.
+    DuringClone,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +147,12 @@ pub struct Plan {
     /// The execution lag the primary's throttle aims for (plans stored before the throttle run with the default).
     #[serde(default = "lag_target_ms_default")]
     pub lag_target_ms: u64,
+    /// Re-protection: pre-copy passes at most, and the dirty set small enough for the cut (plans stored before
+    /// re-protection run with the defaults).
+    #[serde(default = "clone_passes_max_default")]
+    pub clone_passes_max: u64,
+    #[serde(default = "clone_dirty_pages_small_default")]
+    pub clone_dirty_pages_small: u64,
     /// (time in ms, fault), in time order.
     pub faults: Vec<(u64, Fault)>,
     pub crash_point: Option<CrashPoint>,
@@ -155,6 +163,17 @@ pub struct Plan {
 fn lag_target_ms_default() -> u64 {
     ft::Config::default().lag_target_ms
 }
+
+fn clone_passes_max_default() -> u64 {
+    ft::Config::default().clone_passes_max
+}
+
+fn clone_dirty_pages_small_default() -> u64 {
+    ft::Config::default().clone_dirty_pages_small
+}
+
+/// Time between two successive failures of a plan with several: room for failover and re-protection.
+const SUCCESSIVE_FAILURES_APART_MS: u64 = 1_200;
 
 fn pick<T: Copy>(rng: &mut ChaCha8Rng, choices: &[T]) -> T {
     choices[rng.random_range(0..choices.len())]
@@ -185,7 +204,44 @@ impl Plan {
         plan.faults.sort_by_key(|(at_ms, _)| *at_ms);
         // Drawn last, so that every other choice of a seed is what it was before the throttle.
         plan.lag_target_ms = pick(&mut rng, &[10, 50, 50, 200]);
+        // And after it, what re-protection added: the model guest has 16 pages, so a small "small" and few
+        // passes make pre-copy take several passes, or give up converging early.
+        plan.clone_passes_max = pick(&mut rng, &[1, 2, 4, 8]);
+        plan.clone_dirty_pages_small = pick(&mut rng, &[0, 1, 2, 256]);
+        if crash_run && plan.crash_point.is_none() && rng.random_ratio(1, 2) {
+            plan.successive_failures(&mut rng);
+        }
         plan
+    }
+
+    /// Two or three failures in a row, each after the pair was protected again: the primary of the moment is
+    /// restarted (the nodes take turns), it rejoins as the backup of the survivor, and the next failure hits
+    /// the survivor. The first failure stays where `plan_crash` put it (or comes early enough for three).
+    fn successive_failures(&mut self, rng: &mut ChaCha8Rng) {
+        self.faults.retain(|(_, fault)| !matches!(fault, Fault::Crash(_) | Fault::Bounce(_) | Fault::Freeze(_)));
+        self.faults.retain(|(_, fault)| !matches!(fault, Fault::Heartbeats { .. }));
+        let failures = rng.random_range(2..=3);
+        let first_ms = rng.random_range(300..=800);
+        let mut node = NodeId::A;
+        for failure in 0..failures {
+            let at_ms = first_ms + failure * SUCCESSIVE_FAILURES_APART_MS + rng.random_range(0..=200);
+            self.faults.push((at_ms, Fault::Bounce(node)));
+            node = node.other();
+        }
+        self.faults.sort_by_key(|(at_ms, _)| *at_ms);
+        // A third of these lose a node in the middle of a clone: the joiner (the primary runs on, unprotected,
+        // and gives the clone up) or the primary (the joiner has nothing to go live with).
+        // Only the first failure stays then, so that A is the joiner and B the primary of every clone, and no
+        // later failure takes the survivor too.
+        if rng.random_ratio(1, 3) {
+            let node = random_node(rng);
+            self.crash_point = Some(CrashPoint { node, edge: Edge::DuringClone, nth: rng.random_range(1..=2) });
+            let mut bounces = 0;
+            self.faults.retain(|(_, fault)| {
+                bounces += u32::from(matches!(fault, Fault::Bounce(_)));
+                bounces <= 1 || !matches!(fault, Fault::Bounce(_))
+            });
+        }
     }
 
     /// The workload and every bound, timeout and speed of the protocol.
@@ -223,6 +279,8 @@ impl Plan {
             storage_timeout_ms: rng.random_range(50..=200),
             slice_cost_us: [1_000, backup_cost_us],
             lag_target_ms: lag_target_ms_default(),
+            clone_passes_max: clone_passes_max_default(),
+            clone_dirty_pages_small: clone_dirty_pages_small_default(),
             faults: Vec::new(),
             crash_point: None,
             heal_ms: HEAL_MS,
@@ -328,7 +386,12 @@ impl Plan {
 
     /// Whether both nodes may be lost (a crash aimed at the survivor of a first crash): then no liveness is owed.
     pub fn double_failure(&self) -> bool {
-        self.crash_point.is_some_and(|point| matches!(point.edge, Edge::DuringReissue | Edge::DuringTestAndSet))
+        // Successive failures begin with A, so B is the primary of the first clone: its crash there leaves a
+        // joiner with nothing to go live with.
+        self.crash_point.is_some_and(|point| {
+            matches!(point.edge, Edge::DuringReissue | Edge::DuringTestAndSet)
+                || (point.edge == Edge::DuringClone && point.node == NodeId::B)
+        })
     }
 
     /// Whether the guest powers off by itself during the run.

@@ -58,6 +58,8 @@ pub fn config_for(plan: &Plan) -> Config {
         slice_instructions: plan.slice_instructions,
         slice_exits_max: plan.slice_exits_max,
         lag_target_ms: plan.lag_target_ms,
+        clone_passes_max: plan.clone_passes_max,
+        clone_dirty_pages_small: plan.clone_dirty_pages_small,
         ..Config::default()
     }
 }

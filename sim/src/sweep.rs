@@ -24,6 +24,8 @@ pub fn add(totals: &mut Counts, counts: &Counts) {
     totals.writes_superseded += counts.writes_superseded;
     totals.crash_points += counts.crash_points;
     totals.power_offs += counts.power_offs;
+    totals.reprotections += counts.reprotections;
+    totals.clones_abandoned += counts.clones_abandoned;
     totals.requests_ok += counts.requests_ok;
     totals.requests_indeterminate += counts.requests_indeterminate;
 }
@@ -50,6 +52,7 @@ pub fn never_happened(totals: &Counts) -> Vec<&'static str> {
         ("late write superseded", totals.writes_superseded),
         ("crash at a protocol edge", totals.crash_points),
         ("power-off", totals.power_offs),
+        ("re-protection", totals.reprotections),
         ("request ok", totals.requests_ok),
     ];
     checks.iter().filter(|(_, count)| *count == 0).map(|(name, _)| *name).collect()

@@ -70,6 +70,18 @@ pub struct ClientOp {
 }
 
 /// A test-and-set that moved the arbiter record to a new epoch.
+/// A guest's state hash at a position, as the checker took it.
+pub type PositionHash = (Position, u64);
+
+/// A guest's state at a clone's cut, as the checker hashed it itself: the primary's when its CPU was saved,
+/// the joiner's when it was restored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloneCut {
+    pub node: NodeId,
+    pub position: Position,
+    pub hash: u64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {
     pub epoch: u64,
@@ -94,6 +106,8 @@ pub struct Counts {
     pub writes_superseded: u64,
     pub crash_points: u64,
     pub power_offs: u64,
+    pub reprotections: u64,
+    pub clones_abandoned: u64,
     pub requests_ok: u64,
     pub requests_indeterminate: u64,
 }
@@ -142,19 +156,35 @@ pub struct World {
     pub history: Vec<ClientOp>,
     /// Console/net output records the backup's driver received: sequence -> (kind, digest of the bytes, log
     /// index). The checker counts those the backup acknowledged, so surely kept (it drops log once it is going live).
-    pub logged_outputs: BTreeMap<u64, (OutputKind, u64, u64)>,
-    /// Every output record (disk writes included) the backup's driver received in the log: sequence -> index.
-    pub backup_logged_index: BTreeMap<u64, u64>,
-    pub backup_received_max: u64,
-    /// The highest log index the backup acknowledged (what its driver sent).
-    pub backup_acked_max: u64,
+    /// (lineage, output sequence) -> the kind, digest and log index of a console or network output's record.
+    pub logged_outputs: BTreeMap<(u64, u64), (OutputKind, u64, u64)>,
+    /// Every output record (disk writes included) a backup's driver received in the log of a lineage (the epoch
+    /// a backup's log belongs to): (lineage, sequence) -> index.
+    pub backup_logged_index: BTreeMap<(u64, u64), u64>,
+    /// Per lineage: the last index a backup received, and the last it acknowledged (what its driver sent).
+    pub backup_received_max: BTreeMap<u64, u64>,
+    pub backup_acked_max: BTreeMap<u64, u64>,
+    /// Epochs in which a primary sent a clone's cut, and when: from then on that epoch has a backup.
+    pub cuts_sent: BTreeMap<u64, (NodeId, u64)>,
+    pub clone_cuts: Vec<CloneCut>,
+    pub clone_restores: Vec<CloneCut>,
+    /// (lineage, output sequence) of the disk writes a cut carried: written before the cut, unprotected, and
+    /// in the new backup's hands for a go-live to reissue.
+    pub clone_writes: std::collections::BTreeSet<(u64, u64)>,
+    /// When a node became a backup by re-protection.
+    pub protected_again_ns: Vec<u64>,
+    /// Which node received each lineage's log (its backup).
+    pub lineage_backup: BTreeMap<u64, NodeId>,
+    /// Times each node's host process was restarted (a bounce), and so rejoined.
+    pub restarts: [u32; 2],
     /// When each node's driver sent each log entry: (node, index) -> time; for the execution lag as the wire
     /// shows it (not as a node reports it).
     pub log_sent_ns: BTreeMap<(usize, u64), u64>,
     /// The backup's execution lag at each ack its primary received: the age of the oldest entry not replayed.
     pub lag_samples_ns: Vec<u64>,
     /// Guest state hashes the checker took, by exit count: (position, hash) per node.
-    pub hashes: BTreeMap<u64, [Option<(Position, u64)>; 2]>,
+    /// (lineage, exits) -> each node's (position, hash) there.
+    pub hashes: BTreeMap<(u64, u64), [Option<PositionHash>; 2]>,
     /// Where each node's guest is now.
     pub positions: [Position; 2],
     /// Where each node's guest was when it went live: positions after it belong to a new execution.
@@ -203,8 +233,15 @@ impl World {
             history: Vec::new(),
             logged_outputs: BTreeMap::new(),
             backup_logged_index: BTreeMap::new(),
-            backup_received_max: 0,
-            backup_acked_max: 0,
+            backup_received_max: BTreeMap::new(),
+            backup_acked_max: BTreeMap::new(),
+            cuts_sent: BTreeMap::new(),
+            clone_cuts: Vec::new(),
+            clone_restores: Vec::new(),
+            clone_writes: std::collections::BTreeSet::new(),
+            protected_again_ns: Vec::new(),
+            lineage_backup: BTreeMap::new(),
+            restarts: [0; 2],
             log_sent_ns: BTreeMap::new(),
             lag_samples_ns: Vec::new(),
             hashes: BTreeMap::new(),

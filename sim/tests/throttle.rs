@@ -23,6 +23,10 @@ fn slow_backup(seed: u64, lag_target_ms: u64) -> Report {
     plan.slice_exits_max = 1;
     plan.slice_instructions = 500;
     plan.lag_target_ms = lag_target_ms;
+    // Long enough that the guest's progress, counted in console lines (one per 100 ticks), is precise to a few
+    // per cent, and the lag's p99 is not a handful of samples.
+    plan.end_ms = 20_000;
+    plan.heal_ms = 18_000;
     scenario::run_plan(seed, plan.clone(), model_guests(plan.workload))
 }
 
@@ -63,12 +67,13 @@ fn progress(report: &Report) -> usize {
 /// A throttle that bounds the lag by starving the guest would pass the test above: the guest must keep going at
 /// about the backup's pace, which for a backup twice as slow is half the unthrottled progress. (A controller that
 /// compounded its cuts while the lag still rose, because of the backlog written before them, oscillated down to
-/// its floor: 36 % of the unthrottled progress; the pace-matching one makes 40 %.)
+/// its floor: 36 % of the unthrottled progress; the pace-matching one made 40 %, and 38 % since a rise must
+/// last two periods before it counts, which reacts a period later. Over 20 s the count is precise to about 1 %.)
 #[test]
 fn the_throttled_guest_keeps_about_the_backup_s_pace() {
     let throttled = progress(&slow_backup(1, 50));
     let free = progress(&slow_backup(1, 24 * 3600 * 1000));
     eprintln!("progress: throttled {throttled}, unthrottled {free} console lines");
     assert!(free >= 20, "the unthrottled guest ran: {free}");
-    assert!(throttled * 100 >= free * 38, "throttled {throttled} against {free}: under 38 % of the free pace");
+    assert!(throttled * 100 >= free * 37, "throttled {throttled} against {free}: under 37 % of the free pace");
 }

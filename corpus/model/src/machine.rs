@@ -3,7 +3,7 @@
 use ft::{Exit, Guest, GuestError, Position, StateHash};
 
 use super::interrupt::{self, Handler, Pending};
-use super::memory::Memory;
+use super::memory::{Memory, MEMORY_BYTES};
 use super::program::{self, Effect};
 use super::snapshot;
 use super::workload::Workload;
@@ -237,7 +237,7 @@ impl Guest for ModelGuest {
 
     fn write_memory(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestError> {
         let range = Memory::dma_range(gpa, data.len())?;
-        self.memory.bytes_mut()[range].copy_from_slice(data);
+        self.memory.dma_write(range, data);
         Ok(())
     }
 
@@ -258,6 +258,30 @@ impl Guest for ModelGuest {
         let (core, memory) = snapshot::decode(bytes)?;
         self.core = core;
         self.memory = memory;
+        Ok(())
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        MEMORY_BYTES as u64
+    }
+
+    fn take_dirty_pages(&mut self) -> Result<Vec<u64>, GuestError> {
+        Ok(self.memory.take_dirty())
+    }
+
+    fn save_cpu(&mut self) -> Result<Vec<u8>, GuestError> {
+        Ok(snapshot::encode_cpu(&self.core))
+    }
+
+    fn restore_cpu(&mut self, cpu: &[u8]) -> Result<(), GuestError> {
+        let core = snapshot::decode_cpu(cpu)?;
+        if core.workload != self.core.workload {
+            return Err(GuestError::BadSnapshot(format!(
+                "CPU state of a {:?} guest restored on a {:?} guest",
+                core.workload, self.core.workload
+            )));
+        }
+        self.core = core;
         Ok(())
     }
 }

@@ -45,23 +45,65 @@ pub(crate) const fn event_bit(vector: u8) -> u32 {
 
 const _: () = assert!(EVENT_TIMER == 1 && EVENT_DISK == 2 && EVENT_NET == 4);
 
-/// Byte-addressed, little-endian guest memory.
-#[derive(Clone, PartialEq, Eq)]
+/// Pages of guest memory, for dirty tracking (one bit each).
+pub(crate) const PAGES: usize = MEMORY_BYTES / ft::guest::PAGE_BYTES;
+const _: () = assert!(PAGES <= 64 && MEMORY_BYTES.is_multiple_of(ft::guest::PAGE_BYTES));
+
+/// Byte-addressed, little-endian guest memory, with a dirty bit per page that every write sets (the program's
+/// and the host's alike), as KVM's dirty log plus a record of the host's own writes would.
+#[derive(Clone)]
 pub(crate) struct Memory {
     bytes: Box<[u8]>,
+    /// Bit `p`: page `p` was written since the last [`Memory::take_dirty`]. Not guest state: not hashed, not
+    /// compared, not in snapshots.
+    dirty: u64,
 }
+
+impl PartialEq for Memory {
+    fn eq(&self, other: &Memory) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for Memory {}
 
 impl Memory {
     pub(crate) fn new() -> Memory {
-        Memory { bytes: vec![0u8; MEMORY_BYTES].into_boxed_slice() }
+        // A new machine's memory is all written: the first pre-copy round sends every page.
+        Memory { bytes: vec![0u8; MEMORY_BYTES].into_boxed_slice(), dirty: u64::MAX >> (64 - PAGES) }
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.bytes
     }
 
+    /// All of memory, for writing: every page counts as dirty.
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        self.dirty = u64::MAX >> (64 - PAGES);
         &mut self.bytes
+    }
+
+    /// Writes `data` at a range already checked to lie inside memory (host DMA), marking its pages.
+    pub(crate) fn dma_write(&mut self, range: Range<usize>, data: &[u8]) {
+        self.mark(range.start, range.len());
+        self.bytes[range].copy_from_slice(data);
+    }
+
+    /// The pages written since the last call, ascending.
+    pub(crate) fn take_dirty(&mut self) -> Vec<u64> {
+        let dirty = std::mem::take(&mut self.dirty);
+        (0..PAGES as u64).filter(|page| dirty & (1 << page) != 0).collect()
+    }
+
+    fn mark(&mut self, at: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let first = at / ft::guest::PAGE_BYTES;
+        let last = ((at + len - 1) / ft::guest::PAGE_BYTES).min(PAGES - 1);
+        for page in first..=last {
+            self.dirty |= 1 << page;
+        }
     }
 
     /// The index range of a device access, or the error the `Guest` contract asks for.
@@ -77,8 +119,14 @@ impl Memory {
         self.bytes.get(at..at.checked_add(len)?)
     }
 
+    /// A window for writing: its pages are marked dirty if it lies inside memory.
     fn window_mut(&mut self, at: usize, len: usize) -> Option<&mut [u8]> {
-        self.bytes.get_mut(at..at.checked_add(len)?)
+        let end = at.checked_add(len)?;
+        if end > MEMORY_BYTES {
+            return None;
+        }
+        self.mark(at, len);
+        self.bytes.get_mut(at..end)
     }
 
     pub(crate) fn u8(&self, at: usize) -> u8 {
@@ -86,8 +134,8 @@ impl Memory {
     }
 
     pub(crate) fn set_u8(&mut self, at: usize, value: u8) {
-        if let Some(byte) = self.bytes.get_mut(at) {
-            *byte = value;
+        if let Some(window) = self.window_mut(at, 1) {
+            window[0] = value;
         }
     }
 
@@ -137,6 +185,7 @@ impl Memory {
     pub(crate) fn copy(&mut self, from: usize, to: usize, len: usize) {
         let fits = |at: usize| at.checked_add(len).is_some_and(|end| end <= MEMORY_BYTES);
         if fits(from) && fits(to) {
+            self.mark(to, len);
             self.bytes.copy_within(from..from + len, to);
         }
     }

@@ -80,6 +80,53 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Core, Memory), GuestError> {
     Ok((core, memory))
 }
 
+/// "MDLC": the CPU state alone, for the cut of a clone (memory goes across in pages).
+const CPU_MAGIC: u32 = 0x434c_444d;
+const CPU_VERSION: u32 = 1;
+/// Size of the CPU state: header, core, checksum.
+pub(crate) const CPU_BYTES: usize = HEADER_BYTES + CORE_BYTES + CHECKSUM_BYTES;
+
+/// The CPU state (magic, version, core, xxh3 checksum), as the snapshot lays it out but without memory.
+pub(crate) fn encode_cpu(core: &Core) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(CPU_BYTES);
+    bytes.extend_from_slice(&CPU_MAGIC.to_le_bytes());
+    bytes.extend_from_slice(&CPU_VERSION.to_le_bytes());
+    let mut core_bytes = [0u8; CORE_BYTES];
+    encode_core(core, &mut core_bytes);
+    bytes.extend_from_slice(&core_bytes);
+    let checksum = xxh3_64(&bytes);
+    bytes.extend_from_slice(&checksum.to_le_bytes());
+    assert_eq!(bytes.len(), CPU_BYTES);
+    bytes
+}
+
+/// Decodes what [`encode_cpu`] wrote; every check of [`decode`] applies.
+pub(crate) fn decode_cpu(bytes: &[u8]) -> Result<Core, GuestError> {
+    if bytes.len() != CPU_BYTES {
+        return Err(bad(format!("CPU state of {} bytes, expected {CPU_BYTES}", bytes.len())));
+    }
+    let (body, checksum) = bytes.split_at(CPU_BYTES - CHECKSUM_BYTES);
+    if (Reader { bytes: checksum, at: 0 }).u64()? != xxh3_64(body) {
+        return Err(bad("CPU state checksum mismatch".to_string()));
+    }
+    let mut reader = Reader { bytes: body, at: 0 };
+    let magic = reader.u32()?;
+    if magic != CPU_MAGIC {
+        return Err(bad(format!("CPU state magic {magic:#x}")));
+    }
+    let version = reader.u32()?;
+    if version != CPU_VERSION {
+        return Err(bad(format!("CPU state version {version}, this build reads {CPU_VERSION}")));
+    }
+    let core = decode_core(&mut reader)?;
+    let mut reencoded = [0u8; CORE_BYTES];
+    encode_core(&core, &mut reencoded);
+    if reencoded[..] != body[HEADER_BYTES..] {
+        return Err(bad("non-canonical core encoding".to_string()));
+    }
+    Ok(core)
+}
+
 fn bad(reason: String) -> GuestError {
     GuestError::BadSnapshot(reason)
 }

@@ -4,6 +4,7 @@
 //!
 //! `record` runs the guest and logs; `golive` builds a primary out of a backup that won the arbiter.
 
+mod clone;
 mod golive;
 mod record;
 pub mod throttle;
@@ -34,6 +35,12 @@ enum Mode {
     Arbitrating { retry_at_ns: Option<u64> },
     /// Live without a backup ("not protected"): nothing is logged or held.
     Unprotected,
+    /// Unprotected, with a joiner's channel connected: waiting for its `Join` (re-protection, `clone`).
+    AwaitingJoin { deadline_ns: u64 },
+    /// Unprotected, asking the arbiter to record joiner `node` as the backup of the next epoch.
+    Enlisting { node: u64, retry_at_ns: Option<u64>, channel_open: bool },
+    /// Unprotected, sending the clone (pre-copy passes, then the cut).
+    Cloning,
 }
 
 /// The guest powered off: the node stops once the power-off entry (`index`, if logged) is acknowledged, every
@@ -86,6 +93,8 @@ pub struct Primary<G: Guest> {
     throttle: Throttle,
     /// The powered-off guest's stop was reported (goodbye, power-off, close): once only.
     said_goodbye: bool,
+    /// A clone onto a joiner under way (`Mode::Cloning`).
+    cloning: Option<clone::Cloning>,
 }
 
 /// Bound on entries kept for the lag estimate; past it the oldest are forgotten (the lag reads low, never high).
@@ -143,6 +152,7 @@ impl<G: Guest> Primary<G> {
             stalled: false,
             throttle,
             said_goodbye: false,
+            cloning: None,
         }
     }
 
@@ -188,7 +198,7 @@ impl<G: Guest> Primary<G> {
     }
 
     pub fn is_protected_or_connecting(&self) -> bool {
-        !matches!(self.mode, Mode::Unprotected)
+        matches!(self.mode, Mode::Connecting { .. } | Mode::Protected | Mode::Arbitrating { .. })
     }
 
     pub(crate) fn vm(&self) -> &Vm<G> {
@@ -204,7 +214,7 @@ impl<G: Guest> Primary<G> {
     /// The core wants a run on the vCPU thread to end: the node has stopped for good, or the throttle's share
     /// of this period is spent.
     pub(crate) fn wants_guest_back(&self) -> bool {
-        self.stopped.is_some() || self.throttled()
+        self.stopped.is_some() || self.throttled() || self.clone_wants_guest()
     }
 
     pub fn take_stopped(&mut self) -> Option<Stopped> {
@@ -275,7 +285,11 @@ impl<G: Guest> Primary<G> {
                 self.detector.heard(now_ns);
                 self.handle_ack(now_ns, received, replayed, position)
             }
-            other => self.violation(now_ns, format!("unexpected message from backup: {other:?}")),
+            Message::Join { pair_id, image_digest, node } if matches!(self.mode, Mode::AwaitingJoin { .. }) => {
+                self.handle_join(pair_id, image_digest, node)
+            }
+            Message::CloneAck { pass } => self.handle_clone_ack(now_ns, pass),
+            other => self.violation(now_ns, format!("unexpected message from the backup: {}", other.name())),
         }
     }
 
@@ -323,15 +337,34 @@ impl<G: Guest> Primary<G> {
 
     fn violation(&mut self, now_ns: u64, what: String) {
         self.actions.push_back(Action::Notify(Event::ProtocolViolation(what.clone())));
-        if matches!(self.mode, Mode::Connecting { .. } | Mode::Protected) {
-            self.actions.push_back(Action::CloseChannel);
-            self.peer_failed(now_ns, FailureCause::ProtocolViolation(what));
+        match self.mode {
+            Mode::Connecting { .. } | Mode::Protected => {
+                self.actions.push_back(Action::CloseChannel);
+                self.peer_failed(now_ns, FailureCause::ProtocolViolation(what));
+            }
+            Mode::AwaitingJoin { .. } | Mode::Cloning => self.abandon_clone(format!("the joiner: {what}")),
+            Mode::Enlisting { node, retry_at_ns, channel_open: true } => {
+                self.actions.push_back(Action::CloseChannel);
+                self.mode = Mode::Enlisting { node, retry_at_ns, channel_open: false };
+            }
+            Mode::Enlisting { .. } | Mode::Arbitrating { .. } | Mode::Unprotected => {}
         }
     }
 
     /// The logging channel closed, reset or failed a check: the backup is failed at once, without waiting for
     /// the failure timeout.
     pub fn handle_channel_closed(&mut self, now_ns: u64, reason: &str) {
+        match self.mode {
+            Mode::AwaitingJoin { .. } | Mode::Cloning => {
+                self.abandon_clone(format!("the joiner's channel failed: {reason}"));
+                return;
+            }
+            Mode::Enlisting { node, retry_at_ns, .. } => {
+                self.mode = Mode::Enlisting { node, retry_at_ns, channel_open: false };
+                return;
+            }
+            _ => {}
+        }
         if matches!(self.mode, Mode::Connecting { .. } | Mode::Protected) {
             self.actions.push_back(Action::CloseChannel);
             let cause = match self.mode {
@@ -357,6 +390,23 @@ impl<G: Guest> Primary<G> {
     }
 
     pub fn handle_arbiter(&mut self, now_ns: u64, outcome: ArbiterOutcome) {
+        if let Mode::Enlisting { node, channel_open, .. } = self.mode {
+            match outcome {
+                ArbiterOutcome::Won { epoch } if epoch > self.epoch => self.enlisted(now_ns, epoch, node, channel_open),
+                ArbiterOutcome::Won { .. } | ArbiterOutcome::Unreachable => {
+                    // Ask again: a grant whose reply was lost must not leave storage an epoch ahead of this node,
+                    // whose writes it would then fence.
+                    let retry_at_ns = Some(now_ns + self.config.arbiter_retry_ms * NS_PER_MS);
+                    self.mode = Mode::Enlisting { node, retry_at_ns, channel_open };
+                }
+                ArbiterOutcome::Lost { epoch } => {
+                    self.actions.push_back(Action::Notify(Event::LostRace { epoch }));
+                    self.actions.push_back(Action::CloseChannel);
+                    self.stopped = Some(Stopped::LostRace { epoch });
+                }
+            }
+            return;
+        }
         let Mode::Arbitrating { .. } = self.mode else {
             return;
         };
@@ -410,6 +460,11 @@ impl<G: Guest> Primary<G> {
             self.mode = Mode::Arbitrating { retry_at_ns: Some(now_ns) };
             return;
         }
+        if let Mode::Enlisting { .. } = self.mode {
+            // Most likely this node's own grant, whose answer is on its way: the request goes again after it.
+            self.scheduler.reissue(request);
+            return;
+        }
         if self.stopped.is_none() {
             self.actions.push_back(Action::Notify(Event::LostRace { epoch }));
             self.stopped = Some(Stopped::LostRace { epoch });
@@ -445,6 +500,16 @@ impl<G: Guest> Primary<G> {
                 self.mode = Mode::Arbitrating { retry_at_ns: None };
                 self.test_and_set();
             }
+            Mode::Enlisting { node, retry_at_ns: Some(at), channel_open } if now_ns >= at => {
+                self.mode = Mode::Enlisting { node, retry_at_ns: None, channel_open };
+                self.actions.push_back(Action::TestAndSet { expected_epoch: self.epoch });
+            }
+            Mode::AwaitingJoin { deadline_ns } if now_ns >= deadline_ns => {
+                self.abandon_clone("the joiner did not ask to join within the startup timeout".into());
+            }
+            Mode::Cloning if self.clone_deadline_ns().is_some_and(|deadline_ns| now_ns >= deadline_ns) => {
+                self.abandon_clone("the joiner did not acknowledge a pre-copy pass within the failure timeout".into());
+            }
             _ => {}
         }
     }
@@ -469,7 +534,9 @@ impl<G: Guest> Primary<G> {
             let (index, _, output) = self.held.pop_front().expect("front exists");
             self.release(output, Some(index));
         }
-        while let Some(request) = self.scheduler.poll_issue() {
+        // While the arbiter moves this node's epoch on, requests wait for the new one (the old is being fenced).
+        while !matches!(self.mode, Mode::Enlisting { .. }) {
+            let Some(request) = self.scheduler.poll_issue() else { break };
             self.actions.push_back(Action::Storage { epoch: self.epoch, request });
         }
         if self.logging() && self.released_seq > self.released_sent {
@@ -488,7 +555,9 @@ impl<G: Guest> Primary<G> {
         let acknowledged = match self.mode {
             Mode::Protected => index.is_none_or(|index| self.acked >= index),
             Mode::Unprotected => true,
-            Mode::Connecting { .. } | Mode::Arbitrating { .. } => false,
+            // A clone of a powered-off guest is given up at the power-off; an arbiter's answer is awaited.
+            Mode::Connecting { .. } | Mode::Arbitrating { .. } | Mode::Enlisting { .. } => false,
+            Mode::AwaitingJoin { .. } | Mode::Cloning => false,
         };
         // `said_goodbye` as well as `stopped`: a driver may take the stop and poll again, and nothing follows the
         // goodbye.
@@ -520,16 +589,17 @@ impl<G: Guest> Primary<G> {
         let heartbeat =
             (self.logging() || matches!(self.mode, Mode::Connecting { .. })).then_some(self.heartbeat_next_ns);
         let mode = match self.mode {
-            Mode::Connecting { deadline_ns } => Some(deadline_ns),
+            Mode::Connecting { deadline_ns } | Mode::AwaitingJoin { deadline_ns } => Some(deadline_ns),
             Mode::Protected => Some(self.detector.deadline_ns().min(self.channel_deadline_ns().unwrap_or(u64::MAX))),
-            Mode::Arbitrating { retry_at_ns } => retry_at_ns,
-            _ => None,
+            Mode::Arbitrating { retry_at_ns } | Mode::Enlisting { retry_at_ns, .. } => retry_at_ns,
+            Mode::Cloning => self.clone_deadline_ns(),
+            Mode::Unprotected => None,
         };
         // The guest's timer matters only while the guest may run; a stalled or waiting guest is woken by the
         // message that unblocks it, and a past deadline here would spin the driver.
         let runnable = self.stopped.is_none()
             && self.power_off.is_none()
-            && matches!(self.mode, Mode::Protected | Mode::Arbitrating { .. } | Mode::Unprotected)
+            && !matches!(self.mode, Mode::Connecting { .. })
             && !self.flow_controlled();
         // A throttled guest is woken by the throttle's next change, not by a timer it cannot take yet; a guest
         // out on its vCPU thread takes its timer at the run's next exit, which wakes the driver anyway (a past
@@ -547,6 +617,7 @@ impl<G: Guest> Primary<G> {
             cpu_share_permille: if self.logging() { self.throttle.share_permille() } else { SHARE_FULL_PERMILLE },
             outputs_held: self.held.len() + self.scheduler.held(),
             oldest_output_held_ns: oldest_held,
+            clone: self.clone_progress(),
             ..self.stats
         }
     }

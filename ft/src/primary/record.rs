@@ -63,7 +63,9 @@ impl<G: Guest> Primary<G> {
     /// Takes the result of a run on the vCPU thread, if it has ended, and handles its exit.
     pub fn guest_exited(&mut self, now_ns: u64, entropy: &mut dyn EntropySource) -> Progress {
         let Some(result) = self.vm.finish_run() else { return Progress::Running };
-        match self.finish_run(now_ns, result, entropy) {
+        let end = self.finish_run(now_ns, result, entropy);
+        self.clone_step(now_ns);
+        match end {
             RunEnd::Failed => Progress::Idle,
             RunEnd::BetweenExits | RunEnd::Exit => Progress::Ran,
         }
@@ -74,6 +76,7 @@ impl<G: Guest> Primary<G> {
         if self.vm.running() {
             return None;
         }
+        self.clone_step(now_ns);
         if self.power_off.is_some() {
             self.forget_completions();
         }
@@ -242,6 +245,9 @@ impl<G: Guest> Primary<G> {
     /// before it has drained (`Primary::maybe_powered_off`).
     pub(super) fn power_off(&mut self, now_ns: u64, status: u32) {
         assert!(self.power_off.is_none(), "a guest powers off once");
+        if matches!(self.mode, Mode::AwaitingJoin { .. } | Mode::Cloning) {
+            self.abandon_clone("the guest powered off".into());
+        }
         let entry = Entry::Control {
             position: self.vm.position(),
             pc: self.vm.guest.pc(),
@@ -280,6 +286,7 @@ impl<G: Guest> Primary<G> {
     pub(super) fn release(&mut self, output: Output, log_index: Option<LogIndex>) {
         assert_ne!(output.kind, OutputKind::DiskWrite, "disk writes leave through the scheduler");
         self.released_seq = Some(self.released_seq.map_or(output.seq, |seq| seq.max(output.seq)));
+        self.note_release_during_clone();
         self.actions.push_back(Action::Release { output, log_index });
     }
 }

@@ -112,6 +112,27 @@ impl Guest for Script {
     fn restore(&mut self, _snapshot: &[u8]) -> Result<(), GuestError> {
         Ok(())
     }
+    fn memory_bytes(&self) -> u64 {
+        self.memory.len() as u64
+    }
+    /// Every page, every time: a script cannot tell which it wrote, and more is never wrong.
+    fn take_dirty_pages(&mut self) -> Result<Vec<u64>, GuestError> {
+        Ok((0..(self.memory.len() / ft::guest::PAGE_BYTES) as u64).collect())
+    }
+    fn save_cpu(&mut self) -> Result<Vec<u8>, GuestError> {
+        let mut cpu = self.position.exits.to_le_bytes().to_vec();
+        cpu.extend_from_slice(&self.position.instructions.to_le_bytes());
+        Ok(cpu)
+    }
+    fn restore_cpu(&mut self, cpu: &[u8]) -> Result<(), GuestError> {
+        let [exits, instructions] = [&cpu.get(..8), &cpu.get(8..16)]
+            .map(|bytes| bytes.and_then(|bytes| bytes.try_into().ok()).map(u64::from_le_bytes));
+        let (Some(exits), Some(instructions), 16) = (exits, instructions, cpu.len()) else {
+            return Err(GuestError::BadSnapshot(format!("a script's CPU of {} bytes", cpu.len())));
+        };
+        self.position = Position { exits, instructions };
+        Ok(())
+    }
 }
 
 pub struct Zero;

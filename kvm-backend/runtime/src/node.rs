@@ -357,6 +357,9 @@ impl GuestExits for NetHost {
     }
 }
 
+/// Re-protection is not offered by the deployment yet (the KVM guest cannot be cloned): no joiner is taken.
+impl ft::driver::Joiners for NetHost {}
+
 impl Observer for NetHost {
     fn observe(&self, _now_ns: u64, observation: Observation) {
         // The clock now, not the driver's `now_ns` (taken before the guest slice that produced the action): the

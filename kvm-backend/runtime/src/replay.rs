@@ -298,6 +298,9 @@ impl GuestExits for ReplayHost {
     }
 }
 
+/// A recording or a replay has no pair to re-protect: no joiner is ever taken.
+impl ft::driver::Joiners for ReplayHost {}
+
 impl Observer for ReplayHost {
     fn observe(&self, _now_ns: u64, observation: Observation) {
         match observation {

@@ -212,6 +212,9 @@ impl GuestExits for SessionHost {
     }
 }
 
+/// A recording or a replay has no pair to re-protect: no joiner is ever taken.
+impl ft::driver::Joiners for SessionHost {}
+
 impl Observer for SessionHost {
     fn observe(&self, _now_ns: u64, observation: Observation) {
         match observation {

@@ -4,9 +4,11 @@
 //!
 //! S1 Output Rule, S2 output consistency (outputs, client history, disk), S3 one live primary per epoch, S4
 //! in-order replay, S5 state hashes, S6 liveness (with detection: a lost node is replaced in time; accuracy: a
-//! healthy one is not failed).
+//! healthy one is not failed), S7 re-protection (a clone equals its primary at the cut; a restarted node
+//! protects the pair again).
 
 pub mod accuracy;
+pub mod clones;
 pub mod detection;
 pub mod disk;
 pub mod epochs;
@@ -39,4 +41,5 @@ pub fn at_end(world: &mut World, expectations: &Expectations) {
         disk::check(world);
     }
     liveness::check(world, expectations);
+    clones::check(world, expectations);
 }

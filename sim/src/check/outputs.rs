@@ -34,13 +34,19 @@ pub fn check(world: &mut World) {
             last = Some(release.seq);
         }
     }
-    let backup_live = world.live.values().any(|nodes| nodes.contains(&NodeId::B));
-    if backup_live {
-        let acked = world.backup_acked_max;
-        for (seq, (kind, digest, _)) in world.logged_outputs.iter().filter(|(_, (_, _, index))| *index <= acked) {
+    // A backup that went live (in an epoch after its lineage's) lost none of the outputs it had acknowledged.
+    for (lineage, backup) in world.lineage_backup.clone() {
+        let went_live = world.live.iter().any(|(epoch, nodes)| *epoch > lineage && nodes.contains(&backup));
+        if !went_live {
+            continue;
+        }
+        let acked = world.backup_acked_max.get(&lineage).copied().unwrap_or(0);
+        let logged = world.logged_outputs.range((lineage, 0)..=(lineage, u64::MAX));
+        for ((_, seq), (kind, digest, _)) in logged.filter(|(_, (_, _, index))| *index <= acked) {
             match first.get(seq) {
-                None => problems
-                    .push(format!("{kind:?} output #{seq} was in the backup's log but never reached the outside")),
+                None => problems.push(format!(
+                    "{kind:?} output #{seq} was in the backup's log (lineage {lineage}) but never reached the outside"
+                )),
                 Some(&(_, released)) if released != *digest => problems.push(format!(
                     "{kind:?} output #{seq} reached the outside with other content than the backup had in its log"
                 )),

@@ -3,11 +3,13 @@
 
 use crate::world::World;
 
-pub fn on_log_received(world: &mut World, index: u64) {
-    if index != world.backup_received_max + 1 {
-        world.violation("S4 in-order replay", format!("log index {index} after {}", world.backup_received_max));
+/// A backup received entry `index` of the log of `lineage` (each re-protection starts a log of its own).
+pub fn on_log_received(world: &mut World, lineage: u64, index: u64) {
+    let received = world.backup_received_max.get(&lineage).copied().unwrap_or(0);
+    if index != received + 1 {
+        world.violation("S4 in-order replay", format!("log index {index} after {received} (lineage {lineage})"));
     }
-    world.backup_received_max = world.backup_received_max.max(index);
+    world.backup_received_max.insert(lineage, received.max(index));
 }
 
 pub fn on_ack(world: &mut World, received: u64, replayed: u64, buffered_max: usize) {

@@ -141,6 +141,72 @@ fn snapshot_restore_continues_identically() {
     assert_eq!(guest.state_hash().unwrap(), restored.state_hash().unwrap());
 }
 
+/// Copies the pages `pages` of `from` into `to`.
+fn copy_pages(from: &ModelGuest, to: &mut ModelGuest, pages: &[u64]) {
+    let mut page = vec![0u8; ft::guest::PAGE_BYTES];
+    for number in pages {
+        let gpa = number * ft::guest::PAGE_BYTES as u64;
+        from.read_memory(gpa, &mut page).unwrap();
+        to.write_memory(gpa, &page).unwrap();
+    }
+}
+
+#[test]
+fn a_clone_by_dirty_pages_and_cpu_state_equals_the_original_and_runs_on_identically() {
+    let mut platform = Platform::new();
+    let mut guest = ModelGuest::new(Workload::Timer { ticks_max: Some(60) });
+    platform.run_until(&mut guest, 20_000, |_| false);
+    let mut clone = ModelGuest::new(Workload::Timer { ticks_max: Some(60) });
+    let first = guest.take_dirty_pages().unwrap();
+    assert_eq!(first.len() as u64, guest.memory_bytes() / ft::guest::PAGE_BYTES as u64, "every page at first");
+    copy_pages(&guest, &mut clone, &first);
+    // Pre-copy rounds while the guest runs on: each sends what the guest (and the host's DMA) wrote since.
+    for round in 1..4u64 {
+        platform.run_until(&mut guest, 20_000 + round * 10_000, |_| false);
+        let dirty = guest.take_dirty_pages().unwrap();
+        assert!(!dirty.is_empty() && dirty.len() < first.len(), "round {round}: {dirty:?}");
+        copy_pages(&guest, &mut clone, &dirty);
+    }
+    guest.write_memory(0x9000, &[7; 3]).unwrap();
+    // The cut: the last dirty pages (the host's write included) and the CPU.
+    let last = guest.take_dirty_pages().unwrap();
+    assert!(last.contains(&(0x9000 / ft::guest::PAGE_BYTES as u64)), "a host write is dirty: {last:?}");
+    copy_pages(&guest, &mut clone, &last);
+    assert!(guest.take_dirty_pages().unwrap().is_empty(), "taken: clean until the next write");
+    let cpu = guest.save_cpu().unwrap();
+    clone.restore_cpu(&cpu).unwrap();
+    assert_eq!(clone.state_hash().unwrap(), guest.state_hash().unwrap());
+    assert_eq!(clone.position(), guest.position());
+    let mut platform_copy = platform.clone();
+    platform.run_until(&mut guest, u64::MAX, |_| false);
+    platform_copy.run_until(&mut clone, u64::MAX, |_| false);
+    assert_eq!(platform.trace, platform_copy.trace);
+    assert_eq!(guest.state_hash().unwrap(), clone.state_hash().unwrap());
+}
+
+#[test]
+fn corrupt_or_foreign_cpu_states_are_rejected() {
+    let mut guest = ModelGuest::new(Workload::Kv);
+    run_to(&mut guest, 300);
+    let cpu = guest.save_cpu().unwrap();
+    let hash = guest.state_hash().unwrap();
+    let rejected =
+        |guest: &mut ModelGuest, bytes: &[u8]| matches!(guest.restore_cpu(bytes), Err(GuestError::BadSnapshot(_)));
+    assert!(rejected(&mut guest, &[]));
+    assert!(rejected(&mut guest, &cpu[..cpu.len() - 1]));
+    assert!(rejected(&mut guest, &vec![0u8; cpu.len()]));
+    for at in [0, 5, 20, cpu.len() - 1] {
+        let mut flipped = cpu.clone();
+        flipped[at] ^= 1;
+        assert!(rejected(&mut guest, &flipped), "a flipped bit at byte {at}");
+    }
+    let snapshot = guest.snapshot().unwrap();
+    assert!(rejected(&mut guest, &snapshot), "a whole snapshot is not a CPU state");
+    let mut other = ModelGuest::new(Workload::Cpu);
+    assert!(rejected(&mut other, &cpu), "another workload's CPU");
+    assert_eq!(guest.state_hash().unwrap(), hash, "nothing of a refused state is applied");
+}
+
 #[test]
 fn corrupt_snapshots_are_rejected() {
     let mut guest = ModelGuest::new(Workload::Kv);
