@@ -78,14 +78,16 @@ impl Guest for HashTap {
         let cpu = self.inner.save_cpu()?;
         let hash = self.inner.state_hash()?;
         let position = self.inner.position();
-        self.world.borrow_mut().clone_cuts.push(crate::world::CloneCut { node: self.node, position, hash });
+        let at_ns = crate::node_host::now_ns();
+        self.world.borrow_mut().clone_cuts.push(crate::world::CloneCut { node: self.node, position, hash, at_ns });
         Ok(cpu)
     }
     fn restore_cpu(&mut self, cpu: &[u8]) -> Result<(), GuestError> {
         self.inner.restore_cpu(cpu)?;
         let hash = self.inner.state_hash()?;
         let position = self.inner.position();
-        self.world.borrow_mut().clone_restores.push(crate::world::CloneCut { node: self.node, position, hash });
+        let at_ns = crate::node_host::now_ns();
+        self.world.borrow_mut().clone_restores.push(crate::world::CloneCut { node: self.node, position, hash, at_ns });
         Ok(())
     }
 }

@@ -112,6 +112,7 @@ impl SimHost {
         world.crashed[self.id.index()] = true;
         let fired_ns = world.now_ns;
         world.crash_point_fired_ns.get_or_insert(fired_ns);
+        world.losses.push((fired_ns, self.id));
         world.crash_requests.push(self.id);
         world.counts.crash_points += 1;
         world.log("NEMESIS", format!("crash {} {edge:?}", self.id.host()));

@@ -89,7 +89,9 @@ pub fn run_plan(seed: u64, plan: Plan, guests: GuestFactory) -> Report {
         heal_ns: plan.heal_ms * 1_000_000,
         end_ns: plan.end_ms * 1_000_000,
         crashed: plan.crashed(),
-        liveness: !plan.double_failure() && !check::accuracy::redundancy_spent_before_loss(&world, &plan),
+        liveness: !plan.double_failure()
+            && !check::accuracy::redundancy_spent_before_loss(&world, &plan)
+            && check::liveness::guest_survived(&world),
         kv_workload: plan.clients > 0,
     };
     check::at_end(&mut world, &expectations);
@@ -214,6 +216,10 @@ fn pairs(plan: &Plan, cut: Cut) -> Vec<(String, String)> {
 fn inject(sim: &mut turmoil::Sim, world: &SharedWorld, plan: &Plan, fault: &Fault) {
     world.borrow_mut().log("NEMESIS", format!("{fault:?}"));
     let mut w = world.borrow_mut();
+    if let Fault::Crash(node) | Fault::Bounce(node) | Fault::Freeze(node) = fault {
+        let at_ns = w.now_ns;
+        w.losses.push((at_ns, *node));
+    }
     match fault {
         Fault::Crash(node) => {
             sim.crash(node.host());

@@ -80,6 +80,7 @@ pub struct CloneCut {
     pub node: NodeId,
     pub position: Position,
     pub hash: u64,
+    pub at_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,6 +178,8 @@ pub struct World {
     pub lineage_backup: BTreeMap<u64, NodeId>,
     /// Times each node's host process was restarted (a bounce), and so rejoined.
     pub restarts: [u32; 2],
+    /// When a node lost its guest (a crash, bounce or freeze by the nemesis, or a crash point that fired).
+    pub losses: Vec<(u64, NodeId)>,
     /// When each node's driver sent each log entry: (node, index) -> time; for the execution lag as the wire
     /// shows it (not as a node reports it).
     pub log_sent_ns: BTreeMap<(usize, u64), u64>,
@@ -242,6 +245,7 @@ impl World {
             protected_again_ns: Vec::new(),
             lineage_backup: BTreeMap::new(),
             restarts: [0; 2],
+            losses: Vec::new(),
             log_sent_ns: BTreeMap::new(),
             lag_samples_ns: Vec::new(),
             hashes: BTreeMap::new(),

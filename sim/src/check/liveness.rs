@@ -1,9 +1,39 @@
 //! S6 liveness: after the faults heal, exactly one live primary among the nodes still running, and the service
 //! answers again. Not owed when both nodes may be lost (a second failure aimed at the survivor). A guest that
-//! powered off owes the opposite: nobody live at the end.
+//! powered off owes the opposite: nobody live at the end. Nor owed when, as the world saw it, both copies of the
+//! guest were gone at once (`guest_survived`): a node lost while the other had no copy (it was restarted and had
+//! not yet restored a clone) takes the guest with it, as a host lost while unprotected does in the paper.
 
 use crate::check::Expectations;
-use crate::world::World;
+use crate::world::{NodeId, World};
+
+/// Whether some node held a copy of the guest at every moment, judged from what the world saw: both nodes start
+/// with one; a node loses its copy when the nemesis crashes, bounces or freezes it (or a crash point fires), and
+/// gets one back when it restores a clone's cut that a primary saved (hashes compared by `check::clones`).
+pub fn guest_survived(world: &World) -> bool {
+    // (time, 0 = a copy restored, 1 = a copy lost): at the same instant a restore comes first.
+    let mut events: Vec<(u64, u8, NodeId)> = world.losses.iter().map(|(at_ns, node)| (*at_ns, 1, *node)).collect();
+    events.extend(
+        world
+            .clone_restores
+            .iter()
+            .filter(|restore| {
+                world.clone_cuts.iter().any(|cut| {
+                    cut.node != restore.node && cut.position == restore.position && cut.hash == restore.hash
+                })
+            })
+            .map(|restore| (restore.at_ns, 0, restore.node)),
+    );
+    events.sort();
+    let mut holds = [true, true];
+    for (_, kind, node) in events {
+        holds[node.index()] = kind == 0;
+        if !holds.iter().any(|holds| *holds) {
+            return false;
+        }
+    }
+    true
+}
 
 /// Time after healing within which service must have resumed.
 pub const RESUME_WITHIN_NS: u64 = 2_000_000_000;
