@@ -182,6 +182,8 @@ pub struct KvmGuest {
     exit_pc: u64,
     /// An error found by a method that cannot return one (`complete_port_in`), reported by the next `run`.
     deferred_error: Option<GuestError>,
+    /// KVM logs the guest's writes (since a clone's first `take_dirty_pages`).
+    dirty_logging: bool,
     shared: Arc<Shared>,
 }
 
@@ -234,6 +236,7 @@ impl KvmGuest {
             shutdown: None,
             exit_pc: 0,
             deferred_error: None,
+            dirty_logging: false,
             shared,
         })
     }
@@ -358,6 +361,80 @@ impl KvmGuest {
         vcpu::complete_io(&mut self.vm.vcpu)
     }
 
+    /// A snapshot (`with_memory`) or a CPU state (the same container, with an empty memory section).
+    fn save_state(&mut self, with_memory: bool) -> Result<Vec<u8>, GuestError> {
+        let vcpu = VcpuState::save(&self.vm.vcpu, &self.vm.msrs)?;
+        let mut writer = Writer::default();
+        writer.u64(self.ram.size() as u64);
+        writer.u64(cpuid_fingerprint());
+        writer.u64(self.exits);
+        writer.section(&self.encode_port_in());
+        let mut pending = Vec::new();
+        self.pending.encode(&mut pending);
+        writer.section(&pending[2..]);
+        writer.section(self.shutdown.as_deref().unwrap_or("").as_bytes());
+        vcpu.encode(&mut writer);
+        let mut memory = Vec::new();
+        if with_memory {
+            self.ram.encode_pages(&mut memory);
+        }
+        writer.section(&memory);
+        Ok(snapshot::seal(&writer.payload))
+    }
+
+    /// Restores what `save_state` saved; a CPU state (not `with_memory`) must carry no memory, and leaves RAM as
+    /// it is.
+    fn restore_state(&mut self, snapshot: &[u8], with_memory: bool) -> Result<(), GuestError> {
+        let mut reader = Reader::new(snapshot::open(snapshot)?);
+        let memory_bytes = reader.u64("memory size")?;
+        if memory_bytes != self.ram.size() as u64 {
+            return Err(GuestError::BadSnapshot(format!(
+                "snapshot of a guest with {memory_bytes} bytes of RAM, this one has {}",
+                self.ram.size()
+            )));
+        }
+        if reader.u64("cpuid")? != cpuid_fingerprint() {
+            return Err(GuestError::BadSnapshot("taken with a different CPUID table".into()));
+        }
+        let exits = reader.u64("exits")?;
+        let port_in = decode_port_in(reader.section("port read")?)?;
+        let pending =
+            PendingInterrupts::decode(reader.section("pending interrupts")?).map_err(GuestError::BadSnapshot)?;
+        let shutdown = std::str::from_utf8(reader.section("shutdown")?)
+            .map_err(|_| GuestError::BadSnapshot("shutdown reason is not UTF-8".into()))?;
+        let shutdown = (!shutdown.is_empty()).then(|| shutdown.to_string());
+        let vcpu = VcpuState::decode(&mut reader)?;
+        let memory = reader.section("memory")?;
+        let pages = if with_memory {
+            Some(self.ram.parse_pages(memory).map_err(GuestError::BadSnapshot)?)
+        } else if memory.is_empty() {
+            None
+        } else {
+            return Err(GuestError::BadSnapshot("a CPU state that carries memory (a snapshot?)".into()));
+        };
+        reader.finish()?;
+
+        // Everything is checked; from here on only the hypervisor can fail. A read KVM still waits for would
+        // otherwise be completed into the restored state by the next KVM_RUN.
+        if let Some(stale) = self.port_in.take() {
+            if !stale.reexecute {
+                vcpu::answer_in(&mut self.vm.vcpu, self.vm.run_size, 0)?;
+                vcpu::complete_io(&mut self.vm.vcpu)?;
+            }
+        }
+        if let Some((bitmap, pages)) = pages {
+            self.ram.restore_pages(bitmap, pages)?;
+        }
+        vcpu.apply(&self.vm.vcpu)?;
+        self.exits = exits;
+        self.port_in = port_in;
+        self.pending = pending;
+        self.set_shutdown(shutdown);
+        self.deferred_error = None;
+        self.exit_pc = self.live_pc();
+        Ok(())
+    }
+
     fn encode_port_in(&self) -> [u8; 4] {
         match self.port_in {
             None => [0; 4],
@@ -462,63 +539,43 @@ impl Guest for KvmGuest {
     }
 
     fn snapshot(&mut self) -> Result<Vec<u8>, GuestError> {
-        let vcpu = VcpuState::save(&self.vm.vcpu, &self.vm.msrs)?;
-        let mut writer = Writer::default();
-        writer.u64(self.ram.size() as u64);
-        writer.u64(cpuid_fingerprint());
-        writer.u64(self.exits);
-        writer.section(&self.encode_port_in());
-        let mut pending = Vec::new();
-        self.pending.encode(&mut pending);
-        writer.section(&pending[2..]);
-        writer.section(self.shutdown.as_deref().unwrap_or("").as_bytes());
-        vcpu.encode(&mut writer);
-        let mut memory = Vec::new();
-        self.ram.encode_pages(&mut memory);
-        writer.section(&memory);
-        Ok(snapshot::seal(&writer.payload))
+        self.save_state(true)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), GuestError> {
-        let mut reader = Reader::new(snapshot::open(snapshot)?);
-        let memory_bytes = reader.u64("memory size")?;
-        if memory_bytes != self.ram.size() as u64 {
-            return Err(GuestError::BadSnapshot(format!(
-                "snapshot of a guest with {memory_bytes} bytes of RAM, this one has {}",
-                self.ram.size()
-            )));
-        }
-        if reader.u64("cpuid")? != cpuid_fingerprint() {
-            return Err(GuestError::BadSnapshot("taken with a different CPUID table".into()));
-        }
-        let exits = reader.u64("exits")?;
-        let port_in = decode_port_in(reader.section("port read")?)?;
-        let pending =
-            PendingInterrupts::decode(reader.section("pending interrupts")?).map_err(GuestError::BadSnapshot)?;
-        let shutdown = std::str::from_utf8(reader.section("shutdown")?)
-            .map_err(|_| GuestError::BadSnapshot("shutdown reason is not UTF-8".into()))?;
-        let shutdown = (!shutdown.is_empty()).then(|| shutdown.to_string());
-        let vcpu = VcpuState::decode(&mut reader)?;
-        let (bitmap, pages) = self.ram.parse_pages(reader.section("memory")?).map_err(GuestError::BadSnapshot)?;
-        reader.finish()?;
+        self.restore_state(snapshot, true)
+    }
 
-        // Everything is checked; from here on only the hypervisor can fail. A read KVM still waits for would
-        // otherwise be completed into the restored state by the next KVM_RUN.
-        if let Some(stale) = self.port_in.take() {
-            if !stale.reexecute {
-                vcpu::answer_in(&mut self.vm.vcpu, self.vm.run_size, 0)?;
-                vcpu::complete_io(&mut self.vm.vcpu)?;
-            }
+    fn memory_bytes(&self) -> u64 {
+        self.ram.size() as u64
+    }
+
+    /// The first call turns KVM's dirty log on and reports every page; later calls report the pages the guest
+    /// wrote (KVM's log) or the host wrote (vm-memory's bitmap) since the call before.
+    fn take_dirty_pages(&mut self) -> Result<Vec<u64>, GuestError> {
+        let pages = self.ram.size() / crate::memory::PAGE_BYTES;
+        if !self.dirty_logging {
+            self.vm.enable_dirty_log(&self.ram)?;
+            self.ram.take_host_dirty();
+            self.dirty_logging = true;
+            return Ok((0..pages as u64).collect());
         }
-        self.ram.restore_pages(bitmap, pages)?;
-        vcpu.apply(&self.vm.vcpu)?;
-        self.exits = exits;
-        self.port_in = port_in;
-        self.pending = pending;
-        self.set_shutdown(shutdown);
-        self.deferred_error = None;
-        self.exit_pc = self.live_pc();
-        Ok(())
+        let log = self.vm.take_dirty_log(&self.ram)?;
+        let mut dirty: Vec<u64> = crate::memory::pages_of_bitmap(&log, pages).collect();
+        dirty.extend(self.ram.take_host_dirty());
+        dirty.sort_unstable();
+        dirty.dedup();
+        Ok(dirty)
+    }
+
+    /// The snapshot's format with an empty memory section: vCPU registers, MSRs, pending interrupts and port read,
+    /// exit count.
+    fn save_cpu(&mut self) -> Result<Vec<u8>, GuestError> {
+        self.save_state(false)
+    }
+
+    fn restore_cpu(&mut self, cpu: &[u8]) -> Result<(), GuestError> {
+        self.restore_state(cpu, false)
     }
 }
 

@@ -1,8 +1,13 @@
 //! Guest RAM: one anonymous mapping at guest-physical address 0, with bounds-checked DMA and a byte view for
-//! hashing and snapshots.
+//! hashing and snapshots. Every host write (DMA, a clone's pages, a restore) goes through vm-memory, whose bitmap
+//! records the page as dirty: the host's half of a clone's dirty set (KVM's dirty log is the guest's half).
 
 use ft::GuestError;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+/// Guest memory whose every host write marks its page in a bitmap.
+pub(crate) type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
 
 use crate::error::KvmError;
 
@@ -21,7 +26,7 @@ unsafe impl Send for GuestRam {}
 
 impl GuestRam {
     pub(crate) fn new(size: usize) -> Result<GuestRam, KvmError> {
-        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size)])
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
             .map_err(|error| KvmError::Memory(error.to_string()))?;
         let host_address =
             memory.get_host_address(GuestAddress(0)).map_err(|error| KvmError::Memory(error.to_string()))?;
@@ -53,6 +58,11 @@ impl GuestRam {
     /// Bounds-checked DMA into the guest.
     pub(crate) fn write(&self, gpa: u64, data: &[u8]) -> Result<(), GuestError> {
         self.view.write(gpa, data)
+    }
+
+    /// The pages the host wrote since the last call (ascending page numbers), and the record cleared.
+    pub(crate) fn take_host_dirty(&self) -> Vec<u64> {
+        self.view.take_host_dirty()
     }
 
     pub(crate) fn bytes(&mut self) -> &[u8] {
@@ -124,7 +134,33 @@ pub(crate) struct RamView {
     size: usize,
 }
 
+/// The page numbers of the set bits of a dirty bitmap (64 pages per word, least significant bit first), below
+/// `pages`.
+pub(crate) fn pages_of_bitmap(words: &[u64], pages: usize) -> impl Iterator<Item = u64> + '_ {
+    words
+        .iter()
+        .enumerate()
+        .flat_map(move |(index, word)| {
+            (0..64).filter(move |bit| word & (1 << bit) != 0).map(move |bit| (index * 64 + bit) as u64)
+        })
+        .filter(move |page| *page < pages as u64)
+}
+
 impl RamView {
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    fn take_host_dirty(&self) -> Vec<u64> {
+        let pages = self.size / PAGE_BYTES;
+        self.memory
+            .iter()
+            .flat_map(|region| {
+                pages_of_bitmap(&std::ops::Deref::deref(region).bitmap().get_and_reset(), pages).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     fn check(&self, gpa: u64, len: usize) -> Result<(), GuestError> {
         match gpa.checked_add(len as u64) {
             Some(end) if end <= self.size as u64 => Ok(()),

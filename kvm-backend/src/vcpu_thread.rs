@@ -38,6 +38,9 @@ enum Work {
     StateHash,
     Snapshot,
     Restore(Vec<u8>),
+    TakeDirtyPages,
+    SaveCpu,
+    RestoreCpu(Vec<u8>),
 }
 
 struct Command {
@@ -50,6 +53,7 @@ enum Outcome {
     StateHash(Result<StateHash, GuestError>),
     Snapshot(Result<Vec<u8>, GuestError>),
     Restore(Result<(), GuestError>),
+    TakeDirtyPages(Result<Vec<u64>, GuestError>),
 }
 
 struct Reply {
@@ -227,6 +231,31 @@ impl Guest for ThreadedGuest {
             _ => Err(unexpected()),
         }
     }
+
+    fn memory_bytes(&self) -> u64 {
+        self.ram.size() as u64
+    }
+
+    fn take_dirty_pages(&mut self) -> Result<Vec<u64>, GuestError> {
+        match self.call(Work::TakeDirtyPages)? {
+            Outcome::TakeDirtyPages(result) => result,
+            _ => Err(unexpected()),
+        }
+    }
+
+    fn save_cpu(&mut self) -> Result<Vec<u8>, GuestError> {
+        match self.call(Work::SaveCpu)? {
+            Outcome::Snapshot(result) => result,
+            _ => Err(unexpected()),
+        }
+    }
+
+    fn restore_cpu(&mut self, cpu: &[u8]) -> Result<(), GuestError> {
+        match self.call(Work::RestoreCpu(cpu.to_vec()))? {
+            Outcome::Restore(result) => result,
+            _ => Err(unexpected()),
+        }
+    }
 }
 
 impl Drop for ThreadedGuest {
@@ -291,6 +320,9 @@ fn serve(mut guest: KvmGuest, inbox: &Receiver<Command>, outbox: &Sender<Reply>,
             Work::StateHash => Outcome::StateHash(guest.state_hash()),
             Work::Snapshot => Outcome::Snapshot(guest.snapshot()),
             Work::Restore(snapshot) => Outcome::Restore(guest.restore(&snapshot)),
+            Work::TakeDirtyPages => Outcome::TakeDirtyPages(guest.take_dirty_pages()),
+            Work::SaveCpu => Outcome::Snapshot(guest.save_cpu()),
+            Work::RestoreCpu(cpu) => Outcome::Restore(guest.restore_cpu(&cpu)),
         };
         let reply = Reply { outcome, exits: guest.position().exits, pc: guest.pc() };
         if outbox.send(reply).is_err() {

@@ -93,4 +93,20 @@ impl<G: Guest> Guest for ConsoleTap<G> {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), GuestError> {
         self.inner.restore(snapshot)
     }
+
+    fn memory_bytes(&self) -> u64 {
+        self.inner.memory_bytes()
+    }
+
+    fn take_dirty_pages(&mut self) -> Result<Vec<u64>, GuestError> {
+        self.inner.take_dirty_pages()
+    }
+
+    fn save_cpu(&mut self) -> Result<Vec<u8>, GuestError> {
+        self.inner.save_cpu()
+    }
+
+    fn restore_cpu(&mut self, cpu: &[u8]) -> Result<(), GuestError> {
+        self.inner.restore_cpu(cpu)
+    }
 }

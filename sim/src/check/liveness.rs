@@ -18,9 +18,10 @@ pub fn guest_survived(world: &World) -> bool {
             .clone_restores
             .iter()
             .filter(|restore| {
-                world.clone_cuts.iter().any(|cut| {
-                    cut.node != restore.node && cut.position == restore.position && cut.hash == restore.hash
-                })
+                world
+                    .clone_cuts
+                    .iter()
+                    .any(|cut| cut.node != restore.node && cut.position == restore.position && cut.hash == restore.hash)
             })
             .map(|restore| (restore.at_ns, 0, restore.node)),
     );
