@@ -368,6 +368,9 @@ impl KvmGuest {
         writer.u64(self.ram.size() as u64);
         writer.u64(cpuid_fingerprint());
         writer.u64(self.exits);
+        // The pc of the last exit is not always KVM's RIP: after an answered port read it is the IN's address
+        // while RIP is past it, and the log's next entries carry it.
+        writer.u64(self.exit_pc);
         writer.section(&self.encode_port_in());
         let mut pending = Vec::new();
         self.pending.encode(&mut pending);
@@ -397,6 +400,7 @@ impl KvmGuest {
             return Err(GuestError::BadSnapshot("taken with a different CPUID table".into()));
         }
         let exits = reader.u64("exits")?;
+        let exit_pc = reader.u64("pc")?;
         let port_in = decode_port_in(reader.section("port read")?)?;
         let pending =
             PendingInterrupts::decode(reader.section("pending interrupts")?).map_err(GuestError::BadSnapshot)?;
@@ -431,7 +435,7 @@ impl KvmGuest {
         self.pending = pending;
         self.set_shutdown(shutdown);
         self.deferred_error = None;
-        self.exit_pc = self.live_pc();
+        self.exit_pc = exit_pc;
         Ok(())
     }
 

@@ -15,7 +15,8 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::error::KvmError;
 
 pub(crate) const MAGIC: [u8; 8] = *b"FTVMKVM\0";
-pub(crate) const VERSION: u32 = 1;
+/// Version 2 carries the pc of the last exit (version 1 restored it from RIP, which is past an answered IN).
+pub(crate) const VERSION: u32 = 2;
 const HEADER_BYTES: usize = 32;
 
 fn bad(message: impl Into<String>) -> GuestError {

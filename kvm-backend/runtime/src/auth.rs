@@ -128,9 +128,12 @@ impl Transcript<'_> {
         m
     }
 
-    fn session(&self, key: &[u8]) -> Session {
+    /// The session's keys; `primary` says which side we are (the other one's name is the session's peer).
+    fn session(&self, key: &[u8], primary: bool) -> Session {
         let key = self.mac(key, b"ftvm session v2").finalize().into_bytes().to_vec();
-        Session { key, pair_id: self.pair_id, epoch: self.epoch }
+        let peer = if primary { self.backup_name } else { self.primary_name };
+        let peer_name = String::from_utf8_lossy(peer).into_owned();
+        Session { key, pair_id: self.pair_id, epoch: self.epoch, peer_name }
     }
 }
 
@@ -140,6 +143,8 @@ pub struct Session {
     key: Vec<u8>,
     pub pair_id: u64,
     pub epoch: u64,
+    /// The other side's name, as its handshake message (under the tag) gave it.
+    pub peer_name: String,
 }
 
 impl Session {
@@ -147,7 +152,7 @@ impl Session {
     fn derive(key: &[u8], pair_id: u64, epoch: u64, primary_nonce: &[u8], backup_nonce: &[u8]) -> Session {
         let transcript =
             Transcript { pair_id, epoch, primary_nonce, backup_nonce, primary_name: b"p", backup_name: b"b" };
-        transcript.session(key)
+        transcript.session(key, true)
     }
 
     fn mac(&self, label: &[u8], direction: u8, counter: u64, bytes: &[u8]) -> HmacSha256 {
@@ -258,7 +263,7 @@ pub async fn handshake_as_primary<S: AsyncRead + AsyncWrite + Unpin>(
     if their_name == our_name {
         return Err(AuthError::SameName(name.to_string()));
     }
-    Ok(transcript.session(key))
+    Ok(transcript.session(key, true))
 }
 
 /// The backup's side: refuses (with the reason) anything but an authenticated primary of `pair_id` whose epoch is
@@ -320,7 +325,7 @@ pub async fn handshake_as_backup<S: AsyncRead + AsyncWrite + Unpin>(
     if their_name == our_name {
         return Err(AuthError::SameName(name.to_string()));
     }
-    Ok(transcript.session(key))
+    Ok(transcript.session(key, false))
 }
 
 /// Bytes of the logging channel, counted on the wire (frames and tags), for the status endpoint.

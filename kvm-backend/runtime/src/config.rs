@@ -25,6 +25,16 @@ pub struct NodeConfig {
     pub channel_listen: Option<SocketAddr>,
     /// Primary: the backup's logging-channel address (TCP).
     pub channel_peer: Option<SocketAddr>,
+    /// Where this node, once it is live without a backup, takes nodes that join as its new backup (TCP;
+    /// re-protection). Without it the node takes joiners only from its `spares`.
+    pub join_listen: Option<SocketAddr>,
+    /// `ftvm backup --join`: the `join_listen` addresses of the pair's nodes, asked in order until the live
+    /// primary takes this node. Without it a joining node waits on its `channel_listen` as a spare, for a live
+    /// primary that lists it in `spares` to call.
+    pub join_peers: Option<Vec<SocketAddr>>,
+    /// The `channel_listen` addresses of spare nodes (`ftvm backup --join` without `join_peers`), called in
+    /// order as soon as this node is live without a backup, until one is cloned.
+    pub spares: Option<Vec<SocketAddr>>,
     /// Where this node receives heartbeats (UDP).
     pub heartbeat_listen: Option<SocketAddr>,
     /// Where the peer receives heartbeats (UDP).
@@ -91,6 +101,8 @@ pub const DISK_SECTORS_MAX: u64 = 1 << 31;
 pub enum Side {
     Primary,
     Backup,
+    /// `ftvm backup --join`: a node that becomes the backup of the live primary by cloning its VM.
+    Joiner,
 }
 
 /// Every setting of a node, checked: what `NodeConfig::settings` makes of a config.
@@ -102,8 +114,13 @@ pub struct NodeSettings {
     pub machine: String,
     /// The protocol settings (`image_digest` is filled in once the guest image is read).
     pub protocol: ft::Config,
-    /// The backup's `channel_listen`, or the primary's `channel_peer`.
+    /// The backup's `channel_listen`, or the primary's `channel_peer`; a joiner's `channel_listen` as a spare,
+    /// or its first `join_peers` address.
     pub channel: SocketAddr,
+    pub join_listen: Option<SocketAddr>,
+    /// A joiner's live primaries to ask (empty: it waits as a spare on `channel`).
+    pub join_peers: Vec<SocketAddr>,
+    pub spares: Vec<SocketAddr>,
     pub heartbeat_listen: SocketAddr,
     pub heartbeat_peer: SocketAddr,
     pub service: SocketAddr,
@@ -174,6 +191,9 @@ impl NodeConfig {
             pair_id,
             channel_listen,
             channel_peer,
+            join_listen,
+            join_peers,
+            spares,
             heartbeat_listen,
             heartbeat_peer,
             service,
@@ -239,6 +259,7 @@ impl NodeConfig {
             match side {
                 Side::Primary => "primary",
                 Side::Backup => "backup",
+                Side::Joiner => "joiner",
             }
             .to_string()
         });
@@ -259,11 +280,37 @@ impl NodeConfig {
         if disk_sectors == 0 || disk_sectors > DISK_SECTORS_MAX {
             return Err(bad("disk_sectors", disk_sectors, format!("must be between 1 and {DISK_SECTORS_MAX}")));
         }
+        let join_peers = match &self.join_peers {
+            Some(peers) if peers.is_empty() => {
+                return Err(bad("join_peers", "[]", "no address to ask (leave the key out to wait as a spare)"))
+            }
+            Some(peers) => peers.iter().map(|peer| check_peer("join_peers", *peer)).collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        let spares = match &self.spares {
+            Some(spares) if spares.is_empty() => {
+                return Err(bad("spares", "[]", "no spare to call (leave the key out for none)"))
+            }
+            Some(spares) => spares.iter().map(|spare| check_peer("spares", *spare)).collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        let join_listen = self.join_listen.map(|addr| check_port("join_listen", addr)).transpose()?;
         let channel = match side {
             Side::Primary => check_peer("channel_peer", *NodeConfig::required(&self.channel_peer, "channel_peer")?)?,
             Side::Backup => {
                 check_port("channel_listen", *NodeConfig::required(&self.channel_listen, "channel_listen")?)?
             }
+            Side::Joiner => match (join_peers.first(), self.channel_listen) {
+                (Some(peer), _) => *peer,
+                (None, Some(listen)) => check_port("channel_listen", listen)?,
+                (None, None) => {
+                    return Err(CliError::Usage(
+                        "config: a joining node needs `join_peers` (the live primary's `join_listen`) or \
+                         `channel_listen` (to wait as a spare)"
+                            .into(),
+                    ))
+                }
+            },
         };
         let heartbeat_listen =
             check_port("heartbeat_listen", *NodeConfig::required(&self.heartbeat_listen, "heartbeat_listen")?)?;
@@ -282,8 +329,13 @@ impl NodeConfig {
         }
         let status = self.status.map(|addr| check_port("status", addr)).transpose()?;
         let metrics = self.metrics.map(|addr| check_port("metrics", addr)).transpose()?;
-        let listening =
-            [("channel_listen", (side == Side::Backup).then_some(channel)), ("status", status), ("metrics", metrics)];
+        let channel_listening = side == Side::Backup || (side == Side::Joiner && join_peers.is_empty());
+        let listening = [
+            ("channel_listen", channel_listening.then_some(channel)),
+            ("join_listen", join_listen),
+            ("status", status),
+            ("metrics", metrics),
+        ];
         for (at, (key, addr)) in listening.iter().enumerate() {
             if let Some((other, _)) = listening[..at].iter().find(|(_, other)| other.is_some() && other == addr) {
                 return Err(bad(
@@ -319,6 +371,9 @@ impl NodeConfig {
             machine,
             protocol,
             channel,
+            join_listen,
+            join_peers,
+            spares,
             heartbeat_listen,
             heartbeat_peer,
             service,

@@ -446,7 +446,14 @@ impl Load {
     }
 
     /// From now on, answers to attempts sent count as the new primary's.
+    /// The instant the clients' clocks count from.
+    pub fn started_at(&self) -> Instant {
+        self.shared.t0
+    }
+
     pub fn mark_kill(&self) {
+        // A later kill (the demo's second failure) measures its own first answer.
+        *self.shared.first_after_kill.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
         self.shared.kill_ns.store(self.now_ns(), Ordering::SeqCst);
     }
 

@@ -98,6 +98,14 @@ struct NodeArgs {
     #[arg(long, value_name = "ADDR")]
     channel_peer: Option<std::net::SocketAddr>,
     #[arg(long, value_name = "ADDR")]
+    join_listen: Option<std::net::SocketAddr>,
+    /// With `backup --join`: the live primary's `join_listen` (several, comma-separated, are asked in order).
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
+    join_peers: Option<Vec<std::net::SocketAddr>>,
+    /// Spare nodes (their `channel_listen`) a live primary without a backup calls, in order.
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
+    spares: Option<Vec<std::net::SocketAddr>>,
+    #[arg(long, value_name = "ADDR")]
     heartbeat_listen: Option<std::net::SocketAddr>,
     #[arg(long, value_name = "ADDR")]
     heartbeat_peer: Option<std::net::SocketAddr>,
@@ -143,6 +151,16 @@ struct NodeArgs {
     status_file: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct BackupArgs {
+    /// Join the live primary (at `join_peers`, or as a spare waiting on `channel_listen` for a primary whose
+    /// `spares` list it): it clones its running VM onto this node, which then is its backup.
+    #[arg(long)]
+    join: bool,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
 impl NodeArgs {
     fn config(self) -> Result<NodeConfig, CliError> {
         let file = match &self.config {
@@ -156,6 +174,9 @@ impl NodeArgs {
             pair_id: self.pair_id,
             channel_listen: self.channel_listen,
             channel_peer: self.channel_peer,
+            join_listen: self.join_listen,
+            join_peers: self.join_peers,
+            spares: self.spares,
             heartbeat_listen: self.heartbeat_listen,
             heartbeat_peer: self.heartbeat_peer,
             service: self.service,
@@ -218,8 +239,9 @@ fn parse_range(text: &str) -> Result<(u64, u64), String> {
 enum Command {
     /// Run the primary of a fault-tolerant pair (connects to its backup, serves clients).
     Primary(NodeArgs),
-    /// Run the backup of a fault-tolerant pair (replays the primary's log, takes over when it fails).
-    Backup(NodeArgs),
+    /// Run the backup of a fault-tolerant pair (replays the primary's log, takes over when it fails). With
+    /// `--join`: become the backup of the pair's live primary by cloning its running VM (re-protection).
+    Backup(BackupArgs),
     /// The whole story on localhost: a pair of the pipelined kv guest, clients with requests in flight, kill -9
     /// of the primary (or the loss of its host) at a random moment, failover, and checks of what the outside saw.
     Demo {
@@ -232,6 +254,10 @@ enum Command {
         /// detection takes the failure timeout.
         #[arg(long, visible_alias = "freeze")]
         host_loss: bool,
+        /// Fail the primary this many times in each trial: after each failover but the last, a fresh node
+        /// re-protects the live primary (`ftvm backup --join`), and the next failure comes once it is protected.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(cli::demo::FAILURES_MAX)))]
+        failures: u32,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -408,7 +434,13 @@ fn finish_session(result: &SessionResult, args: &GuestArgs, kv: bool) -> Result<
     }
 }
 
-fn demo_options(kvm_path: PathBuf, trials: u32, host_loss: bool, load: LoadArgs) -> cli::demo::DemoOptions {
+fn demo_options(
+    kvm_path: PathBuf,
+    trials: u32,
+    host_loss: bool,
+    failures: u32,
+    load: LoadArgs,
+) -> cli::demo::DemoOptions {
     let seed = load.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     });
@@ -420,6 +452,7 @@ fn demo_options(kvm_path: PathBuf, trials: u32, host_loss: bool, load: LoadArgs)
         seed,
         kill_after_ms: load.kill_after_ms,
         mode,
+        failures,
         failure_timeout_ms: load.failure_timeout_ms,
         clients: load.clients.max(1),
         in_flight: load.in_flight.max(1),
@@ -433,9 +466,12 @@ fn execute(cli: Cli) -> Result<(), CliError> {
         .unwrap_or_else(|| PathBuf::from(KVM_PATH_DEFAULT));
     match cli.command {
         Command::Primary(args) => cli::node::run(&kvm_path, args.config()?, StartAs::Primary),
-        Command::Backup(args) => cli::node::run(&kvm_path, args.config()?, StartAs::Backup),
-        Command::Demo { json, trials, host_loss, load } => {
-            let options = demo_options(kvm_path, trials, host_loss, load);
+        Command::Backup(BackupArgs { join, node }) => {
+            let start_as = if join { StartAs::Join } else { StartAs::Backup };
+            cli::node::run(&kvm_path, node.config()?, start_as)
+        }
+        Command::Demo { json, trials, host_loss, failures, load } => {
+            let options = demo_options(kvm_path, trials, host_loss, failures, load);
             if cli::demo::run(&options, json)? {
                 Ok(())
             } else {
@@ -445,7 +481,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::ReportFailover { trials, load } => {
-            let options = demo_options(kvm_path, trials, false, load);
+            let options = demo_options(kvm_path, trials, false, 1, load);
             if cli::demo::report(&options)? {
                 Ok(())
             } else {

@@ -29,12 +29,14 @@ use crate::storage::{SharedStorage, StorageProblem};
 pub enum StartAs {
     Primary,
     Backup,
+    /// `ftvm backup --join`: become the backup of the live primary by cloning its running VM.
+    Join,
 }
 
 /// The owner this node writes into the arbiter record when it wins a test-and-set: its name and a random id of
 /// this process, so that two nodes configured with the same name can never both win (the record's idempotence
 /// for the winner's retry is keyed on the owner), while a retry of this process still finds its own win.
-fn arbiter_identity(name: &str) -> String {
+pub fn arbiter_identity(name: &str) -> String {
     let mut id = [0u8; 8];
     let random = std::fs::File::open("/dev/urandom").and_then(|mut file| std::io::Read::read_exact(&mut file, &mut id));
     if random.is_err() {
@@ -75,6 +77,9 @@ struct NetHost {
     identity: String,
     heartbeat: UdpSocket,
     peer_heartbeat: SocketAddr,
+    /// Where the session's authenticated heartbeats come from: heartbeats go back there, so that a primary
+    /// protected by a node on another address (a joiner, a spare) reaches it without a new config.
+    heartbeat_from: Cell<Option<SocketAddr>>,
     /// The heartbeat keys of the logging channel's session: no heartbeat is sent or accepted before one exists.
     heartbeats: RefCell<Option<auth::HeartbeatKeys>>,
     /// Refused heartbeats since the last warning about them, and when that was (the warnings are rate-limited).
@@ -99,6 +104,13 @@ struct NetHost {
     counters: Rc<ChannelCounters>,
     /// Notified from the vCPU thread when a run of the guest ends.
     guest_exit: Arc<tokio::sync::Notify>,
+    /// The live primary's joiners (its `join_listen` and `spares`), if it takes any.
+    desk: Option<crate::join::JoinDesk>,
+    /// The primary: the identity of the joiner whose `Join` arrived, for the arbiter record of the new epoch.
+    enlisting: RefCell<Option<String>>,
+    /// A joining node: its own identity (the arbiter record must name it), and the switch that cuts its channel
+    /// when the record does not.
+    joining: Option<(String, crate::join::Revoked)>,
 }
 
 impl NetHost {
@@ -242,7 +254,8 @@ impl Datagrams for NetHost {
     async fn send_heartbeat(&self, frame: Vec<u8>) {
         // Heartbeats are tagged under the channel's session key: without a session there is nobody to send to.
         let Some(datagram) = self.heartbeats.borrow().as_ref().map(|keys| keys.seal(frame)) else { return };
-        let _ = self.heartbeat.send_to(&datagram, self.peer_heartbeat).await;
+        let to = self.heartbeat_from.get().unwrap_or(self.peer_heartbeat);
+        let _ = self.heartbeat.send_to(&datagram, to).await;
     }
 
     /// The next heartbeat of the session's peer. The transport checks the tag (session, direction, counter);
@@ -253,7 +266,10 @@ impl Datagrams for NetHost {
             let (length, from) = self.heartbeat.recv_from(&mut buffer).await.ok()?;
             let opened = self.heartbeats.borrow().as_ref().map(|keys| keys.open(&buffer[..length]));
             match opened {
-                Some(Ok(frame)) => return Some(frame),
+                Some(Ok(frame)) => {
+                    self.heartbeat_from.set(Some(from));
+                    return Some(frame);
+                }
                 Some(Err(refused)) => self.heartbeat_refused(from, &refused.to_string()),
                 None => self.heartbeat_refused(from, "no logging channel session yet"),
             }
@@ -278,7 +294,11 @@ impl BlockStorage for NetHost {
 impl Arbiter for NetHost {
     async fn test_and_set(&self, expected_epoch: u64) -> ArbiterOutcome {
         let me = self.identity.clone();
-        match self.blocking(move |storage| storage.test_and_set(expected_epoch, &me)).await {
+        // A primary enlisting a joiner records it as the new epoch's backup; any other test-and-set records none.
+        let backup = self.enlisting.borrow().clone();
+        let enlisting =
+            move |storage: &SharedStorage| storage.test_and_set_enlisting(expected_epoch, &me, backup.as_deref());
+        match self.blocking(enlisting).await {
             Some(Ok(outcome)) => {
                 match outcome {
                     ArbiterOutcome::Won { epoch } => {
@@ -357,8 +377,42 @@ impl GuestExits for NetHost {
     }
 }
 
-/// Re-protection is not offered by the deployment yet (the KVM guest cannot be cloned): no joiner is taken.
-impl ft::driver::Joiners for NetHost {}
+impl NetHost {
+    /// Starts a session with a peer: heartbeats under its keys, to wherever its heartbeats come from.
+    fn begin_session(&self, session: &crate::auth::Session, primary: bool) {
+        *self.heartbeats.borrow_mut() = Some(session.heartbeats(primary));
+        self.heartbeat_from.set(None);
+        let mut board = self.board.borrow_mut();
+        board.peer_name = Some(session.peer_name.clone());
+        board.snapshot.peer = session.peer_name.clone();
+    }
+
+    /// The joiner's authorisation, when its clone begins: the arbiter record must name it the backup of `epoch`.
+    fn check_enlisted(&self, epoch: u64) {
+        let Some((identity, revoked)) = &self.joining else { return };
+        match crate::join::check_enlisted(&self.storage, epoch, identity, self.storage_timeout) {
+            Ok(()) => tracing::info!(
+                target: TIMELINE,
+                "{}: the arbiter record names this node the backup of epoch {epoch}: taking the clone",
+                self.name
+            ),
+            Err(reason) => {
+                tracing::error!(target: TIMELINE, "{}: refusing the clone: {reason}", self.name);
+                *revoked.borrow_mut() = Some(format!("refused the clone: {reason}"));
+            }
+        }
+    }
+}
+
+/// A live primary without a backup takes joiners from its desk (`join_listen`, `spares`).
+impl ft::driver::Joiners for NetHost {
+    async fn accept_joiner(&self) -> Box<dyn ft::driver::ChannelStream> {
+        let Some(desk) = &self.desk else { return std::future::pending().await };
+        let (stream, session) = desk.next().await;
+        self.begin_session(&session, true);
+        Box::new(auth::secure(stream, session, true, self.counters.clone()))
+    }
+}
 
 impl Observer for NetHost {
     fn observe(&self, _now_ns: u64, observation: Observation) {
@@ -371,6 +425,15 @@ impl Observer for NetHost {
                 self.board.borrow_mut().observe_action(now_ns, action);
                 if let Action::Notify(event) = action {
                     match event {
+                        Event::CloneStarted { .. } => {
+                            self.enlisting.borrow_mut().take();
+                            self.board.borrow_mut().clone_bytes_sent_at_start = self.counters.bytes_sent.get();
+                            tracing::info!(target: TIMELINE, "{}: {event}", self.name);
+                        }
+                        Event::CloneAbandoned { .. } => {
+                            self.enlisting.borrow_mut().take();
+                            tracing::warn!(target: TIMELINE, "{}: {event}", self.name);
+                        }
                         Event::Checkpoint { .. } => {}
                         Event::WentLive { .. } => {
                             tracing::warn!(target: TIMELINE, "{}: {event}", self.name);
@@ -388,7 +451,17 @@ impl Observer for NetHost {
                     }
                 }
             }
-            Observation::Received(message) => self.board.borrow_mut().observe_received(now_ns, message),
+            Observation::Received(message) => {
+                self.board.borrow_mut().observe_received(now_ns, message);
+                match message {
+                    ft::wire::Message::Join { node, .. } => {
+                        let joiner = self.board.borrow().peer_name.clone().unwrap_or_default();
+                        *self.enlisting.borrow_mut() = Some(format!("{joiner}/{node:016x}"));
+                    }
+                    ft::wire::Message::CloneBegin { epoch, .. } => self.check_enlisted(*epoch),
+                    _ => {}
+                }
+            }
             Observation::Written { log_index } => self.board.borrow_mut().observe_written(now_ns, log_index),
             Observation::ChannelError(reason) => tracing::warn!("{}: logging channel: {reason}", self.name),
         }
@@ -445,6 +518,7 @@ const HANDSHAKES_PENDING_MAX: usize = 64;
 struct Listeners {
     heartbeat: UdpSocket,
     channel: Option<TcpListener>,
+    join: Option<TcpListener>,
     status: Option<TcpListener>,
     metrics: Option<TcpListener>,
 }
@@ -455,13 +529,18 @@ async fn bind_listeners(settings: &NodeSettings, side: Side) -> Result<Listeners
     };
     let addr = settings.heartbeat_listen;
     let heartbeat = UdpSocket::bind(addr).await.map_err(|error| busy("heartbeat", "heartbeat_listen", addr, error))?;
-    let channel = match side {
-        Side::Backup => Some(
+    let channel_listening = side == Side::Backup || (side == Side::Joiner && settings.join_peers.is_empty());
+    let channel = match channel_listening {
+        true => Some(
             TcpListener::bind(settings.channel)
                 .await
                 .map_err(|error| busy("logging channel", "channel_listen", settings.channel, error))?,
         ),
-        Side::Primary => None,
+        false => None,
+    };
+    let join = match settings.join_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|error| busy("join", "join_listen", addr, error))?),
+        None => None,
     };
     let mut tcp = Vec::new();
     for (key, addr) in [("status", settings.status), ("metrics", settings.metrics)] {
@@ -473,11 +552,14 @@ async fn bind_listeners(settings: &NodeSettings, side: Side) -> Result<Listeners
     }
     let metrics = tcp.pop().flatten();
     let status = tcp.pop().flatten();
-    Ok(Listeners { heartbeat, channel, status, metrics })
+    Ok(Listeners { heartbeat, channel, join, status, metrics })
 }
 
 /// Runs `work` on the blocking pool under `timeout`: None if it did not answer in time (a hung mount).
-async fn storage_call<T: Send + 'static>(timeout: Duration, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+pub(crate) async fn storage_call<T: Send + 'static>(
+    timeout: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     tokio::time::timeout(timeout, tokio::task::spawn_blocking(work)).await.ok().and_then(Result::ok)
 }
 
@@ -491,6 +573,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
     let side = match start_as {
         StartAs::Primary => Side::Primary,
         StartAs::Backup => Side::Backup,
+        StartAs::Join => Side::Joiner,
     };
     // A node on KVM needs it before anything else makes sense.
     if config.machine.as_deref().is_none_or(|machine| machine == "kvm") {
@@ -557,7 +640,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
         }
         let disk_sectors = storage.disk_sectors().map_err(|error| CliError::io("disk image", &error))?;
         let peer = match start_as {
-            StartAs::Primary => settings.channel.to_string(),
+            StartAs::Primary | StartAs::Join => settings.channel.to_string(),
             StartAs::Backup => settings.heartbeat_peer.to_string(),
         };
         let mut board = Board::default();
@@ -565,19 +648,31 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
         board.snapshot.role = match start_as {
             StartAs::Primary => "primary".into(),
             StartAs::Backup => "backup".into(),
+            StartAs::Join => "joining".into(),
         };
         board.snapshot.epoch = record.epoch;
         board.snapshot.cpu_share_percent = 100.0;
         board.snapshot.peer = peer;
         board.snapshot.service = settings.service.to_string();
         let board = Rc::new(RefCell::new(board));
+        let desk = crate::join::JoinDesk::start(crate::join::DeskSetup {
+            name: name.clone(),
+            key: settings.key.clone(),
+            pair_id: settings.protocol.pair_id,
+            listener: listeners.join,
+            spares: settings.spares.clone(),
+            board: board.clone(),
+        });
+        let identity = arbiter_identity(&name);
+        let joining = (start_as == StartAs::Join).then(|| (identity.clone(), crate::join::Revoked::default()));
         let host = Rc::new_cyclic(|me| NetHost {
             start,
             me: me.clone(),
             name: name.clone(),
-            identity: arbiter_identity(&name),
+            identity: identity.clone(),
             heartbeat: listeners.heartbeat,
             peer_heartbeat: settings.heartbeat_peer,
+            heartbeat_from: Cell::new(None),
             heartbeats: RefCell::new(None),
             heartbeats_refused: Cell::new((0, None)),
             service_addr: settings.service,
@@ -593,16 +688,25 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
             board: board.clone(),
             counters: Rc::new(ChannelCounters::default()),
             guest_exit: Arc::new(tokio::sync::Notify::new()),
+            desk,
+            enlisting: RefCell::new(None),
+            joining,
         });
         serve_status(&host, listeners.status, listeners.metrics);
         let exit_notify = host.guest_exit.clone();
         let waker: kvm_backend::Waker = Arc::new(move || exit_notify.notify_one());
-        let (guest, guest_handle) = machine::new_node_guest(kvm_path, &image, Some(&settings.machine), Some(waker))?;
         let mut entropy = OsEntropy::open()?;
         let protocol = settings.protocol.clone();
         let startup = Duration::from_millis(protocol.startup_timeout_ms);
         let key = settings.key.clone();
+        if start_as == StartAs::Join {
+            let joined = Joining { kvm_path, image: &image, settings: &settings, storage: &storage, disk_sectors };
+            let (stopped, guest_handle) = run_joiner(&host, joined, listeners.channel, waker, &mut entropy).await?;
+            return finish(&host, &settings, stopped, guest_handle);
+        }
+        let (guest, guest_handle) = node_guest(&host, kvm_path, &image, &settings, waker)?;
         let (node, channel) = match start_as {
+            StartAs::Join => unreachable!("joined above"),
             StartAs::Primary => {
                 let epoch = record.epoch;
                 // The primary is live from the start: it takes the service address (its go-live command, if any,
@@ -636,52 +740,178 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
         let channel = channel.map(|(stream, session)| {
             board.borrow_mut().snapshot.epoch = session.epoch;
             // From now on heartbeats are tagged under this session's key, and only its peer's are accepted.
-            *host.heartbeats.borrow_mut() = Some(session.heartbeats(start_as == StartAs::Primary));
+            host.begin_session(&session, start_as == StartAs::Primary);
             auth::secure(stream, session, start_as == StartAs::Primary, host.counters.clone())
         });
         board.borrow_mut().snapshot.guest_started_at_ms = Some(host.now() / 1_000_000);
         let stopped = ft::driver::run(host.clone(), node, channel, &mut entropy).await;
-        {
-            let mut board = board.borrow_mut();
-            board.snapshot.role = "stopped".into();
-            board.snapshot.stopped = Some(stopped.to_string());
-        }
-        if let Some(path) = &settings.status_file {
-            let snapshot = board.borrow().snapshot(host.now(), &host.counters);
-            let json = serde_json::to_string_pretty(&snapshot).expect("serialisable");
-            // The node has stopped either way: a status file that cannot be written is said, not fatal.
-            if let Err(error) = std::fs::write(path, json + "\n") {
-                tracing::error!("{name}: status file {} (`status_file`): {error}", path.display());
-            }
-        }
-        tracing::warn!(target: TIMELINE, "{name}: stopped: {stopped}");
-        let failure = guest_handle.as_ref().and_then(kvm_backend::GuestHandle::failure);
-        let guest_spec = settings.guest.clone();
-        match stopped {
-            // A shutdown (triple fault, MMIO, emulation failure) reaches the platform as a power-off with status
-            // u32::MAX; the KVM exit says why.
-            ft::Stopped::PoweredOff { .. } if failure.is_some() => {
-                Err(CliError::GuestFailed { guest: guest_spec, reason: failure.unwrap_or_default() })
-            }
-            ft::Stopped::PoweredOff { status: 0 } => Ok(()),
-            ft::Stopped::PoweredOff { status } => Err(CliError::GuestStatus { guest: guest_spec, status }),
-            ft::Stopped::GuestFailed(reason) => Err(CliError::GuestFailed { guest: guest_spec, reason }),
-            ft::Stopped::Diverged(divergence) => Err(CliError::Diverged(divergence)),
-            other => Err(CliError::Protocol(format!("{name} stopped: {other}"))),
-        }
+        finish(&host, &settings, stopped, guest_handle)
     })
 }
 
+/// The node's guest, its cut pauses measured into the status board.
+fn node_guest(
+    host: &NetHost,
+    kvm_path: &Path,
+    image: &GuestImage,
+    settings: &NodeSettings,
+    waker: kvm_backend::Waker,
+) -> Result<(Box<dyn ft::Guest>, Option<kvm_backend::GuestHandle>), CliError> {
+    let (guest, handle) = machine::new_node_guest(kvm_path, image, Some(&settings.machine), Some(waker))?;
+    let pauses = host.board.borrow().pauses.clone();
+    Ok((Box::new(crate::pause::PauseMeter::new(guest, pauses)), handle))
+}
+
+/// What a joining node needs to build its guest and find the live primary.
+struct Joining<'a> {
+    kvm_path: &'a Path,
+    image: &'a GuestImage,
+    settings: &'a NodeSettings,
+    storage: &'a Arc<SharedStorage>,
+    disk_sectors: u64,
+}
+
+/// Attempts at joining before a joining node gives up (each with a fresh guest).
+const JOIN_ATTEMPTS_MAX: u32 = 5;
+/// Pause between two attempts.
+const JOIN_RETRY: Duration = Duration::from_millis(500);
+
+/// `ftvm backup --join`: find the live primary (calling its `join_peers`, or waiting as a spare), take its clone,
+/// and run on as its backup. A clone that fails before its cut is tried again with a fresh guest, up to
+/// `JOIN_ATTEMPTS_MAX` times.
+async fn run_joiner(
+    host: &Rc<NetHost>,
+    joining: Joining<'_>,
+    listener: Option<TcpListener>,
+    waker: kvm_backend::Waker,
+    entropy: &mut OsEntropy,
+) -> Result<(ft::Stopped, Option<kvm_backend::GuestHandle>), CliError> {
+    let Joining { kvm_path, image, settings, storage, disk_sectors } = joining;
+    let name = settings.name.clone();
+    let protocol = settings.protocol.clone();
+    let startup = Duration::from_millis(protocol.startup_timeout_ms);
+    let storage_timeout = Duration::from_millis(settings.storage_timeout_ms);
+    let node_id = host.identity.rsplit('/').next().and_then(|id| u64::from_str_radix(id, 16).ok()).unwrap_or(0);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let found = if settings.join_peers.is_empty() {
+            let listener = listener.as_ref().expect("a spare binds its channel address");
+            tracing::info!(
+                "{name}: spare of pair {}, waiting on {} for a live primary",
+                protocol.pair_id,
+                settings.channel
+            );
+            let gate = Gate { name: &name, key: &settings.key, pair_id: protocol.pair_id, storage, storage_timeout };
+            // A spare waits as long as it takes.
+            let mut found = None;
+            while found.is_none() {
+                found = accept(&gate, listener, startup).await?.map(|(stream, session)| {
+                    let peer = stream.peer_addr().unwrap_or(settings.channel);
+                    (stream, session, peer)
+                });
+            }
+            found
+        } else {
+            tracing::info!(
+                "{name}: joining pair {} by cloning its live primary ({:?})",
+                protocol.pair_id,
+                settings.join_peers
+            );
+            let deadline = tokio::time::Instant::now() + startup;
+            let peers = &settings.join_peers;
+            crate::join::call_primary(peers, &name, &settings.key, protocol.pair_id, storage, storage_timeout, deadline)
+                .await
+        };
+        let Some((stream, session, peer)) = found else {
+            return Err(CliError::Protocol(format!(
+                "no live primary without a backup took {name} at {:?} within {startup:?} (is the pair protected \
+                 already, or is `join_peers` the primary's `join_listen`?)",
+                settings.join_peers
+            )));
+        };
+        tracing::info!(
+            target: TIMELINE,
+            "{name}: joining {} at {peer} (epoch {}): cloning its VM",
+            session.peer_name,
+            session.epoch
+        );
+        let (guest, guest_handle) = node_guest(host, kvm_path, image, settings, waker.clone())?;
+        let revoked = host.joining.as_ref().map(|(_, revoked)| revoked.clone()).unwrap_or_default();
+        *revoked.borrow_mut() = None;
+        host.begin_session(&session, false);
+        {
+            let mut board = host.board.borrow_mut();
+            board.snapshot.role = "joining".into();
+            board.snapshot.epoch = session.epoch;
+        }
+        let channel = crate::join::Revocable::new(auth::secure(stream, session, false, host.counters.clone()), revoked);
+        let joiner = ft::join::Joiner::new(protocol.clone(), guest, disk_sectors, node_id, host.now());
+        host.board.borrow_mut().snapshot.guest_started_at_ms = Some(host.now() / 1_000_000);
+        let stopped = ft::driver::run(host.clone(), Node::Joining(Box::new(joiner)), Some(channel), entropy).await;
+        match stopped {
+            ft::Stopped::JoinFailed(reason) if attempt < JOIN_ATTEMPTS_MAX => {
+                tracing::warn!(
+                    target: TIMELINE,
+                    "{name}: the clone failed ({reason}); trying again ({attempt} of {JOIN_ATTEMPTS_MAX} attempts made)"
+                );
+                tokio::time::sleep(JOIN_RETRY).await;
+            }
+            stopped => return Ok((stopped, guest_handle)),
+        }
+    }
+}
+
+/// What a node leaves behind when it stops: its last status (`status_file`), a last line, and the exit status.
+fn finish(
+    host: &Rc<NetHost>,
+    settings: &NodeSettings,
+    stopped: ft::Stopped,
+    guest_handle: Option<kvm_backend::GuestHandle>,
+) -> Result<(), CliError> {
+    let name = &settings.name;
+    let board = &host.board;
+    {
+        let mut board = board.borrow_mut();
+        board.snapshot.role = "stopped".into();
+        board.snapshot.stopped = Some(stopped.to_string());
+    }
+    if let Some(path) = &settings.status_file {
+        let snapshot = board.borrow().snapshot(host.now(), &host.counters);
+        let json = serde_json::to_string_pretty(&snapshot).expect("serialisable");
+        // The node has stopped either way: a status file that cannot be written is said, not fatal.
+        if let Err(error) = std::fs::write(path, json + "\n") {
+            tracing::error!("{name}: status file {} (`status_file`): {error}", path.display());
+        }
+    }
+    tracing::warn!(target: TIMELINE, "{name}: stopped: {stopped}");
+    let failure = guest_handle.as_ref().and_then(kvm_backend::GuestHandle::failure);
+    let guest_spec = settings.guest.clone();
+    match stopped {
+        // A shutdown (triple fault, MMIO, emulation failure) reaches the platform as a power-off with status
+        // u32::MAX; the KVM exit says why.
+        ft::Stopped::PoweredOff { .. } if failure.is_some() => {
+            Err(CliError::GuestFailed { guest: guest_spec, reason: failure.unwrap_or_default() })
+        }
+        ft::Stopped::PoweredOff { status: 0 } => Ok(()),
+        ft::Stopped::PoweredOff { status } => Err(CliError::GuestStatus { guest: guest_spec, status }),
+        ft::Stopped::GuestFailed(reason) => Err(CliError::GuestFailed { guest: guest_spec, reason }),
+        ft::Stopped::Diverged(divergence) => Err(CliError::Diverged(divergence)),
+        other => Err(CliError::Protocol(format!("{name} stopped: {other}"))),
+    }
+}
+
 /// A primary refuses to start if somebody went live in this pair already: a fresh primary would start its guest
-/// from the disk image and race the live one. Re-protection (cloning the live VM to a new backup) is not
-/// implemented.
+/// from the disk image and race the live one. A node that should protect the live one joins it instead
+/// (`ftvm backup --join`).
 fn refuse_failed_over_pair(storage: &SharedStorage, record: &crate::storage::Record) -> Result<(), CliError> {
     if record.owner == crate::storage::NOBODY {
         return Ok(());
     }
     Err(CliError::Usage(format!(
-        "the pair already failed over (arbiter {}: epoch {}, owner {}); re-protection is not implemented: to \
-         cold-start the guest from the disk image, stop every node and remove the arbiter file",
+        "the pair already failed over (arbiter {}: epoch {}, owner {}): to protect the live primary, start this \
+         node with `ftvm backup --join`; to cold-start the guest from the disk image, stop every node and remove \
+         the arbiter file",
         storage.arbiter.display(),
         record.epoch,
         record.owner

@@ -72,8 +72,9 @@ impl Scratch {
         }
         // The timeline and the detection cause come from the nodes' info lines, whatever the demo's own level.
         let log = std::env::var("FTVM_NODE_LOG").unwrap_or_else(|_| "info".into());
+        // A role may carry flags of its own (`backup --join`).
         let child = command
-            .arg(role)
+            .args(role.split_whitespace())
             .arg("--config")
             .arg(config)
             .env("FTVM_LOG", log)
@@ -267,6 +268,9 @@ pub fn localhost_pair(
         key.extend_from_slice(&state.to_le_bytes());
     }
     let (channel, hb_a, hb_b, service) = (free_tcp()?, free_udp()?, free_udp()?, free_udp()?);
+    // Where each node, live without a backup, takes the node that re-protects it, and where a node that takes
+    // the other's place asks.
+    let (join_a, join_b) = (free_tcp()?, free_tcp()?);
     let base = NodeConfig {
         guest: Some(GUEST.into()),
         machine: Some(machine.config_value().into()),
@@ -287,6 +291,8 @@ pub fn localhost_pair(
     let a = NodeConfig {
         name: Some("a".into()),
         channel_peer: Some(channel),
+        join_listen: Some(join_a),
+        join_peers: Some(vec![join_b]),
         heartbeat_listen: Some(hb_a),
         heartbeat_peer: Some(hb_b),
         status: Some(free_tcp()?),
@@ -295,6 +301,8 @@ pub fn localhost_pair(
     let b = NodeConfig {
         name: Some("b".into()),
         channel_listen: Some(channel),
+        join_listen: Some(join_b),
+        join_peers: Some(vec![join_a]),
         heartbeat_listen: Some(hb_b),
         heartbeat_peer: Some(hb_a),
         status: Some(free_tcp()?),

@@ -68,6 +68,13 @@ pub struct Snapshot {
     pub ack_delay_p50_us: f64,
     pub ack_delay_p99_us: f64,
     pub went_live_at_ms: Option<u64>,
+    /// A clone under way (this node the primary or the joiner): how far it is.
+    pub reprotecting: Option<Reprotecting>,
+    /// The primary's backup, by name, while the logging channel to it is up.
+    pub protected_by: Option<String>,
+    /// Clones this node made as the primary (the last `CLONES_KEPT`), and how many in all.
+    pub clones: Vec<CloneSummary>,
+    pub reprotections: u64,
     /// When the driver started (after the channel's handshake, or after giving up on a backup: the guest's first
     /// run follows the primary's hello and the backup's welcome) and when the guest powered off (its outputs all
     /// released), in ms of uptime: a benchmark's run time of a guest that ends.
@@ -76,9 +83,58 @@ pub struct Snapshot {
     pub stopped: Option<String>,
 }
 
+/// A clone under way: `re-protecting: 63 % (pass 3, 12 MiB dirty)`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Reprotecting {
+    /// Of the pages queued so far, the share sent (the primary) or of the guest's memory, received (the joiner).
+    pub percent: f64,
+    pub pass: u32,
+    /// The last pass's pages (every page for the first), in bytes.
+    pub dirty_bytes: u64,
+    /// The other side.
+    pub with: String,
+}
+
+/// One clone, as its primary saw it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct CloneSummary {
+    pub epoch: u64,
+    pub backup: String,
+    pub passes: u32,
+    pub pages_at_cut: u64,
+    /// How long the guest stood still for the cut: from the end of its run before the cut until its next run
+    /// (measured by the host; absent until the guest has run again).
+    pub pause_ms: Option<f64>,
+    /// From when the protocol wanted the cut until it made it (the guest ran on to an exit meanwhile).
+    pub cut_wait_ms: f64,
+    /// Which of this node's cuts (its pause's index).
+    #[serde(skip)]
+    cut: usize,
+    pub total_ms: f64,
+    pub bytes: u64,
+}
+
+/// Clones kept in the status.
+const CLONES_KEPT: usize = 16;
+const PAGE_BYTES: u64 = ft::guest::PAGE_BYTES as u64;
+
 /// Kept up to date by the host.
 #[derive(Default)]
 pub struct Board {
+    /// The name the logging channel's peer gave in its handshake.
+    pub peer_name: Option<String>,
+    /// A clone under way: page bytes queued for the channel, and the channel's bytes sent when it began.
+    clone_bytes_queued: u64,
+    pub clone_bytes_sent_at_start: u64,
+    /// The joiner's side: page bytes received, and the memory to clone.
+    clone_bytes_received: u64,
+    clone_memory_bytes: u64,
+    /// The guest's pause at each cut this node made, in ms (`pause::PauseMeter`).
+    pub pauses: crate::pause::Pauses,
+    /// Cuts this node made (the index of the next one's pause).
+    cuts: usize,
+    /// The joiner's progress bar, on its terminal.
+    progress: Option<indicatif::ProgressBar>,
     pub snapshot: Snapshot,
     channel_up_ns: Option<u64>,
     /// Log entries sent and not yet replayed by the backup, with when they were sent.
@@ -166,6 +222,9 @@ impl Board {
                     self.ack_delays.keep(now_ns.saturating_sub(at));
                 }
             }
+            Action::Send(Message::ClonePages { pages, .. }) => {
+                self.clone_bytes_queued += pages.len() as u64 * PAGE_BYTES;
+            }
             Action::Notify(event) => self.observe_event(now_ns, event),
             _ => {}
         }
@@ -195,12 +254,79 @@ impl Board {
     fn observe_event(&mut self, now_ns: u64, event: &Event) {
         match event {
             Event::ChannelUp { epoch } => {
+                if self.snapshot.role == "primary" {
+                    self.snapshot.protected_by = self.peer_name.clone();
+                }
                 self.snapshot.channel_up = true;
                 self.snapshot.epoch = *epoch;
                 self.channel_up_ns = Some(now_ns);
             }
-            Event::PeerFailed { .. } => self.snapshot.channel_up = false,
+            Event::PeerFailed { .. } => {
+                self.snapshot.channel_up = false;
+                self.snapshot.protected_by = None;
+            }
+            Event::CloneStarted { epoch, memory_bytes, .. } => {
+                self.snapshot.epoch = *epoch;
+                self.clone_bytes_queued = 0;
+                let with = self.peer_name.clone().unwrap_or_default();
+                self.snapshot.reprotecting =
+                    Some(Reprotecting { percent: 0.0, pass: 0, dirty_bytes: *memory_bytes, with });
+            }
+            Event::ClonePass { pass, pages } => {
+                if let Some(progress) = self.snapshot.reprotecting.as_mut() {
+                    progress.pass = *pass;
+                    progress.dirty_bytes = pages * PAGE_BYTES;
+                }
+            }
+            Event::CloneCut { epoch, passes, pages, pause_ns, total_ns, bytes, .. } => {
+                let backup = self.peer_name.clone().unwrap_or_default();
+                self.snapshot.reprotecting = None;
+                self.snapshot.role = "primary".into();
+                self.snapshot.epoch = *epoch;
+                self.snapshot.channel_up = true;
+                self.snapshot.protected_by = Some(backup.clone());
+                self.channel_up_ns = Some(now_ns);
+                // The new backup's log starts afresh at index 1.
+                self.snapshot.log_entries_sent = 0;
+                self.snapshot.log_entries_acked = 0;
+                self.snapshot.log_entries_replayed = 0;
+                self.unreplayed.clear();
+                self.snapshot.reprotections += 1;
+                let cut = self.cuts;
+                self.cuts += 1;
+                if self.snapshot.clones.len() == CLONES_KEPT {
+                    self.snapshot.clones.remove(0);
+                }
+                self.snapshot.clones.push(CloneSummary {
+                    epoch: *epoch,
+                    backup,
+                    passes: *passes,
+                    pages_at_cut: *pages,
+                    pause_ms: None,
+                    cut_wait_ms: *pause_ns as f64 / 1e6,
+                    cut,
+                    total_ms: *total_ns as f64 / 1e6,
+                    bytes: *bytes,
+                });
+            }
+            Event::Cloned { epoch, .. } => {
+                self.snapshot.reprotecting = None;
+                self.snapshot.role = "backup".into();
+                self.snapshot.epoch = *epoch;
+                self.snapshot.channel_up = true;
+                self.channel_up_ns = Some(now_ns);
+                if let Some(progress) = self.progress.take() {
+                    progress.finish_with_message("cloned: the backup replays from the cut");
+                }
+            }
+            Event::CloneAbandoned { .. } => {
+                self.snapshot.reprotecting = None;
+                if let Some(progress) = self.progress.take() {
+                    progress.abandon_with_message("the clone was given up");
+                }
+            }
             Event::WentLive { epoch, .. } => {
+                self.snapshot.protected_by = None;
                 self.snapshot.role = "live, not protected".into();
                 self.snapshot.epoch = *epoch;
                 self.snapshot.channel_up = false;
@@ -224,6 +350,46 @@ impl Board {
 
     pub fn observe_received(&mut self, now_ns: u64, message: &Message) {
         match message {
+            Message::CloneBegin { epoch, memory_bytes, .. } => {
+                self.snapshot.epoch = *epoch;
+                self.clone_memory_bytes = *memory_bytes;
+                self.clone_bytes_received = 0;
+                let with = self.peer_name.clone().unwrap_or_default();
+                self.snapshot.reprotecting =
+                    Some(Reprotecting { percent: 0.0, pass: 1, dirty_bytes: *memory_bytes, with });
+                let bar = indicatif::ProgressBar::new(*memory_bytes);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "cloning {msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                bar.set_message("pass 1");
+                self.progress = Some(bar);
+            }
+            Message::ClonePages { pass, pages } => {
+                let bytes = pages.len() as u64 * PAGE_BYTES;
+                self.clone_bytes_received += bytes;
+                if let Some(progress) = self.snapshot.reprotecting.as_mut() {
+                    progress.pass = *pass;
+                    let memory = self.clone_memory_bytes.max(1);
+                    progress.percent = (self.clone_bytes_received as f64 * 100.0 / memory as f64).min(99.0);
+                }
+                if let Some(bar) = &self.progress {
+                    if *pass > 1 {
+                        bar.inc_length(bytes);
+                    }
+                    bar.inc(bytes);
+                }
+            }
+            Message::ClonePassEnd { pass, pages } => {
+                if let Some(progress) = self.snapshot.reprotecting.as_mut() {
+                    progress.dirty_bytes = pages * PAGE_BYTES;
+                }
+                if let Some(bar) = &self.progress {
+                    bar.set_message(format!("pass {}", pass + 1));
+                }
+            }
             Message::Log { index, .. } => {
                 self.snapshot.log_entries_received = *index;
                 self.unacked.push_back((*index, now_ns));
@@ -253,6 +419,16 @@ impl Board {
         }
         s.execution_lag_ms = self.unreplayed.front().map_or(0.0, |(_, at)| now_ns.saturating_sub(*at) as f64 / 1e6);
         s.outputs_held = self.held.len();
+        let pauses = self.pauses.borrow();
+        for clone in s.clones.iter_mut().filter(|clone| clone.pause_ms.is_none()) {
+            clone.pause_ms = pauses.get(clone.cut).copied();
+        }
+        if let Some(progress) = s.reprotecting.as_mut().filter(|_| self.clone_bytes_queued > 0) {
+            // The primary: of the page bytes queued for the channel, the share it has written (frames carry a
+            // little more than their pages, hence the cap).
+            let sent = counters.bytes_sent.get().saturating_sub(self.clone_bytes_sent_at_start);
+            progress.percent = (sent as f64 * 100.0 / self.clone_bytes_queued as f64).min(99.0);
+        }
         s.output_hold_p50_us = self.holds.percentile_us(0.5);
         s.output_hold_p99_us = self.holds.percentile_us(0.99);
         s.hold_log_to_ack_p50_us = self.to_ack.percentile_us(0.5);
@@ -276,13 +452,28 @@ impl Board {
 }
 
 impl Snapshot {
+    /// `re-protecting: 63 % (pass 3, 12 MiB dirty)` while a clone runs, `protected by <node>` after.
+    pub fn protection_line(&self) -> Option<String> {
+        if let Some(progress) = &self.reprotecting {
+            return Some(format!(
+                "re-protecting: {:.0} % (pass {}, {} MiB dirty){}",
+                progress.percent,
+                progress.pass,
+                progress.dirty_bytes.div_ceil(1 << 20),
+                if progress.with.is_empty() { String::new() } else { format!(" with {}", progress.with) }
+            ));
+        }
+        self.protected_by.as_ref().map(|backup| format!("protected by {backup}"))
+    }
+
     pub fn text(&self) -> String {
         let protected = match self.role.as_str() {
             "live, not protected" => " (NOT PROTECTED: no backup)",
             _ => "",
         };
+        let protection = self.protection_line().map(|line| format!("{line}\n")).unwrap_or_default();
         format!(
-            "node: {}\nrole: {}{protected}\nepoch: {}\npeer: {} (logging channel {})\nservice: {}{}\n\
+            "node: {}\nrole: {}{protected}\n{protection}epoch: {}\npeer: {} (logging channel {})\nservice: {}{}\n\
              execution lag: {:.3} ms\ncpu share: {:.1} % (lag throttle)\nlog: {} entries sent, {} received, {} acked, {} replayed\n\
              log bandwidth: {} bytes/s ({} bytes sent, {} received)\noutputs held: {} (oldest {:.3} ms), {} released\n\
              output rule hold: p50 {:.0} us, p99 {:.0} us (log to ack: p50 {:.0} us, p99 {:.0} us; ack to \
@@ -333,6 +524,17 @@ impl Snapshot {
         metric("role_backup", "1 if this node is the backup", role("backup").to_string());
         metric("role_unprotected", "1 if this node is live without a backup", role("live, not protected").to_string());
         metric("epoch", "the pair's epoch", self.epoch.to_string());
+        metric(
+            "protected",
+            "1 while a backup receives this primary's log",
+            u8::from(self.protected_by.is_some()).to_string(),
+        );
+        let progress = self.reprotecting.clone().unwrap_or_default();
+        metric("reprotecting", "1 while a clone runs", u8::from(self.reprotecting.is_some()).to_string());
+        metric("reprotect_ratio", "how far the clone under way is", format!("{}", progress.percent / 100.0));
+        metric("reprotect_pass", "the clone's pre-copy pass", progress.pass.to_string());
+        metric("reprotect_dirty_bytes", "the clone's last pass, in bytes", progress.dirty_bytes.to_string());
+        metric("reprotections", "clones this node made as the primary", self.reprotections.to_string());
         metric("channel_up", "1 while the logging channel is up", u8::from(self.channel_up).to_string());
         metric("execution_lag_seconds", "backup replay lag", format!("{}", self.execution_lag_ms / 1e3));
         metric(
@@ -485,5 +687,39 @@ mod tests {
         assert!(snapshot.text().contains("log to ack: p50 600 us"), "{}", snapshot.text());
         assert!(snapshot.text().contains("write to ack p50 590 us"), "{}", snapshot.text());
         assert!(snapshot.prometheus().contains("ftvm_output_hold_ack_to_release_p99_seconds 0.00005"));
+    }
+
+    /// The primary's status while it clones: how far (bytes written of the pages queued), which pass, how much
+    /// was dirty; then `protected by` the joiner, with the clone's figures and the pause the host measured.
+    #[test]
+    fn a_clone_shows_as_re_protecting_then_protected_by_the_joiner() {
+        let mut board = Board { peer_name: Some("a2".into()), ..Board::default() };
+        board.snapshot.role = "live, not protected".into();
+        let counters = ChannelCounters::default();
+        counters.bytes_sent.set(1_000);
+        let started = Event::CloneStarted { epoch: 3, node: 7, memory_bytes: 16 << 20 };
+        board.observe_action(0, &Action::Notify(started));
+        board.clone_bytes_sent_at_start = counters.bytes_sent.get();
+        let pages: Vec<(u64, Vec<u8>)> = (0..4096).map(|page| (page, Vec::new())).collect();
+        board.observe_action(0, &Action::Send(Message::ClonePages { pass: 1, pages }));
+        board.observe_action(0, &Action::Notify(Event::ClonePass { pass: 1, pages: 4096 }));
+        counters.bytes_sent.set(1_000 + (16 << 20) / 2);
+        let snapshot = board.snapshot(0, &counters);
+        assert_eq!(snapshot.protection_line().as_deref(), Some("re-protecting: 50 % (pass 1, 16 MiB dirty) with a2"));
+        assert!(snapshot.text().contains("re-protecting: 50 % (pass 1, 16 MiB dirty)"), "{}", snapshot.text());
+        assert!(snapshot.prometheus().contains("ftvm_reprotect_ratio 0.5\n"), "{}", snapshot.prometheus());
+        board.observe_action(0, &Action::Notify(Event::ClonePass { pass: 3, pages: 3072 }));
+        let line = board.snapshot(0, &counters).protection_line().unwrap_or_default();
+        assert!(line.contains("(pass 3, 12 MiB dirty)"), "{line}");
+        let cut =
+            Event::CloneCut { epoch: 3, node: 7, passes: 3, pages: 10, pause_ns: 0, total_ns: 60_000_000, bytes: 99 };
+        board.observe_action(0, &Action::Notify(cut));
+        let snapshot = board.snapshot(0, &counters);
+        assert_eq!(snapshot.protection_line().as_deref(), Some("protected by a2"));
+        assert_eq!((snapshot.role.as_str(), snapshot.reprotections, snapshot.clones.len()), ("primary", 1, 1));
+        assert_eq!(snapshot.clones[0].pause_ms, None, "measured once the guest runs again");
+        board.pauses.borrow_mut().push(1.5);
+        assert_eq!(board.snapshot(0, &counters).clones[0].pause_ms, Some(1.5));
+        assert!(board.snapshot(0, &counters).prometheus().contains("ftvm_protected 1"));
     }
 }

@@ -20,11 +20,15 @@ use ft::driver::StorageError;
 use ft::log::DiskTarget;
 use ft::ArbiterOutcome;
 
-/// The arbiter record: who went live last, in which epoch.
+/// The arbiter record: who went live last, in which epoch, and (after re-protection) the backup the owner enlisted
+/// for that epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub epoch: u64,
     pub owner: String,
+    /// The node a live primary recorded as its new backup when it moved to this epoch to clone its VM onto it
+    /// (`name/id`, as the owner); absent otherwise (a v1 record without the line has none).
+    pub backup: Option<String>,
 }
 
 const RECORD_HEADER: &str = "ftvm-arbiter v1";
@@ -38,7 +42,8 @@ impl Record {
     }
 
     fn encode(&self) -> String {
-        format!("{RECORD_HEADER}\nepoch={}\nowner={}\n", self.epoch, self.owner)
+        let backup = self.backup.as_ref().map_or(String::new(), |backup| format!("backup={backup}\n"));
+        format!("{RECORD_HEADER}\nepoch={}\nowner={}\n{backup}", self.epoch, self.owner)
     }
 
     fn decode(text: &str) -> io::Result<Record> {
@@ -49,7 +54,14 @@ impl Record {
         }
         let epoch = lines.next().and_then(|l| l.strip_prefix("epoch=")).and_then(|e| e.parse().ok()).ok_or_else(bad)?;
         let owner = lines.next().and_then(|l| l.strip_prefix("owner=")).ok_or_else(bad)?.to_string();
-        Ok(Record { epoch, owner })
+        let backup = match lines.next() {
+            None => None,
+            Some(line) => Some(line.strip_prefix("backup=").ok_or_else(bad)?.to_string()),
+        };
+        if lines.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Record { epoch, owner, backup })
     }
 }
 
@@ -234,7 +246,7 @@ impl SharedStorage {
         let fresh = PathBuf::from(fresh);
         let mut file = OpenOptions::new().write(true).create_new(true).open(&fresh)?;
         let written = file
-            .write_all(Record { epoch: 1, owner: NOBODY.into() }.encode().as_bytes())
+            .write_all(Record { epoch: 1, owner: NOBODY.into(), backup: None }.encode().as_bytes())
             .and_then(|()| file.sync_all())
             .and_then(|()| std::fs::hard_link(&fresh, &self.arbiter));
         let _ = std::fs::remove_file(&fresh);
@@ -258,6 +270,17 @@ impl SharedStorage {
     /// Atomically moves the record from `expected_epoch` to `expected_epoch + 1` with `me` as owner. Idempotent for
     /// the winner: a retry after a lost answer finds its own name at `expected_epoch + 1` and wins again.
     pub fn test_and_set(&self, expected_epoch: u64, me: &str) -> io::Result<ArbiterOutcome> {
+        self.test_and_set_enlisting(expected_epoch, me, None)
+    }
+
+    /// As `test_and_set`, recording `backup` (a joiner the live primary `me` clones its VM onto) as the backup of
+    /// the new epoch: the joiner accepts the clone only if the record names it.
+    pub fn test_and_set_enlisting(
+        &self,
+        expected_epoch: u64,
+        me: &str,
+        backup: Option<&str>,
+    ) -> io::Result<ArbiterOutcome> {
         let mut file = OpenOptions::new().read(true).write(true).open(&self.arbiter)?;
         lock(&file, Lock::Exclusive)?;
         let record = read_record(&mut file)?;
@@ -269,7 +292,8 @@ impl SharedStorage {
             // Nothing moves: the record and the journal hold this grant already.
             return Ok(ArbiterOutcome::Won { epoch: expected_epoch + 1 });
         }
-        let new = Record { epoch: expected_epoch + 1, owner: me.to_string() }.encode();
+        let new =
+            Record { epoch: expected_epoch + 1, owner: me.to_string(), backup: backup.map(str::to_string) }.encode();
         // The record is far smaller than a sector: one write of it is not torn by the storage.
         file.write_all_at(new.as_bytes(), 0)?;
         file.set_len(new.len() as u64)?;
@@ -493,7 +517,7 @@ mod tests {
     #[test]
     fn the_startup_check_names_what_is_wrong() {
         let s = storage("check");
-        assert_eq!(s.check(8, true), Ok(Some(Record { epoch: 1, owner: NOBODY.into() })));
+        assert_eq!(s.check(8, true), Ok(Some(Record { epoch: 1, owner: NOBODY.into(), backup: None })));
         assert!(matches!(s.check(9, true), Err(StorageProblem::Bad(reason)) if reason.contains("`disk_sectors` = 9")));
         assert!(s.check(9, false).is_ok(), "a disk of another size is fine unless disk_sectors says");
         std::fs::write(&s.arbiter, "").unwrap();
@@ -506,7 +530,7 @@ mod tests {
         std::fs::remove_file(&s.disk).unwrap();
         assert_eq!(s.check(8, true), Ok(None), "missing files are created later");
         s.create_if_missing(8).unwrap();
-        assert_eq!(s.record().unwrap(), Record { epoch: 1, owner: NOBODY.into() });
+        assert_eq!(s.record().unwrap(), Record { epoch: 1, owner: NOBODY.into(), backup: None });
         let gone = SharedStorage {
             disk: "/nonexistent/d/disk".into(),
             arbiter: s.arbiter.clone(),
@@ -520,11 +544,29 @@ mod tests {
     #[test]
     fn test_and_set_is_won_once_and_idempotently() {
         let s = storage("tas");
-        assert_eq!(s.record().unwrap(), Record { epoch: 1, owner: NOBODY.into() });
+        assert_eq!(s.record().unwrap(), Record { epoch: 1, owner: NOBODY.into(), backup: None });
         assert_eq!(s.test_and_set(1, "a").unwrap(), ArbiterOutcome::Won { epoch: 2 });
         assert_eq!(s.test_and_set(1, "b").unwrap(), ArbiterOutcome::Lost { epoch: 2 });
         assert_eq!(s.test_and_set(1, "a").unwrap(), ArbiterOutcome::Won { epoch: 2 }, "retry of the winner");
-        assert_eq!(s.record().unwrap(), Record { epoch: 2, owner: "a".into() });
+        assert_eq!(s.record().unwrap(), Record { epoch: 2, owner: "a".into(), backup: None });
+        let _ = std::fs::remove_dir_all(s.disk.parent().unwrap());
+    }
+
+    /// A live primary that enlists a joiner moves the record on with the joiner as the new epoch's backup; the
+    /// record round-trips, and a record with anything after the backup line is not taken for one.
+    #[test]
+    fn an_enlisting_test_and_set_records_the_backup() {
+        let s = storage("enlist");
+        assert_eq!(s.test_and_set(1, "b/1").unwrap(), ArbiterOutcome::Won { epoch: 2 });
+        assert_eq!(s.test_and_set_enlisting(2, "b/1", Some("a2/7")).unwrap(), ArbiterOutcome::Won { epoch: 3 });
+        let expected = Record { epoch: 3, owner: "b/1".into(), backup: Some("a2/7".into()) };
+        assert_eq!(s.record().unwrap(), expected);
+        assert_eq!(Record::decode(&expected.encode()).unwrap(), expected);
+        assert!(Record::decode(&format!("{}extra=1\n", expected.encode())).is_err());
+        assert!(Record::decode("ftvm-arbiter v1\nepoch=3\nowner=b\nbackup\n").is_err());
+        // A later go-live by anyone clears it.
+        assert_eq!(s.test_and_set(3, "a2/7").unwrap(), ArbiterOutcome::Won { epoch: 4 });
+        assert_eq!(s.record().unwrap().backup, None);
         let _ = std::fs::remove_dir_all(s.disk.parent().unwrap());
     }
 

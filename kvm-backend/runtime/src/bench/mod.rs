@@ -110,6 +110,7 @@ fn failover(options: &BenchOptions, mode: FailureMode) -> Result<Failover, CliEr
         seed: options.seed,
         kill_after_ms: (200, 600),
         mode,
+        failures: 1,
         failure_timeout_ms: 150,
         clients: 4,
         in_flight: 4,

@@ -51,3 +51,4 @@ pub fn output_within(
         )),
     }
 }
+pub mod localhost;

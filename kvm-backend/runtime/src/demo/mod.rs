@@ -27,6 +27,11 @@ use crate::machine::{self, splitmix};
 use crate::pair::{localhost_pair, log_tail, status_json, wait_for, write_config, Scratch, GUEST};
 use crate::storage::{journal_path, Journal, SharedStorage, NOBODY};
 
+mod reprotect;
+
+/// Most failures one trial may ask for (`--failures`).
+pub const FAILURES_MAX: u32 = 20;
+
 /// Give up on a failover after this long.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(15);
 /// Keep the load going this long after the first answer of the new primary.
@@ -63,6 +68,8 @@ pub struct DemoOptions {
     /// Kill the primary between these many milliseconds after the load starts.
     pub kill_after_ms: (u64, u64),
     pub mode: FailureMode,
+    /// Failures of the primary in each trial: after each but the last, a fresh node re-protects the live one.
+    pub failures: u32,
     pub failure_timeout_ms: u64,
     /// Client threads, and requests each keeps in flight.
     pub clients: u32,
@@ -99,6 +106,17 @@ pub struct Trial {
     /// Host loss: the lost host froze holding the storage's fence lock, and the failover waited for its storage
     /// lease to expire (its process killed).
     pub storage_lease_expired: bool,
+    /// Failovers that brought a new primary (its first answer came), re-protections that completed, and per
+    /// re-protection: the pause at the cut, the clone's whole time and bytes, and the time from the failure
+    /// before it until the pair was protected again.
+    pub failovers: u32,
+    pub reprotections: u32,
+    pub reprotect_pause_ms: Vec<f64>,
+    pub reprotect_total_ms: Vec<f64>,
+    pub reprotect_bytes: Vec<u64>,
+    pub protected_again_ms: Vec<f64>,
+    /// The failover time of each failure after the first (the first is `failover_ms`).
+    pub later_failover_ms: Vec<f64>,
     pub split_brain: bool,
     pub split_brain_evidence: Vec<String>,
     pub journal_writes: u64,
@@ -138,6 +156,11 @@ impl Trial {
             || self.split_brain
             || !self.disk_consistent
             || !self.errors.is_empty()
+    }
+
+    /// Whether every failure asked for happened, each but the last followed by a re-protection.
+    pub fn complete(&self, failures: u32) -> bool {
+        self.failovers == failures && self.reprotections + 1 == failures
     }
 }
 
@@ -339,73 +362,14 @@ pub fn trial(options: &DemoOptions, index: u32) -> Result<Trial, CliError> {
     let held = out.outputs_held_at_kill.map_or(String::new(), |held| {
         format!(", {held} output{} held by the Output Rule", if held == 1 { "" } else { "s" })
     });
-    match options.mode {
-        FailureMode::Kill => {
-            scratch.kill("a");
-            out.timeline.push((
-                at(kill_at),
-                format!(
-                    "KILL -9 of primary a after {answered_before} answers, with {} requests in flight{held}",
-                    out.requests_in_flight_at_kill
-                ),
-            ));
-        }
-        FailureMode::HostLoss => {
-            scratch.signal("a", libc::SIGSTOP);
-            out.timeline.push((
-                at(kill_at),
-                format!(
-                    "HOST LOSS: primary a frozen (SIGSTOP) after {answered_before} answers, with {} requests in \
-                     flight{held}: from now on it sends nothing, not even a FIN or RST",
-                    out.requests_in_flight_at_kill
-                ),
-            ));
-        }
-    }
-    // Attempts sent from now on can only be answered by the new primary.
-    load.mark_kill();
-    let mut frozen = options.mode == FailureMode::HostLoss;
-    let b_log = scratch.dir.join("b.log");
-    let mut looks = 0u64;
-    let first = loop {
-        if let Some(first) = load.first_after_kill() {
-            break Some(first);
-        }
-        looks += 1;
-        // The backup's log and status every 10 ms: it has enough to do.
-        let look_at_b = looks.is_multiple_of(5);
-        if frozen && look_at_b && arbiter_blocked(&b_log) {
-            // The lost host froze inside a disk write, holding the shared fence lock on the arbiter record: no
-            // grant is safe while that write may still land, so the test-and-set waits (and b says the arbiter
-            // does not answer). Shared storage revokes a lost host's locks when its lease runs out (NFSv4: the
-            // lease time); here the lost host's process dies, which releases them as the expiry would.
-            scratch.kill("a");
-            frozen = false;
-            out.storage_lease_expired = true;
-            out.timeline.push((
-                at(Instant::now()),
-                "the lost host holds the storage's fence lock (it froze inside a disk write), so b's test-and-set                  waits: its storage lease expires, a is killed and its locks are released"
-                    .into(),
-            ));
-        }
-        if frozen && look_at_b && status_json(configs.b.status).is_some_and(|s| s["role"] == "live, not protected") {
-            // The frozen primary still holds the service port of this one host: now it dies.
-            scratch.kill("a");
-            frozen = false;
-            out.timeline.push((
-                at(Instant::now()),
-                "b is live: the frozen primary a is killed to free the service port (one host; a second host \
-                 would not need it)"
-                    .into(),
-            ));
-        }
-        if kill_at.elapsed() > FAILOVER_DEADLINE {
-            out.errors.push(format!("no answer within {FAILOVER_DEADLINE:?} of the kill"));
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let what =
+        format!("after {answered_before} answers, with {} requests in flight{held}", out.requests_in_flight_at_kill);
+    let failure = Failure { victim: "a", survivor: "b", survivor_status: configs.b.status, what: &what };
+    let (first, lease_expired) = fail_primary(&mut scratch, &failure, options.mode, &load, &mut out, &at);
+    out.storage_lease_expired = lease_expired;
+    let mut live = "b".to_string();
     if let Some(first) = first {
+        out.failovers += 1;
         let received = load_start + Duration::from_nanos(first.received_ns);
         out.failover_ms = Some(received.saturating_duration_since(kill_at).as_secs_f64() * 1e3);
         out.timeline.push((
@@ -414,6 +378,10 @@ pub fn trial(options: &DemoOptions, index: u32) -> Result<Trial, CliError> {
         ));
         while received.elapsed() < AFTER_FAILOVER {
             std::thread::sleep(Duration::from_millis(5));
+        }
+        if options.failures > 1 {
+            let first_failure = (live.clone(), kill_at);
+            live = reprotect::fail_again(&mut scratch, &configs, options, &load, &mut out, &at, first_failure)?;
         }
     }
     let clients = load.stop()?;
@@ -476,7 +444,7 @@ pub fn trial(options: &DemoOptions, index: u32) -> Result<Trial, CliError> {
         out.errors.push(format!("a read contradicts the puts: {contradiction}"));
     }
     // Stop the new primary before reading its disk: everything it answered is on the disk already.
-    scratch.kill("b");
+    scratch.kill(&live);
     let storage = SharedStorage {
         disk: configs.a.disk.clone().unwrap_or_default(),
         arbiter: configs.a.arbiter.clone().unwrap_or_default(),
@@ -494,6 +462,94 @@ pub fn trial(options: &DemoOptions, index: u32) -> Result<Trial, CliError> {
     }
     out.timeline.sort_by(|x, y| x.0.total_cmp(&y.0));
     Ok(out)
+}
+
+/// One failure of the primary, as the demo causes it.
+struct Failure<'a> {
+    victim: &'a str,
+    survivor: &'a str,
+    survivor_status: Option<std::net::SocketAddr>,
+    /// What the load was doing, for the timeline: "after N answers, with M requests in flight".
+    what: &'a str,
+}
+
+/// Fails the primary (kill -9, or its host lost: frozen, and killed once the survivor is live or waits on the
+/// storage fence the frozen host holds), marks the kill in the load, and waits for the new primary's first
+/// answer. Returns it (None past `FAILOVER_DEADLINE`, an error in `out`), and whether the lost host's storage lease
+/// had to expire.
+fn fail_primary(
+    scratch: &mut Scratch,
+    failure: &Failure<'_>,
+    mode: FailureMode,
+    load: &Load,
+    out: &mut Trial,
+    at: &dyn Fn(Instant) -> f64,
+) -> (Option<load::FirstAnswer>, bool) {
+    let Failure { victim, survivor, survivor_status, what } = *failure;
+    let kill_at = Instant::now();
+    match mode {
+        FailureMode::Kill => {
+            scratch.kill(victim);
+            out.timeline.push((at(kill_at), format!("KILL -9 of primary {victim} {what}")));
+        }
+        FailureMode::HostLoss => {
+            scratch.signal(victim, libc::SIGSTOP);
+            out.timeline.push((
+                at(kill_at),
+                format!(
+                    "HOST LOSS: primary {victim} frozen (SIGSTOP) {what}: from now on it sends nothing, not even a \
+                     FIN or RST"
+                ),
+            ));
+        }
+    }
+    // Attempts sent from now on can only be answered by the new primary.
+    load.mark_kill();
+    let mut frozen = mode == FailureMode::HostLoss;
+    let mut lease_expired = false;
+    let survivor_log = scratch.dir.join(format!("{survivor}.log"));
+    let mut looks = 0u64;
+    loop {
+        if let Some(first) = load.first_after_kill() {
+            return (Some(first), lease_expired);
+        }
+        looks += 1;
+        // The survivor's log and status every 10 ms: it has enough to do.
+        let look = looks.is_multiple_of(5);
+        if frozen && look && arbiter_blocked(&survivor_log) {
+            // The lost host froze inside a disk write, holding the shared fence lock on the arbiter record: no
+            // grant is safe while that write may still land, so the test-and-set waits (and the survivor says the
+            // arbiter does not answer). Shared storage revokes a lost host's locks when its lease runs out
+            // (NFSv4: the lease time); here the lost host's process dies, which releases them as the expiry would.
+            scratch.kill(victim);
+            frozen = false;
+            lease_expired = true;
+            out.timeline.push((
+                at(Instant::now()),
+                format!(
+                    "the lost host holds the storage's fence lock (it froze inside a disk write), so {survivor}'s \
+                     test-and-set waits: its storage lease expires, {victim} is killed and its locks are released"
+                ),
+            ));
+        }
+        if frozen && look && status_json(survivor_status).is_some_and(|s| s["role"] == "live, not protected") {
+            // The frozen primary still holds the service port of this one host: now it dies.
+            scratch.kill(victim);
+            frozen = false;
+            out.timeline.push((
+                at(Instant::now()),
+                format!(
+                    "{survivor} is live: the frozen primary {victim} is killed to free the service port (one host; \
+                     a second host would not need it)"
+                ),
+            ));
+        }
+        if kill_at.elapsed() > FAILOVER_DEADLINE {
+            out.errors.push(format!("no answer within {FAILOVER_DEADLINE:?} of the kill of {victim}"));
+            return (None, lease_expired);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Adds a client's counts to the trial and its history to `history`.
@@ -572,6 +628,16 @@ struct Summary {
     outputs_held_at_kill_all: Vec<Option<u64>>,
     /// Host loss: trials whose failover waited for the lost host's storage lease (it froze holding the fence).
     storage_lease_expiries: u64,
+    /// Failures of the primary asked for per trial, failovers and re-protections that happened (in all trials),
+    /// and per re-protection its pause at the cut, whole time, bytes, and time from the failure before it until
+    /// the pair was protected again.
+    failures_per_trial: u32,
+    failovers: u32,
+    reprotections: u32,
+    reprotect_pause_ms: Vec<f64>,
+    reprotect_total_ms: Vec<f64>,
+    reprotect_bytes: Vec<u64>,
+    protected_again_ms: Vec<f64>,
     split_brain: bool,
     split_brain_evidence: Vec<String>,
     journal_writes: u64,
@@ -611,6 +677,13 @@ fn summary(options: &DemoOptions, trials: &[Trial]) -> Summary {
         requests_in_flight_at_kill_all: trials.iter().map(|t| t.requests_in_flight_at_kill).collect(),
         outputs_held_at_kill_all: trials.iter().map(|t| t.outputs_held_at_kill).collect(),
         storage_lease_expiries: trials.iter().filter(|t| t.storage_lease_expired).count() as u64,
+        failures_per_trial: options.failures,
+        failovers: trials.iter().map(|t| t.failovers).sum(),
+        reprotections: trials.iter().map(|t| t.reprotections).sum(),
+        reprotect_pause_ms: trials.iter().flat_map(|t| t.reprotect_pause_ms.iter().copied()).collect(),
+        reprotect_total_ms: trials.iter().flat_map(|t| t.reprotect_total_ms.iter().copied()).collect(),
+        reprotect_bytes: trials.iter().flat_map(|t| t.reprotect_bytes.iter().copied()).collect(),
+        protected_again_ms: trials.iter().flat_map(|t| t.protected_again_ms.iter().copied()).collect(),
         split_brain: trials.iter().any(|t| t.split_brain),
         split_brain_evidence: trials
             .iter()
@@ -676,6 +749,20 @@ pub fn run(options: &DemoOptions, json: bool) -> Result<bool, CliError> {
                 yes_no(result.split_brain, "YES"),
                 if result.disk_consistent { "yes" } else { "NO" },
             );
+            if options.failures > 1 {
+                println!(
+                    "failures: {} of {}, re-protections: {} (pause at the cut {:?} ms, clone {:?} ms, {:?} bytes; \
+                     protected again {:?} ms after each failure), later failovers {:?} ms",
+                    result.failovers,
+                    options.failures,
+                    result.reprotections,
+                    result.reprotect_pause_ms,
+                    result.reprotect_total_ms,
+                    result.reprotect_bytes,
+                    result.protected_again_ms,
+                    result.later_failover_ms
+                );
+            }
             for evidence in &result.split_brain_evidence {
                 println!("SPLIT BRAIN: {evidence}");
             }
@@ -704,7 +791,7 @@ pub fn run(options: &DemoOptions, json: bool) -> Result<bool, CliError> {
             yes_no(summary.split_brain, "YES")
         );
     }
-    Ok(!trials.iter().any(Trial::failed))
+    Ok(!trials.iter().any(|trial| trial.failed() || !trial.complete(options.failures)))
 }
 
 fn failover_line(mode: FailureMode, trials: &[Trial]) -> String {
