@@ -475,8 +475,21 @@ mod tests {
         assert!(error.contains("`go_live_command`"), "{error}");
         let error = refused(NodeConfig { status_file: Some("/nonexistent/dir/status.json".into()), ..sample.clone() });
         assert!(error.contains("`status_file`"), "{error}");
-        let error = refused(NodeConfig { status_file: Some("/tmp".into()), ..sample });
+        let error = refused(NodeConfig { status_file: Some("/tmp".into()), ..sample.clone() });
         assert!(error.contains("`status_file`"), "{error}");
+        let error = refused(NodeConfig { join_peers: Some(Vec::new()), ..sample.clone() });
+        assert!(error.contains("`join_peers`"), "{error}");
+        let error = refused(NodeConfig { spares: Some(vec!["0.0.0.0:7102".parse().unwrap()]), ..sample.clone() });
+        assert!(error.contains("`spares`"), "{error}");
+        let error = refused(NodeConfig { join_listen: sample.status, ..sample.clone() });
+        assert!(error.contains("`join_listen`") && error.contains("`status`"), "{error}");
+        // A joiner needs somewhere to find the live primary: its join peers, or its own channel address as a spare.
+        let joiner = NodeConfig { join_peers: None, channel_listen: None, ..sample.clone() };
+        let error = joiner.settings(Side::Joiner).expect_err("refused").to_string();
+        assert!(error.contains("`join_peers`") && error.contains("`channel_listen`"), "{error}");
+        let spare = NodeConfig { join_peers: None, channel_listen: Some("127.0.0.1:7102".parse().unwrap()), ..sample };
+        let settings = spare.settings(Side::Joiner).expect("a spare");
+        assert!(settings.join_peers.is_empty() && settings.channel.port() == 7102);
     }
 
     #[test]

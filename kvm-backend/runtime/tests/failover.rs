@@ -205,3 +205,34 @@ fn report_failover_gives_kill_and_host_loss_figures() {
     let host_loss = stdout.lines().find(|line| line.starts_with("failover-ms host-loss")).unwrap();
     assert!(host_loss.contains(" median=") && host_loss.contains(" max="), "{host_loss}");
 }
+
+/// `ftvm demo --failures 3`: the primary fails three times in a row, each time after a fresh node re-protected the
+/// live one by cloning its running VM; nothing acknowledged is lost and nothing diverges (the checks of `demo`),
+/// and the JSON has a pause, a clone time and bytes for every re-protection.
+fn failures_after_re_protection(mode_flags: &[&str], trials: u32) {
+    let mut flags = vec!["--failures", "3"];
+    flags.extend_from_slice(mode_flags);
+    let summary = demo(&flags, trials);
+    assert_eq!(summary["failures_per_trial"], 3, "{summary}");
+    assert_eq!(summary["failovers"], 3 * trials, "{summary}");
+    assert_eq!(summary["reprotections"], 2 * trials, "{summary}");
+    for field in ["reprotect_pause_ms", "reprotect_total_ms", "reprotect_bytes", "protected_again_ms"] {
+        let values = summary[field].as_array().unwrap_or_else(|| panic!("{field}: {summary}"));
+        assert_eq!(values.len(), 2 * trials as usize, "{field}: {summary}");
+        assert!(values.iter().all(|value| value.as_f64().is_some_and(|v| v > 0.0)), "{field}: {summary}");
+    }
+    // A clone sends at least the guest's memory once.
+    for bytes in summary["reprotect_bytes"].as_array().expect("bytes") {
+        assert!(bytes.as_u64().is_some_and(|bytes| bytes >= 1 << 20), "{summary}");
+    }
+}
+
+#[test]
+fn three_kills_each_after_a_re_protection_lose_nothing() {
+    failures_after_re_protection(&[], 3);
+}
+
+#[test]
+fn three_host_losses_each_after_a_re_protection_lose_nothing() {
+    failures_after_re_protection(&["--host-loss"], 1);
+}
