@@ -47,7 +47,7 @@ mod tests {
     #[test]
     fn every_guest_is_built() {
         let names: Vec<&str> = super::guest_names().collect();
-        assert_eq!(names, ["cpu", "kv", "kvq", "netrx", "nettx", "timer"]);
+        assert_eq!(names, ["cpu", "dirty", "kv", "kvq", "netrx", "nettx", "timer"]);
         for name in names {
             let image = super::guest_elf(name).expect("built");
             assert_eq!(&image[..4], b"\x7fELF", "{name} is an ELF");

@@ -21,6 +21,9 @@ pub struct NodeConfig {
     pub machine: Option<String>,
     /// Identifies the pair; a backup refuses a primary of another pair.
     pub pair_id: Option<u64>,
+    /// The guest's RAM in MiB on KVM (a multiple of 2, from 2 to 1024); both nodes of a pair need the same (a
+    /// clone of another size is refused). The model guest's memory is fixed.
+    pub memory_mib: Option<u64>,
     /// Backup: where it accepts the logging channel (TCP).
     pub channel_listen: Option<SocketAddr>,
     /// Primary: the backup's logging-channel address (TCP).
@@ -112,6 +115,8 @@ pub struct NodeSettings {
     pub guest: String,
     /// `kvm` or `model`.
     pub machine: String,
+    /// Guest RAM on KVM.
+    pub memory_bytes: u64,
     /// The protocol settings (`image_digest` is filled in once the guest image is read).
     pub protocol: ft::Config,
     /// The backup's `channel_listen`, or the primary's `channel_peer`; a joiner's `channel_listen` as a spare,
@@ -189,6 +194,7 @@ impl NodeConfig {
             guest,
             machine,
             pair_id,
+            memory_mib,
             channel_listen,
             channel_peer,
             join_listen,
@@ -268,6 +274,11 @@ impl NodeConfig {
         let machine = self.machine.clone().unwrap_or_else(|| "kvm".into());
         if machine != "kvm" && machine != "model" {
             return Err(bad("machine", format!("{machine:?}"), "expected \"kvm\" or \"model\""));
+        }
+        let memory_mib = self.memory_mib.unwrap_or(kvm_backend::MEMORY_BYTES_DEFAULT >> 20);
+        let memory_max_mib = kvm_backend::arch::x86_64::layout::MEMORY_BYTES_MAX >> 20;
+        if memory_mib < 2 || memory_mib > memory_max_mib || !memory_mib.is_multiple_of(2) {
+            return Err(bad("memory_mib", memory_mib, format!("must be a multiple of 2 from 2 to {memory_max_mib}")));
         }
         let protocol = self.protocol(0);
         protocol.validate().map_err(|error| CliError::Usage(format!("config: {error}")))?;
@@ -369,6 +380,7 @@ impl NodeConfig {
             name,
             guest,
             machine,
+            memory_bytes: memory_mib << 20,
             protocol,
             channel,
             join_listen,

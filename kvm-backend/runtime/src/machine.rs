@@ -77,7 +77,12 @@ pub fn check_kvm(path: &Path) -> Result<(), CliError> {
 
 /// A fresh VM running `image`.
 pub fn new_guest(kvm_path: &Path, image: &GuestImage) -> Result<KvmGuest, CliError> {
-    let config = KvmConfig { kvm_path: kvm_path.to_path_buf(), ..KvmConfig::default() };
+    new_guest_sized(kvm_path, image, kvm_backend::MEMORY_BYTES_DEFAULT)
+}
+
+/// A KVM guest with `memory_bytes` of RAM.
+pub fn new_guest_sized(kvm_path: &Path, image: &GuestImage, memory_bytes: u64) -> Result<KvmGuest, CliError> {
+    let config = KvmConfig { kvm_path: kvm_path.to_path_buf(), memory_bytes };
     KvmGuest::new(&config, &image.bytes).map_err(|error| match error {
         KvmError::Open { path, source } => {
             CliError::KvmUnavailable { path: path.display().to_string(), reason: source.to_string() }
@@ -144,10 +149,11 @@ pub fn new_node_guest(
     image: &GuestImage,
     machine: Option<&str>,
     waker: Option<kvm_backend::Waker>,
+    memory_bytes: u64,
 ) -> Result<(Box<dyn ft::Guest>, Option<kvm_backend::GuestHandle>), CliError> {
     match machine.unwrap_or("kvm") {
         "kvm" => {
-            let guest = new_guest(kvm_path, image)?;
+            let guest = new_guest_sized(kvm_path, image, memory_bytes)?;
             let handle = guest.handle();
             match waker {
                 Some(waker) => {

@@ -93,6 +93,9 @@ struct NodeArgs {
     machine: Option<String>,
     #[arg(long)]
     pair_id: Option<u64>,
+    /// Guest RAM in MiB (KVM).
+    #[arg(long)]
+    memory_mib: Option<u64>,
     #[arg(long, value_name = "ADDR")]
     channel_listen: Option<std::net::SocketAddr>,
     #[arg(long, value_name = "ADDR")]
@@ -172,6 +175,7 @@ impl NodeArgs {
             guest: self.guest,
             machine: self.machine,
             pair_id: self.pair_id,
+            memory_mib: self.memory_mib,
             channel_listen: self.channel_listen,
             channel_peer: self.channel_peer,
             join_listen: self.join_listen,
@@ -299,6 +303,9 @@ enum Command {
         /// clients on CPU 1 (two hosts, as far as one machine goes).
         #[arg(long)]
         no_pin: bool,
+        /// Clones of the write-heavy guest per memory size (16 and 256 MiB), for re-protection's pause.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        clones: u32,
     },
     /// Print the status of a running node.
     Status {
@@ -488,7 +495,17 @@ fn execute(cli: Cli) -> Result<(), CliError> {
                 Err(CliError::CheckFailed("report-failover: a trial failed its checks".into()))
             }
         }
-        Command::Bench { out, json, seed, duration_ms, trials, slow_backup_cpu_percent, lag_target_ms, no_pin } => {
+        Command::Bench {
+            out,
+            json,
+            seed,
+            duration_ms,
+            trials,
+            slow_backup_cpu_percent,
+            lag_target_ms,
+            no_pin,
+            clones,
+        } => {
             let options = cli::bench::BenchOptions {
                 kvm_path,
                 out: out.clone(),
@@ -499,6 +516,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
                 slow_backup_cpu_percent,
                 lag_target_ms,
                 pin: !no_pin,
+                reprotect_clones: clones,
             };
             let report = cli::bench::run(&options)?;
             if json {

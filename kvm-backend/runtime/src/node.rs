@@ -757,7 +757,8 @@ fn node_guest(
     settings: &NodeSettings,
     waker: kvm_backend::Waker,
 ) -> Result<(Box<dyn ft::Guest>, Option<kvm_backend::GuestHandle>), CliError> {
-    let (guest, handle) = machine::new_node_guest(kvm_path, image, Some(&settings.machine), Some(waker))?;
+    let (guest, handle) =
+        machine::new_node_guest(kvm_path, image, Some(&settings.machine), Some(waker), settings.memory_bytes)?;
     let pauses = host.board.borrow().pauses.clone();
     Ok((Box::new(crate::pause::PauseMeter::new(guest, pauses)), handle))
 }

@@ -23,7 +23,7 @@ fn a_short_bench_writes_every_table_and_plot() {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ftvm-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let mut command = std::process::Command::new(FTVM);
-    command.args(["bench", "--json", "--duration-ms", "400", "--trials", "1", "--out"]).arg(&out);
+    command.args(["bench", "--json", "--duration-ms", "400", "--trials", "1", "--clones", "2", "--out"]).arg(&out);
     let output = common::output_within(&mut command, Duration::from_secs(300)).expect("the bench finishes");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
@@ -57,10 +57,26 @@ fn a_short_bench_writes_every_table_and_plot() {
     for row in report["replay"].as_array().unwrap() {
         assert_eq!(row["same_state"], true, "{row}");
     }
+    let sizes: Vec<u64> =
+        report["reprotect"].as_array().unwrap().iter().map(|row| row["memory_mib"].as_u64().unwrap()).collect();
+    assert_eq!(sizes, [16, 256]);
+    for row in report["reprotect"].as_array().unwrap() {
+        assert_eq!(row["clones"], 2, "{row}");
+        finite_positive(&row["pause_ms_p99"], &format!("pause of {row}"));
+        // A clone sends the memory at least once.
+        assert!(row["bytes_over_memory"].as_f64().unwrap() >= 1.0, "{row}");
+    }
     assert!(report["goals"].as_array().unwrap().len() >= 8, "every goal is listed");
     let markdown = std::fs::read_to_string(out.join("report.md")).expect("report.md");
-    for heading in ["## Table 1", "## Table 2", "## The Output Rule's latency", "## Failover", "## Replay", "## Goals"]
-    {
+    for heading in [
+        "## Table 1",
+        "## Table 2",
+        "## The Output Rule's latency",
+        "## Failover",
+        "## Replay",
+        "## Re-protection",
+        "## Goals",
+    ] {
         assert!(markdown.contains(heading), "{heading} in report.md");
     }
     for plot in ["latency-cdf.svg", "lag.svg", "bandwidth.svg"] {

@@ -17,6 +17,7 @@ mod markdown;
 pub mod measure;
 pub mod net;
 mod plots;
+pub mod reprotect;
 pub mod run;
 
 use std::path::{Path, PathBuf};
@@ -48,7 +49,12 @@ pub struct BenchOptions {
     pub lag_target_ms: Option<u64>,
     /// Primary on CPU 0, backup and clients on CPU 1 (two hosts), where the machine has two CPUs or more.
     pub pin: bool,
+    /// Clones of the write-heavy guest per memory size (re-protection's pause).
+    pub reprotect_clones: u32,
 }
+
+/// The guest memory sizes re-protection is measured at, in MiB.
+pub const REPROTECT_MEMORY_MIB: [u64; 2] = [16, 256];
 
 /// A failover figure of one kind of failure.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -100,6 +106,7 @@ pub struct BenchReport {
     pub slow_backup_skipped: Option<String>,
     pub failover: Vec<Failover>,
     pub replay: Vec<ReplayRow>,
+    pub reprotect: Vec<reprotect::ReprotectRow>,
     pub goals: Vec<Goal>,
 }
 
@@ -211,7 +218,7 @@ fn say(what: &str) {
 pub fn run(options: &BenchOptions) -> Result<BenchReport, CliError> {
     crate::machine::check_kvm(&options.kvm_path)?;
     // The corpus must be there before anything is measured.
-    for guest in ["cpu", "timer", "kv", "kvq", "netrx", "nettx"] {
+    for guest in ["cpu", "timer", "kv", "kvq", "netrx", "nettx", "dirty"] {
         GuestImage::resolve(guest)?;
     }
     std::fs::create_dir_all(&options.out).map_err(|error| CliError::io(options.out.display().to_string(), &error))?;
@@ -236,6 +243,10 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, CliError> {
     }
     say("replay against record");
     let replay = replay(options, &["cpu", "timer", "kv", "kvq", "netrx", "nettx"])?;
+    let reprotect = REPROTECT_MEMORY_MIB
+        .iter()
+        .map(|memory_mib| reprotect::measure(options.seed, *memory_mib, options.reprotect_clones))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut report = BenchReport {
         seed: options.seed,
         pinned: pin,
@@ -248,6 +259,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, CliError> {
         slow_backup,
         failover: failovers,
         replay,
+        reprotect,
         goals: Vec::new(),
     };
     report.goals = markdown::goals(&report);
