@@ -36,6 +36,10 @@ pub struct Config {
     pub clone_passes_max: u64,
     /// Re-protection: a dirty set of at most this many pages goes across at the cut, with the guest paused.
     pub clone_dirty_pages_small: u64,
+    /// Re-protection: pages of a pre-copy pass sent and not yet acknowledged by the joiner at most (flow
+    /// control: the channel holds at most this much for the joiner, and a refill stops the guest only to read
+    /// it).
+    pub clone_window_pages: u64,
 }
 
 /// A setting that cannot work, named by its key.
@@ -77,6 +81,7 @@ impl Config {
             ("slice_instructions", self.slice_instructions),
             ("slice_exits_max", self.slice_exits_max),
             ("clone_passes_max", self.clone_passes_max),
+            ("clone_window_pages", self.clone_window_pages),
         ];
         for (key, value) in bounds {
             if value == 0 || value > BOUND_MAX {
@@ -124,6 +129,8 @@ impl Default for Config {
             clone_passes_max: 8,
             // 1 MiB: a pause of about a millisecond on a 10 Gbit/s link.
             clone_dirty_pages_small: 256,
+            // 4 MiB: sixteen `ClonePages` messages.
+            clone_window_pages: 1_024,
         }
     }
 }

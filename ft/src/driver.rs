@@ -157,7 +157,8 @@ enum Completion {
     Storage(StorageDone),
     Fenced(u64, StorageRequest),
     Arbiter(ArbiterOutcome),
-    ChannelWriteFailed(String),
+    /// The writer of channel `generation` failed (a replaced channel's late failure is not the current one's).
+    ChannelWriteFailed(u64, String),
 }
 
 /// Runs `node` until it stops. `channel` is the logging channel (already connected), or `None` if it could not be
@@ -201,9 +202,11 @@ where
     let mut channel_out: Option<mpsc::UnboundedSender<Frame>> = None;
     let mut writer = None;
     let mut reader = None;
+    // Which channel is the current one: a joiner's stream replaces a closed one, whose writer may fail late.
+    let mut generation = 0u64;
     if let Some(stream) = channel {
         let stream: Box<dyn ChannelStream> = Box::new(stream);
-        (reader, channel_out, writer) = open_channel(stream, &done_tx, &host);
+        (reader, channel_out, writer) = open_channel(stream, &done_tx, &host, generation);
     } else {
         node.handle_channel_closed(host.now_ns(), "no logging channel");
     }
@@ -297,7 +300,8 @@ where
                     Completion::Storage(done) => node.handle_storage_done(now_ns, done),
                     Completion::Fenced(epoch, request) => node.handle_fenced(now_ns, epoch, request),
                     Completion::Arbiter(outcome) => node.handle_arbiter(now_ns, outcome),
-                    Completion::ChannelWriteFailed(reason) => {
+                    Completion::ChannelWriteFailed(failed, _) if failed != generation => {}
+                    Completion::ChannelWriteFailed(_, reason) => {
                         channel_lost(&host, node, &mut reader, &mut channel_out, now_ns, &reason);
                     }
                 }
@@ -312,8 +316,13 @@ where
                 node.guest_exited(host.now_ns(), entropy);
             }
             stream = host.accept_joiner(), if node.accepts_joiner() && reader.is_none() && channel_out.is_none() => {
-                // A fresh stream: its own frame sequences, nothing left of the last channel.
-                (reader, channel_out, writer) = open_channel(stream, &done_tx, &host);
+                // A fresh stream: its own frame sequences, nothing left of the last channel (whose writer, still
+                // sending what was queued for a joiner that went away, stops now).
+                if let Some(old) = writer.take() {
+                    old.abort();
+                }
+                generation += 1;
+                (reader, channel_out, writer) = open_channel(stream, &done_tx, &host, generation);
                 encoder = StreamEncoder::default();
                 decoder = StreamDecoder::new();
                 frames_waiting = false;
@@ -336,10 +345,11 @@ fn open_channel<H: Host>(
     stream: Box<dyn ChannelStream>,
     done_tx: &mpsc::UnboundedSender<Completion>,
     host: &Rc<H>,
+    generation: u64,
 ) -> ChannelHalves {
     let (read_half, write_half) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::task::spawn_local(write_frames(write_half, rx, done_tx.clone(), host.clone()));
+    let writer = tokio::task::spawn_local(write_frames(write_half, rx, (done_tx.clone(), generation), host.clone()));
     (Some(read_half), Some(tx), Some(writer))
 }
 
@@ -509,7 +519,7 @@ async fn storage_request<H: Host>(
 async fn write_frames<W: AsyncWrite + Unpin, H: Host>(
     mut writer: W,
     mut frames: mpsc::UnboundedReceiver<Frame>,
-    done_tx: mpsc::UnboundedSender<Completion>,
+    (done_tx, generation): (mpsc::UnboundedSender<Completion>, u64),
     host: Rc<H>,
 ) {
     while let Some(first) = frames.recv().await {
@@ -521,11 +531,11 @@ async fn write_frames<W: AsyncWrite + Unpin, H: Host>(
             log_index = frame.log_index.or(log_index);
         }
         if let Err(error) = writer.write_all(&batch).await {
-            let _ = done_tx.send(Completion::ChannelWriteFailed(error.to_string()));
+            let _ = done_tx.send(Completion::ChannelWriteFailed(generation, error.to_string()));
             return;
         }
         if let Err(error) = writer.flush().await {
-            let _ = done_tx.send(Completion::ChannelWriteFailed(error.to_string()));
+            let _ = done_tx.send(Completion::ChannelWriteFailed(generation, error.to_string()));
             return;
         }
         if let Some(log_index) = log_index {

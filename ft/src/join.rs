@@ -33,6 +33,8 @@ pub struct Joiner<G: Guest> {
     /// The pass whose pages arrive now (0 before the first).
     pass: u32,
     pages_received: u64,
+    /// Pages of the pass under way received so far.
+    pages_in_pass: u64,
     pages_total: u64,
     writes: Vec<Output>,
     actions: VecDeque<Action>,
@@ -56,6 +58,7 @@ impl<G: Guest> Joiner<G> {
             heard_ns: now_ns,
             pass: 0,
             pages_received: 0,
+            pages_in_pass: 0,
             pages_total,
             writes: Vec::new(),
             actions: VecDeque::from([Action::Send(join)]),
@@ -146,9 +149,13 @@ impl<G: Guest> Joiner<G> {
             (Mode::Receiving { .. }, Message::ClonePages { pass, pages }) => self.pages(pass, pages),
             (Mode::Receiving { .. }, Message::ClonePassEnd { pass, pages }) => self.pass_end(pass, pages),
             (Mode::Receiving { .. }, Message::CloneWrite { seq, target, data }) => {
-                let output = Output { seq, kind: OutputKind::DiskWrite, bytes: data, disk: Some(target) };
-                self.writes.push(output);
-                Ok(())
+                if data.len() as u64 != u64::from(target.sectors) * crate::abi::SECTOR_BYTES as u64 {
+                    Err(format!("a write in flight of {} bytes for {} sectors", data.len(), target.sectors))
+                } else {
+                    let output = Output { seq, kind: OutputKind::DiskWrite, bytes: data, disk: Some(target) };
+                    self.writes.push(output);
+                    Ok(())
+                }
             }
             (Mode::Receiving { epoch }, Message::CloneCut { position, cpu, platform, halted, hash }) => {
                 self.cut(epoch, position, &cpu, &platform, halted, hash)
@@ -187,16 +194,23 @@ impl<G: Guest> Joiner<G> {
             }
             self.vm.guest.write_memory(number * PAGE_BYTES as u64, &bytes).map_err(|error| error.to_string())?;
             self.pages_received += 1;
+            self.pages_in_pass += 1;
         }
+        // Room in the primary's window for more.
+        self.actions.push_back(Action::Send(Message::ClonePagesAck { pass, pages: self.pages_in_pass }));
         Ok(())
     }
 
-    fn pass_end(&mut self, pass: u32, _pages: u64) -> Result<(), String> {
+    fn pass_end(&mut self, pass: u32, pages: u64) -> Result<(), String> {
         if pass != self.pass {
             return Err(format!("the end of pass {pass} during pass {}", self.pass));
         }
+        if pages != self.pages_in_pass {
+            return Err(format!("pass {pass} ends with {pages} pages, {} arrived", self.pages_in_pass));
+        }
         self.actions.push_back(Action::Send(Message::CloneAck { pass }));
         self.pass += 1;
+        self.pages_in_pass = 0;
         Ok(())
     }
 

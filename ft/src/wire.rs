@@ -57,6 +57,10 @@ pub enum Message {
     ClonePassEnd { pass: u32, pages: u64 },
     /// Joiner to primary: every page of `pass` is in place.
     CloneAck { pass: u32 },
+    /// Joiner to primary, after every `ClonePages`: `pages` pages of `pass` are in place so far. The primary
+    /// keeps a bounded window of pages unacknowledged (flow control), and hears from the joiner while a large
+    /// pass goes across.
+    ClonePagesAck { pass: u32, pages: u64 },
     /// Primary to joiner, at the cut: a disk write in flight, whose data a go-live would reissue.
     CloneWrite { seq: u64, target: DiskTarget, data: Vec<u8> },
     /// Primary to joiner: the cut. With the pages of the last pass already sent, the guest's CPU and device
@@ -81,6 +85,7 @@ impl Message {
             Message::ClonePages { .. } => "ClonePages",
             Message::ClonePassEnd { .. } => "ClonePassEnd",
             Message::CloneAck { .. } => "CloneAck",
+            Message::ClonePagesAck { .. } => "ClonePagesAck",
             Message::CloneWrite { .. } => "CloneWrite",
             Message::CloneCut { .. } => "CloneCut",
         }
@@ -103,6 +108,7 @@ impl Message {
             Message::CloneAck { .. } => 13,
             Message::CloneWrite { .. } => 14,
             Message::CloneCut { .. } => 15,
+            Message::ClonePagesAck { .. } => 16,
         }
     }
 }
@@ -212,6 +218,10 @@ fn encode_payload(message: &Message, w: &mut Writer) {
             w.u64(*pages);
         }
         Message::CloneAck { pass } => w.u32(*pass),
+        Message::ClonePagesAck { pass, pages } => {
+            w.u32(*pass);
+            w.u64(*pages);
+        }
         Message::CloneWrite { seq, target, data } => {
             w.u64(*seq);
             w.u32(target.tag);
@@ -372,6 +382,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message, WireError> {
         }
         12 => Message::ClonePassEnd { pass: r.u32()?, pages: r.u64()? },
         13 => Message::CloneAck { pass: r.u32()? },
+        16 => Message::ClonePagesAck { pass: r.u32()?, pages: r.u64()? },
         14 => Message::CloneWrite {
             seq: r.u64()?,
             target: DiskTarget { tag: r.u32()?, sector: r.u64()?, sectors: r.u32()? },

@@ -88,6 +88,7 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         (any::<u32>(), any::<u64>()).prop_map(|(pass, pages)| Message::ClonePassEnd { pass, pages }),
         any::<u32>().prop_map(|pass| Message::CloneAck { pass }),
+        (any::<u32>(), any::<u64>()).prop_map(|(pass, pages)| Message::ClonePagesAck { pass, pages }),
         (any::<u64>(), any::<u32>(), any::<u64>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..600))
             .prop_map(|(seq, tag, sector, sectors, data)| Message::CloneWrite {
                 seq,

@@ -33,6 +33,7 @@ pub const MARKS: &[(&str, &str)] = &[
     ("clone_cut", "a clone's cut: the pair protected again"),
     ("clone_aborted", "a clone given up before its cut"),
     ("clone_under_load", "a clone while the guest's outputs were released"),
+    ("clone_window_refilled", "a pre-copy pass sent in more than one window, as the joiner acknowledged pages"),
 ];
 
 thread_local! {

@@ -60,6 +60,7 @@ pub fn config_for(plan: &Plan) -> Config {
         lag_target_ms: plan.lag_target_ms,
         clone_passes_max: plan.clone_passes_max,
         clone_dirty_pages_small: plan.clone_dirty_pages_small,
+        clone_window_pages: plan.clone_window_pages,
         ..Config::default()
     }
 }

@@ -23,10 +23,19 @@ use super::{Mode, Primary, Throttle};
 pub(super) struct Cloning {
     node: u64,
     started_ns: u64,
-    /// The last pass sent (0 before the first).
+    /// The pass under way, or the last (0 before the first).
     pass: u32,
-    /// The pass whose `CloneAck` is awaited, and since when.
-    awaiting: Option<(u32, u64)>,
+    /// The pages of the pass not sent yet, and how many the pass has.
+    to_send: std::collections::VecDeque<u64>,
+    pass_pages: u64,
+    /// Pages of the pass sent, and acknowledged by the joiner (`ClonePagesAck`).
+    sent_in_pass: u64,
+    acked_in_pass: u64,
+    /// The pass whose `CloneAck` is awaited (every page sent, `ClonePassEnd` too).
+    awaiting: Option<u32>,
+    /// When the joiner last acknowledged anything, or the primary last sent: the joiner must answer within the
+    /// failure timeout of it while the primary waits on it.
+    progress_ns: u64,
     /// Pages sent by the last pass: a later pass that is no smaller means the guest dirties as fast as the
     /// channel carries pages, and more passes would not converge.
     last_pass_pages: u64,
@@ -36,6 +45,18 @@ pub(super) struct Cloning {
     cut: Option<(Vec<u64>, u64)>,
     /// Outputs released while the clone ran: it ran under load.
     released_during: u64,
+}
+
+impl Cloning {
+    /// Pages of the pass sent and not yet acknowledged.
+    fn unacked(&self) -> u64 {
+        self.sent_in_pass - self.acked_in_pass
+    }
+
+    /// Whether more pages of the pass may go now (`window_pages`: `Config::clone_window_pages`).
+    fn window_open(&self, window_pages: u64) -> bool {
+        self.to_send.is_empty() || self.unacked() < window_pages
+    }
 }
 
 impl<G: Guest> Primary<G> {
@@ -82,7 +103,12 @@ impl<G: Guest> Primary<G> {
             node,
             started_ns: now_ns,
             pass: 0,
+            to_send: std::collections::VecDeque::new(),
+            pass_pages: 0,
+            sent_in_pass: 0,
+            acked_in_pass: 0,
             awaiting: None,
+            progress_ns: now_ns,
             last_pass_pages: u64::MAX,
             pages_sent: 0,
             bytes_sent: 0,
@@ -100,12 +126,30 @@ impl<G: Guest> Primary<G> {
             self.violation(now_ns, format!("a clone ack for pass {pass} with no clone under way"));
             return;
         };
-        if cloning.awaiting.map(|(awaited, _)| awaited) != Some(pass) {
+        if cloning.awaiting != Some(pass) {
             let awaited = cloning.awaiting;
             self.violation(now_ns, format!("a clone ack for pass {pass}, awaiting {awaited:?}"));
             return;
         }
         cloning.awaiting = None;
+        cloning.progress_ns = now_ns;
+        self.clone_step(now_ns);
+    }
+
+    /// The joiner has `pages` pages of `pass` in place: room in the window for more.
+    pub(super) fn handle_clone_pages_ack(&mut self, now_ns: u64, pass: u32, pages: u64) {
+        // The pages of the cut are acknowledged too, after the cut: the clone is over then, and they need nothing.
+        let Some(cloning) = self.cloning.as_mut() else { return };
+        if pass != cloning.pass || pages > cloning.sent_in_pass || pages < cloning.acked_in_pass {
+            let (current, sent, acked) = (cloning.pass, cloning.sent_in_pass, cloning.acked_in_pass);
+            self.violation(
+                now_ns,
+                format!("a pages ack for {pages} pages of pass {pass}; pass {current} sent {sent}, acked {acked}"),
+            );
+            return;
+        }
+        cloning.acked_in_pass = pages;
+        cloning.progress_ns = now_ns;
         self.clone_step(now_ns);
     }
 
@@ -118,16 +162,24 @@ impl<G: Guest> Primary<G> {
         self.actions.push_back(Action::CloseChannel);
     }
 
-    /// The ack of the pass sent last is overdue.
+    /// The joiner is overdue: the primary waits on it (a full window, or a pass's end) and heard nothing for the
+    /// failure timeout.
     pub(super) fn clone_deadline_ns(&self) -> Option<u64> {
-        let (_, since) = self.cloning.as_ref()?.awaiting?;
-        Some(since + self.config.failure_timeout_ms * NS_PER_MS)
+        let cloning = self.cloning.as_ref()?;
+        let waiting = cloning.awaiting.is_some() || !cloning.window_open(self.config.clone_window_pages);
+        waiting.then_some(cloning.progress_ns + self.config.failure_timeout_ms * NS_PER_MS)
     }
 
-    /// The clone wants the guest back from its vCPU thread: a pass is due (a pass reads memory, which a running
-    /// guest may not have read). The cut waits for the guest's next exit instead, so it is never kicked for it.
+    /// The clone wants the guest back from its vCPU thread (pages are read from a guest that stands still): a pass
+    /// is due, or the window has room for a good part of it again. The cut waits for the guest's next exit
+    /// instead, so it is never kicked for it.
     pub(super) fn clone_wants_guest(&self) -> bool {
-        self.cloning.as_ref().is_some_and(|cloning| cloning.awaiting.is_none() && cloning.cut.is_none())
+        let window_pages = self.config.clone_window_pages;
+        self.cloning.as_ref().is_some_and(|cloning| {
+            let pass_due = cloning.awaiting.is_none() && cloning.to_send.is_empty() && cloning.cut.is_none();
+            let refill = !cloning.to_send.is_empty() && cloning.unacked() <= window_pages / 2;
+            pass_due || refill
+        })
     }
 
     pub(super) fn note_release_during_clone(&mut self) {
@@ -146,13 +198,19 @@ impl<G: Guest> Primary<G> {
         })
     }
 
-    /// Takes the clone's next step if one is due and the guest is not out on its vCPU thread: the first pass,
-    /// a later pass, or the cut.
+    /// Takes the clone's next step if one is due and the guest is not out on its vCPU thread: more pages of the
+    /// pass under way, the first pass, a later pass, or the cut.
     pub(super) fn clone_step(&mut self, now_ns: u64) {
         if self.mode != Mode::Cloning || self.vm.running() {
             return;
         }
         let Some(cloning) = self.cloning.as_ref() else { return };
+        if !cloning.to_send.is_empty() {
+            if let Err(error) = self.send_window(now_ns) {
+                self.abandon_clone(format!("the guest could not be cloned: {error}"));
+            }
+            return;
+        }
         if cloning.awaiting.is_some() {
             return;
         }
@@ -194,18 +252,43 @@ impl<G: Guest> Primary<G> {
         self.cut(now_ns, pass + 1)
     }
 
+    /// Starts pass `pass` of `pages`: they go a window at a time, each refill as the joiner acknowledges.
     fn send_pass(&mut self, now_ns: u64, pass: u32, pages: &[u64]) -> Result<(), crate::guest::GuestError> {
         if pass >= 2 {
             cov_mark::hit!(clone_precopy_repeated);
         }
-        self.send_pages(pass, pages)?;
         let count = pages.len() as u64;
-        self.actions.push_back(Action::Send(Message::ClonePassEnd { pass, pages: count }));
         self.actions.push_back(Action::Notify(Event::ClonePass { pass, pages: count }));
         let cloning = self.cloning.as_mut().expect("a clone under way");
         cloning.pass = pass;
         cloning.last_pass_pages = count;
-        cloning.awaiting = Some((pass, now_ns));
+        cloning.pass_pages = count;
+        cloning.to_send = pages.iter().copied().collect();
+        cloning.sent_in_pass = 0;
+        cloning.acked_in_pass = 0;
+        cloning.progress_ns = now_ns;
+        self.send_window(now_ns)
+    }
+
+    /// Sends what the window has room for; once every page of the pass is sent, its end.
+    fn send_window(&mut self, now_ns: u64) -> Result<(), crate::guest::GuestError> {
+        let window_pages = self.config.clone_window_pages;
+        let cloning = self.cloning.as_mut().expect("a clone under way");
+        let room = window_pages.saturating_sub(cloning.unacked()) as usize;
+        let batch: Vec<u64> = (0..room).map_while(|_| cloning.to_send.pop_front()).collect();
+        if !batch.is_empty() && cloning.sent_in_pass > 0 {
+            cov_mark::hit!(clone_window_refilled);
+        }
+        let pass = cloning.pass;
+        cloning.progress_ns = now_ns;
+        self.send_pages(pass, &batch)?;
+        let cloning = self.cloning.as_mut().expect("a clone under way");
+        cloning.sent_in_pass += batch.len() as u64;
+        if cloning.to_send.is_empty() && cloning.awaiting.is_none() {
+            cloning.awaiting = Some(pass);
+            let pages = cloning.pass_pages;
+            self.actions.push_back(Action::Send(Message::ClonePassEnd { pass, pages }));
+        }
         Ok(())
     }
 
@@ -231,7 +314,17 @@ impl<G: Guest> Primary<G> {
     /// primary resumes at once in logging mode; nothing it did before the cut needs the new backup's ack.
     fn cut(&mut self, now_ns: u64, pass: u32) -> Result<(), crate::guest::GuestError> {
         let (mut pages, wanted_ns) = self.cloning.as_mut().and_then(|c| c.cut.take()).expect("a cut is due");
-        // Pages dirtied while the guest ran on to its exit go too.
+        // What arrived for this exit goes into the guest first (unlogged: the primary is unprotected until the
+        // cut): a write storage completed is then complete in the guest's device too, so the new backup never
+        // holds a write in flight whose data it was not sent.
+        if !self.disk_done.is_empty() {
+            cov_mark::hit!(clone_cut_delivers_completions);
+        }
+        self.deliver_inputs(now_ns);
+        if self.stopped.is_some() {
+            return Ok(());
+        }
+        // Pages dirtied while the guest ran on to its exit go too, and those the delivery wrote.
         pages.extend(self.vm.guest.take_dirty_pages()?);
         pages.sort_unstable();
         pages.dedup();

@@ -53,20 +53,29 @@ impl<G: Guest> Primary<G> {
         if overlapping {
             cov_mark::hit!(reissued_in_submission_order);
         }
+        let mut without_data = None;
         for request in &in_flight {
             match request.op {
                 crate::platform::DiskOp::Read => primary.scheduler.submit_read(request.target),
                 crate::platform::DiskOp::Write if Some(request.target.tag) == pending_write_tag => {}
                 crate::platform::DiskOp::Write => {
-                    // The data of an in-flight write is the output the backup regenerated during replay.
+                    // The data of an in-flight write is the output the backup regenerated during replay, or the
+                    // one a clone's cut carried.
                     let tag = Some(request.target.tag);
-                    let output = inheritance.pending_writes.iter().find(|o| o.disk.map(|d| d.tag) == tag);
-                    let output = output.unwrap_or_else(|| {
-                        panic!("in-flight write tag {} has no data from replay", request.target.tag)
-                    });
-                    primary.scheduler.submit_write(request.target, output.bytes.clone(), output.seq, None);
+                    match inheritance.pending_writes.iter().find(|o| o.disk.map(|d| d.tag) == tag) {
+                        Some(output) => {
+                            primary.scheduler.submit_write(request.target, output.bytes.clone(), output.seq, None)
+                        }
+                        None => without_data = Some(request.target.tag),
+                    }
                 }
             }
+        }
+        if let Some(tag) = without_data {
+            // The state came from the old primary (a clone's cut): a write it left out cannot be reissued, and the
+            // guest cannot go on as if it had landed.
+            primary.guest_failed(format!("the guest's disk write tag {tag} is in flight, and no data came for it"));
+            return primary;
         }
         if !inheritance.unreleased_outputs.is_empty() {
             cov_mark::hit!(output_resent_after_golive);

@@ -289,6 +289,7 @@ impl<G: Guest> Primary<G> {
                 self.handle_join(pair_id, image_digest, node)
             }
             Message::CloneAck { pass } => self.handle_clone_ack(now_ns, pass),
+            Message::ClonePagesAck { pass, pages } => self.handle_clone_pages_ack(now_ns, pass, pages),
             other => self.violation(now_ns, format!("unexpected message from the backup: {}", other.name())),
         }
     }

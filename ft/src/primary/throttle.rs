@@ -61,7 +61,7 @@ impl Throttle {
     /// Moves to the period `now_ns` falls in, adjusting the share once per period passed from `lag_ns`, the
     /// backup's execution lag now.
     pub fn tick(&mut self, now_ns: u64, lag_ns: u64) {
-        assert!(now_ns >= self.now_ns, "time goes forward");
+        assert!(now_ns >= self.now_ns, "time goes forward: {now_ns} after {}", self.now_ns);
         self.now_ns = now_ns;
         if now_ns < self.period_start_ns + self.period_ns {
             return;

@@ -103,8 +103,9 @@ impl Guest for Script {
     fn inject_interrupt(&mut self, _vector: u8) -> Result<(), GuestError> {
         Ok(())
     }
+    /// The position and the memory: a clone that put a page in the wrong place does not match.
     fn state_hash(&mut self) -> Result<u64, GuestError> {
-        Ok(self.position.exits)
+        Ok(xxhash_rust::xxh3::xxh3_64(&self.memory) ^ self.position.exits)
     }
     fn snapshot(&mut self) -> Result<Vec<u8>, GuestError> {
         Ok(Vec::new())

@@ -32,6 +32,9 @@ use crate::storage::SharedStorage;
 
 /// Longest a joiner's handshake may take, on either side.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Joiners' handshakes the desk runs at once; a connection beyond them is refused at once, so idle connections
+/// cannot pile up tasks.
+const GREETINGS_MAX: usize = 8;
 /// Longest a call to a spare or a join peer may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often the desk looks whether its node wants a joiner, and the pause after a round of spares that all
@@ -82,13 +85,16 @@ impl JoinDesk {
     }
 }
 
+/// The epoch to greet a joiner in, while the node is live without a backup and no joiner's clone is under way
+/// (`Board::joiner_busy`: from the driver's taking a joiner until its cut or its end).
 fn wants_joiner(board: &SharedBoard) -> Option<u64> {
     let board = board.borrow();
-    (board.snapshot.role == UNPROTECTED).then_some(board.snapshot.epoch)
+    (board.snapshot.role == UNPROTECTED && !board.joiner_busy).then_some(board.snapshot.epoch)
 }
 
 async fn desk(setup: DeskSetup, sender: mpsc::Sender<Ready>) {
     let name = setup.name.clone();
+    let greetings = Rc::new(std::cell::Cell::new(0usize));
     let mut next_spare = 0usize;
     let mut failed_in_round = 0usize;
     loop {
@@ -104,14 +110,29 @@ async fn desk(setup: DeskSetup, sender: mpsc::Sender<Ready>) {
                     tokio::time::sleep(DESK_PERIOD).await;
                     continue;
                 };
-                let Some(epoch) = wants_joiner(&setup.board).filter(|_| sender.capacity() > 0) else {
-                    let role = setup.board.borrow().snapshot.role.clone();
-                    tracing::warn!("{name}: refused a joiner from {from}: this node is {role}, not live without a backup");
+                let wanted = wants_joiner(&setup.board).filter(|_| sender.capacity() > 0);
+                let Some(epoch) = wanted.filter(|_| greetings.get() < GREETINGS_MAX) else {
+                    let (role, busy) = {
+                        let board = setup.board.borrow();
+                        (board.snapshot.role.clone(), board.joiner_busy)
+                    };
+                    let why = if role != UNPROTECTED {
+                        format!("this node is {role}, not live without a backup")
+                    } else if busy {
+                        "another node is joining".to_string()
+                    } else {
+                        "joiners are waiting already".to_string()
+                    };
+                    tracing::warn!("{name}: refused a joiner from {from}: {why}");
                     continue;
                 };
                 let (key, pair_id, me, sender) = (setup.key.clone(), setup.pair_id, name.clone(), sender.clone());
+                let greetings = greetings.clone();
+                greetings.set(greetings.get() + 1);
                 tokio::task::spawn_local(async move {
-                    if let Some(ready) = greet(stream, from, &key, pair_id, epoch, &me).await {
+                    let ready = greet(stream, from, &key, pair_id, epoch, &me).await;
+                    greetings.set(greetings.get() - 1);
+                    if let Some(ready) = ready {
                         let _ = sender.send(ready).await;
                     }
                 });

@@ -409,6 +409,7 @@ impl ft::driver::Joiners for NetHost {
     async fn accept_joiner(&self) -> Box<dyn ft::driver::ChannelStream> {
         let Some(desk) = &self.desk else { return std::future::pending().await };
         let (stream, session) = desk.next().await;
+        self.board.borrow_mut().joiner_busy = true;
         self.begin_session(&session, true);
         Box::new(auth::secure(stream, session, true, self.counters.clone()))
     }

@@ -123,6 +123,9 @@ const PAGE_BYTES: u64 = ft::guest::PAGE_BYTES as u64;
 pub struct Board {
     /// The name the logging channel's peer gave in its handshake.
     pub peer_name: Option<String>,
+    /// The driver took a joiner's channel, and its clone has not yet ended (cut or given up): the desk takes no
+    /// other joiner meanwhile.
+    pub joiner_busy: bool,
     /// A clone under way: page bytes queued for the channel, and the channel's bytes sent when it began.
     clone_bytes_queued: u64,
     pub clone_bytes_sent_at_start: u64,
@@ -279,6 +282,7 @@ impl Board {
                 }
             }
             Event::CloneCut { epoch, passes, pages, pause_ns, total_ns, bytes, .. } => {
+                self.joiner_busy = false;
                 let backup = self.peer_name.clone().unwrap_or_default();
                 self.snapshot.reprotecting = None;
                 self.snapshot.role = "primary".into();
@@ -320,6 +324,7 @@ impl Board {
                 }
             }
             Event::CloneAbandoned { .. } => {
+                self.joiner_busy = false;
                 self.snapshot.reprotecting = None;
                 if let Some(progress) = self.progress.take() {
                     progress.abandon_with_message("the clone was given up");
