@@ -157,18 +157,20 @@ fn a_joiner_waits_within_its_timeouts_and_stops_once() {
     let mut slow = joiner();
     drain(&mut slow);
     let begin = Message::CloneBegin { pair_id: config().pair_id, epoch: 3, memory_bytes: 64 * 1024 };
-    slow.handle_message(1_000, begin);
+    // Seconds into the run, so that the silence the reason gives is its own, not the clock's.
+    let (begun_ns, heard_ns) = (7_000_000_000, 8_000_000_000);
+    slow.handle_message(begun_ns, begin);
     let failure_ns = config().failure_timeout_ms * 1_000_000;
-    assert_eq!(slow.poll_timeout(), Some(1_000 + failure_ns), "the failure timeout from the last word");
-    slow.handle_message(2_000, Message::ClonePages { pass: 1, pages: vec![(0, vec![1; ft::guest::PAGE_BYTES])] });
-    assert_eq!(slow.poll_timeout(), Some(2_000 + failure_ns));
-    slow.handle_timeout(2_000 + failure_ns - 1);
+    assert_eq!(slow.poll_timeout(), Some(begun_ns + failure_ns), "the failure timeout from the last word");
+    slow.handle_message(heard_ns, Message::ClonePages { pass: 1, pages: vec![(0, vec![1; ft::guest::PAGE_BYTES])] });
+    assert_eq!(slow.poll_timeout(), Some(heard_ns + failure_ns));
+    slow.handle_timeout(heard_ns + failure_ns - 1);
     drain(&mut slow);
     assert!(slow.stopped().is_none());
-    slow.handle_timeout(2_000 + failure_ns);
+    slow.handle_timeout(heard_ns + failure_ns);
     drain(&mut slow);
     let Some(Stopped::JoinFailed(reason)) = slow.stopped() else { panic!("stopped by the timeout") };
-    assert!(reason.contains(&format!("{} ms", config().failure_timeout_ms)), "{reason}");
+    assert!(reason.contains(&format!("for {} ms", config().failure_timeout_ms)), "{reason}");
     assert_eq!(slow.poll_timeout(), None, "a stopped joiner waits for nothing");
 
     let mut cut_off = joiner();
