@@ -49,7 +49,9 @@ pub enum PlatformError {
 }
 
 /// Format version of [`Platform::encode`].
-const STATE_VERSION: u32 = 2;
+/// Version 3 ends with an xxh3 checksum of what precedes it (a clone's cut carries the state across hosts).
+const STATE_VERSION: u32 = 3;
+const CHECKSUM_BYTES: usize = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Platform {
@@ -242,15 +244,24 @@ impl Platform {
         writer.u64(self.net_rx_buffer_gpa.map_or(u64::MAX, |gpa| gpa));
         self.disk.encode(&mut writer);
         writer.u64(self.output_seq_next);
+        let checksum = xxhash_rust::xxh3::xxh3_64(&writer.bytes);
+        writer.u64(checksum);
         writer.bytes
     }
 
+    /// Decodes what `encode` wrote: the version, the checksum, every field, and nothing after them.
     pub fn decode(bytes: &[u8]) -> Result<Platform, String> {
-        let mut reader = Reader::new(bytes);
+        let split = bytes.len().checked_sub(CHECKSUM_BYTES).ok_or("platform state truncated")?;
+        let (body, checksum) = bytes.split_at(split);
+        let checksum = u64::from_le_bytes(checksum.try_into().map_err(|_| "platform state truncated")?);
+        let mut reader = Reader::new(body);
         let err = |e: crate::bytes::Truncated| e.to_string();
         let version = reader.u32().map_err(err)?;
         if version != STATE_VERSION {
             return Err(format!("platform state version {version}, expected {STATE_VERSION}"));
+        }
+        if checksum != xxhash_rust::xxh3::xxh3_64(body) {
+            return Err("platform state checksum mismatch".into());
         }
         let console = Console::decode(&mut reader)?;
         let clock_latched_ns = reader.u64().map_err(err)?;
@@ -258,6 +269,9 @@ impl Platform {
         let net_rx_buffer_gpa = Some(reader.u64().map_err(err)?).filter(|gpa| *gpa != u64::MAX);
         let disk = Disk::decode(&mut reader)?;
         let output_seq_next = reader.u64().map_err(err)?;
+        if reader.remaining() != 0 {
+            return Err(format!("{} bytes after the platform state", reader.remaining()));
+        }
         Ok(Platform { console, clock_latched_ns, timer_period_us, net_rx_buffer_gpa, disk, output_seq_next })
     }
 
