@@ -307,3 +307,49 @@ fn enlisted_pair(config: &ft::Config) -> (Node<Script>, Node<Script>) {
 fn pages_sent(messages: &[Message]) -> usize {
     messages.iter().map(|m| if let Message::ClonePages { pages, .. } = m { pages.len() } else { 0 }).sum()
 }
+
+/// What the primary takes from a joiner is checked: a pages ack of another pass, for pages never sent, or going
+/// back is a protocol violation that ends the clone (never the primary); so is a `Join` of another image; and a
+/// joiner whose channel closes while the arbiter records it is given up once the arbiter answers.
+#[test]
+fn a_primary_gives_up_joiners_that_break_the_protocol_and_runs_on() {
+    let config = ft::Config { clone_window_pages: 4, ..config() };
+    let violated = |node: &mut Node<Script>| {
+        let actions = drain(node);
+        let violation = actions.iter().any(|a| matches!(a, Action::Notify(Event::ProtocolViolation(_))));
+        let abandoned = actions.iter().any(|a| matches!(a, Action::Notify(Event::CloneAbandoned { .. })));
+        violation && abandoned && node.role() == Role::Unprotected && node.accepts_joiner()
+    };
+    for (pass, pages) in [(2, 1), (1, 5), (1, 0)] {
+        let (mut primary, _joiner) = enlisted_pair(&config);
+        assert_eq!(pages_sent(&sent(&drain(&mut primary))), 4);
+        if pages == 0 {
+            // Back from 3 pages acknowledged to none.
+            primary.handle_message(13, Message::ClonePagesAck { pass: 1, pages: 3 });
+            assert!(!violated(&mut primary), "a fair ack");
+        }
+        primary.handle_message(14, Message::ClonePagesAck { pass, pages });
+        assert!(violated(&mut primary), "a pages ack for {pages} pages of pass {pass}");
+    }
+
+    let mut primary = unprotected_primary();
+    primary.handle_joiner(10);
+    let deadline = primary.poll_timeout().expect("waits for the Join");
+    assert_eq!(deadline, 10 + config.startup_timeout_ms * 1_000_000, "the startup timeout from the channel");
+    let join = Message::Join { pair_id: config.pair_id, image_digest: config.image_digest + 1, node: 0xb };
+    primary.handle_message(11, join);
+    let actions = drain(&mut primary);
+    assert!(actions.iter().any(|a| matches!(a, Action::Notify(Event::CloneAbandoned { .. }))), "another image");
+    assert!(!actions.iter().any(|a| matches!(a, Action::TestAndSet { .. })), "the arbiter is not asked");
+
+    let mut primary = unprotected_primary();
+    primary.handle_joiner(20);
+    primary.handle_message(21, Message::Join { pair_id: config.pair_id, image_digest: config.image_digest, node: 7 });
+    assert!(drain(&mut primary).contains(&Action::TestAndSet { expected_epoch: 2 }));
+    primary.handle_channel_closed(22, "the joiner went away");
+    primary.handle_arbiter(23, ArbiterOutcome::Won { epoch: 3 });
+    let actions = drain(&mut primary);
+    assert!(actions.iter().any(|a| matches!(a, Action::Notify(Event::CloneAbandoned { .. }))), "{actions:?}");
+    assert!(!sent(&actions).iter().any(|m| matches!(m, Message::CloneBegin { .. })), "no clone begins");
+    assert_eq!((primary.role(), primary.epoch()), (Role::Unprotected, 3), "alone, in the epoch it won");
+}
