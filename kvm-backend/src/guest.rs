@@ -287,11 +287,6 @@ impl KvmGuest {
         Ok(self.vm.vcpu.get_regs().map_err(KvmError::ioctl("KVM_GET_REGS"))?)
     }
 
-    /// Guest RAM in bytes.
-    pub fn memory_bytes(&self) -> u64 {
-        self.ram.size() as u64
-    }
-
     /// Injects the head of the queue if the vCPU can take it, and asks for an interrupt window while anything
     /// else is waiting.
     fn arm_interrupts(&mut self) -> Result<(), KvmError> {
@@ -550,6 +545,7 @@ impl Guest for KvmGuest {
         self.restore_state(snapshot, true)
     }
 
+    /// Guest RAM in bytes.
     fn memory_bytes(&self) -> u64 {
         self.ram.size() as u64
     }

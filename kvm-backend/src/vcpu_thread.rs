@@ -127,6 +127,24 @@ impl ThreadedGuest {
     }
 }
 
+impl ThreadedGuest {
+    /// A call whose work answers with bytes (a snapshot, a CPU state).
+    fn call_for_bytes(&mut self, work: Work) -> Result<Vec<u8>, GuestError> {
+        match self.call(work)? {
+            Outcome::Snapshot(result) => result,
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// A call whose work answers with nothing but success (a restore).
+    fn call_for_unit(&mut self, work: Work) -> Result<(), GuestError> {
+        match self.call(work)? {
+            Outcome::Restore(result) => result,
+            _ => Err(unexpected()),
+        }
+    }
+}
+
 fn unexpected() -> GuestError {
     GuestError::Hypervisor("the vCPU thread answered another call".into())
 }
@@ -219,17 +237,11 @@ impl Guest for ThreadedGuest {
     }
 
     fn snapshot(&mut self) -> Result<Vec<u8>, GuestError> {
-        match self.call(Work::Snapshot)? {
-            Outcome::Snapshot(result) => result,
-            _ => Err(unexpected()),
-        }
+        self.call_for_bytes(Work::Snapshot)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), GuestError> {
-        match self.call(Work::Restore(snapshot.to_vec()))? {
-            Outcome::Restore(result) => result,
-            _ => Err(unexpected()),
-        }
+        self.call_for_unit(Work::Restore(snapshot.to_vec()))
     }
 
     fn memory_bytes(&self) -> u64 {
@@ -244,17 +256,11 @@ impl Guest for ThreadedGuest {
     }
 
     fn save_cpu(&mut self) -> Result<Vec<u8>, GuestError> {
-        match self.call(Work::SaveCpu)? {
-            Outcome::Snapshot(result) => result,
-            _ => Err(unexpected()),
-        }
+        self.call_for_bytes(Work::SaveCpu)
     }
 
     fn restore_cpu(&mut self, cpu: &[u8]) -> Result<(), GuestError> {
-        match self.call(Work::RestoreCpu(cpu.to_vec()))? {
-            Outcome::Restore(result) => result,
-            _ => Err(unexpected()),
-        }
+        self.call_for_unit(Work::RestoreCpu(cpu.to_vec()))
     }
 }
 

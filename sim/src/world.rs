@@ -214,6 +214,16 @@ pub struct World {
 pub type SharedWorld = Rc<RefCell<World>>;
 
 impl World {
+    /// Whether a primary's guest had, at a clone's cut, the state the joiner's guest has after `restore` (the
+    /// checker's own hashes of both, at the same position).
+    pub fn cut_restored_by(&self, restore: &CloneCut) -> bool {
+        self.clone_cuts
+            .iter()
+            .any(|cut| cut.node != restore.node && cut.position == restore.position && cut.hash == restore.hash)
+    }
+}
+
+impl World {
     pub fn new(seed: u64) -> SharedWorld {
         let mut world = World {
             now_ns: 0,

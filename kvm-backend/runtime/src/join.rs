@@ -221,14 +221,7 @@ pub async fn call_primary(
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let arbiter = storage.clone();
-            let arbiter_epoch = async move {
-                match crate::node::storage_call(storage_timeout, move || arbiter.record().map(|r| r.epoch)).await {
-                    Some(Ok(epoch)) => Ok(epoch),
-                    Some(Err(error)) => Err(error.to_string()),
-                    None => Err(format!("no answer within {storage_timeout:?}")),
-                }
-            };
+            let arbiter_epoch = crate::node::arbiter_epoch(storage.clone(), storage_timeout);
             let handshake = auth::handshake_as_backup(&mut stream, key, pair_id, name, arbiter_epoch);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(session)) => return Some((stream, session, peer)),
@@ -319,16 +312,8 @@ mod tests {
     /// backup recorded all refuse the clone, with the record in the reason.
     #[test]
     fn only_a_record_naming_this_node_for_the_epoch_authorises_a_clone() {
-        let dir = std::env::temp_dir().join(format!("ftvm-enlisted-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let storage = SharedStorage {
-            disk: dir.join("disk.img"),
-            arbiter: dir.join("arbiter"),
-            sync_writes: false,
-            journal: None,
-        };
-        storage.create_if_missing(8).unwrap();
+        let storage = crate::storage::scratch("enlisted");
+        let dir = storage.disk.parent().expect("a scratch directory").to_path_buf();
         let timeout = Duration::from_secs(2);
         assert!(check_enlisted(&storage, 2, "a2/1", timeout).unwrap_err().contains("backup none"));
         storage.test_and_set(1, "b/9").unwrap();

@@ -1003,18 +1003,22 @@ async fn handshake_from(
     storage_timeout: Duration,
 ) -> Result<(TcpStream, auth::Session), auth::AuthError> {
     let _ = stream.set_nodelay(true);
-    let arbiter_epoch = async move {
-        match storage_call(storage_timeout, move || storage.record().map(|record| record.epoch)).await {
-            Some(Ok(epoch)) => Ok(epoch),
-            Some(Err(error)) => Err(error.to_string()),
-            None => Err(format!("no answer within {storage_timeout:?}")),
-        }
-    };
-    let handshake = auth::handshake_as_backup(&mut stream, &key, pair_id, &name, arbiter_epoch);
+    let handshake =
+        auth::handshake_as_backup(&mut stream, &key, pair_id, &name, arbiter_epoch(storage, storage_timeout));
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(session)) => Ok((stream, session)),
         Ok(Err(error)) => Err(error),
         Err(_) => Err(auth::AuthError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))),
+    }
+}
+
+/// The arbiter record's epoch, as the backup's side of a handshake reads it (only once the hello's tag checks
+/// out): an error says why storage did not tell.
+pub(crate) async fn arbiter_epoch(storage: Arc<SharedStorage>, storage_timeout: Duration) -> Result<u64, String> {
+    match storage_call(storage_timeout, move || storage.record().map(|record| record.epoch)).await {
+        Some(Ok(epoch)) => Ok(epoch),
+        Some(Err(error)) => Err(error.to_string()),
+        None => Err(format!("no answer within {storage_timeout:?}")),
     }
 }
 
@@ -1088,16 +1092,8 @@ mod tests {
     /// name, so the second node named alike won the epoch the first had won).
     #[test]
     fn two_nodes_named_alike_cannot_both_win_the_arbiter() {
-        let dir = std::env::temp_dir().join(format!("ftvm-identity-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let storage = SharedStorage {
-            disk: dir.join("disk.img"),
-            arbiter: dir.join("arbiter"),
-            sync_writes: false,
-            journal: None,
-        };
-        storage.create_if_missing(8).unwrap();
+        let storage = crate::storage::scratch("identity");
+        let dir = storage.disk.parent().expect("a scratch directory").to_path_buf();
         let (first, second) = (arbiter_identity("a"), arbiter_identity("a"));
         assert_eq!(storage.test_and_set(1, &first).unwrap(), ArbiterOutcome::Won { epoch: 2 });
         assert_eq!(storage.test_and_set(1, &second).unwrap(), ArbiterOutcome::Lost { epoch: 2 }, "the other 'a'");

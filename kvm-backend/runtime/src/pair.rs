@@ -322,6 +322,20 @@ pub fn status_json(addr: Option<SocketAddr>) -> Option<serde_json::Value> {
     serde_json::from_str(&body).ok()
 }
 
+/// Waits up to `deadline` until the node whose status is at `status` is protected by `backup` and the pause of
+/// its last clone is known (the guest has run again after the cut); returns that clone as the status shows it.
+pub fn wait_cloned_onto(status: Option<SocketAddr>, backup: &str, deadline: Duration) -> Option<serde_json::Value> {
+    let mut clone = None;
+    wait_for(deadline, || {
+        let Some(status) = status_json(status) else { return false };
+        let last = status["clones"].as_array().and_then(|clones| clones.last()).cloned().unwrap_or_default();
+        let done = status["protected_by"] == backup && last["pause_ms"].is_f64();
+        clone = done.then_some(last);
+        done
+    });
+    clone
+}
+
 pub fn wait_for(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < deadline {

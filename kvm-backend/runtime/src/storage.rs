@@ -494,22 +494,29 @@ fn unreachable(error: io::Error) -> StorageError {
     StorageError::Unreachable
 }
 
+/// Fresh storage for a unit test: an 8-sector disk, the arbiter at epoch 1 and a write journal, in a directory of
+/// its own under the temporary directory (the test removes it).
+#[cfg(test)]
+pub(crate) fn scratch(name: &str) -> SharedStorage {
+    let dir = std::env::temp_dir().join(format!("ftvm-storage-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let storage = SharedStorage {
+        disk: dir.join("disk.img"),
+        arbiter: dir.join("arbiter"),
+        sync_writes: false,
+        journal: Some(journal_path(&dir.join("disk.img"))),
+    };
+    storage.create_if_missing(8).expect("fresh storage");
+    storage
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn storage(name: &str) -> SharedStorage {
-        let dir = std::env::temp_dir().join(format!("ftvm-storage-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let storage = SharedStorage {
-            disk: dir.join("disk.img"),
-            arbiter: dir.join("arbiter"),
-            sync_writes: false,
-            journal: Some(journal_path(&dir.join("disk.img"))),
-        };
-        storage.create_if_missing(8).unwrap();
-        storage
+        super::scratch(name)
     }
 
     /// The startup check tells a wrong config or wrong files (errors) from storage that does not answer (waited

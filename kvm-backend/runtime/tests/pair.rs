@@ -115,14 +115,8 @@ impl Pair {
     }
 
     fn status(&self, name: &str) -> Option<serde_json::Value> {
-        use std::io::{Read, Write};
         let addr = if name == "a" { self.status_a } else { self.status_b };
-        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-        stream.write_all(b"GET /json HTTP/1.0\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        serde_json::from_str(response.split_once("\r\n\r\n")?.1).ok()
+        ft_host::pair::status_json(Some(addr))
     }
 
     fn role(&self, name: &str) -> String {

@@ -7,11 +7,7 @@ use crate::world::World;
 
 pub fn check(world: &mut World, expectations: &Expectations) {
     for restore in world.clone_restores.clone() {
-        let matching = world
-            .clone_cuts
-            .iter()
-            .any(|cut| cut.node != restore.node && cut.position == restore.position && cut.hash == restore.hash);
-        if !matching {
+        if !world.cut_restored_by(&restore) {
             world.violation(
                 "S7 clone state",
                 format!(

@@ -17,12 +17,7 @@ pub fn guest_survived(world: &World) -> bool {
         world
             .clone_restores
             .iter()
-            .filter(|restore| {
-                world
-                    .clone_cuts
-                    .iter()
-                    .any(|cut| cut.node != restore.node && cut.position == restore.position && cut.hash == restore.hash)
-            })
+            .filter(|restore| world.cut_restored_by(restore))
             .map(|restore| (restore.at_ns, 0, restore.node)),
     );
     events.sort();

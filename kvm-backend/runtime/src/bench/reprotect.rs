@@ -12,7 +12,7 @@ use super::say;
 use crate::error::CliError;
 use crate::figures::percentile;
 use crate::machine::MachineKind;
-use crate::pair::{localhost_pair, log_tail, status_json, wait_for, write_config, Scratch};
+use crate::pair::{localhost_pair, log_tail, status_json, wait_cloned_onto, wait_for, write_config, Scratch};
 
 /// The write-heavy guest.
 const GUEST: &str = "dirty";
@@ -77,21 +77,14 @@ pub fn measure(seed: u64, memory_mib: u64, clones: u32) -> Result<ReprotectRow, 
         let config = crate::config::NodeConfig { name: Some(name.clone()), ..configs.b.clone() };
         let path = write_config(&scratch.dir, &name, &config)?;
         scratch.spawn(&name, "backup --join", &path)?;
-        let mut clone = serde_json::Value::Null;
-        let cloned = wait_for(CLONE_DEADLINE, || {
-            let Some(status) = status_json(configs.a.status) else { return false };
-            let last = status["clones"].as_array().and_then(|clones| clones.last()).cloned();
-            clone = last.unwrap_or_default();
-            status["protected_by"] == name.as_str() && clone["pause_ms"].is_f64()
-        });
-        if !cloned {
+        let Some(clone) = wait_cloned_onto(configs.a.status, &name, CLONE_DEADLINE) else {
             return Err(CliError::Protocol(format!(
                 "{name} did not clone the {memory_mib} MiB primary within {CLONE_DEADLINE:?}; a's log ends: {}; \
                  {name}'s: {}",
                 log_tail(&scratch.dir.join("a.log")),
                 log_tail(&scratch.dir.join(format!("{name}.log")))
             )));
-        }
+        };
         pauses.push(clone["pause_ms"].as_f64().unwrap_or(f64::NAN));
         totals.push(clone["total_ms"].as_f64().unwrap_or(f64::NAN));
         passes.push(clone["passes"].as_f64().unwrap_or(f64::NAN));

@@ -10,7 +10,7 @@ use super::{fail_primary, DemoOptions, Failure, Trial, AFTER_FAILOVER};
 use crate::config::NodeConfig;
 use crate::error::CliError;
 use crate::load::Load;
-use crate::pair::{log_tail, status_json, write_config, PairConfigs, Scratch};
+use crate::pair::{log_tail, write_config, PairConfigs, Scratch};
 
 /// Give up on a re-protection after this long.
 const REPROTECT_DEADLINE: Duration = Duration::from_secs(60);
@@ -50,10 +50,8 @@ pub(super) fn fail_again(
             format!("fresh node {joiner} started (pid {pid}): `ftvm backup --join` clones {live}'s running VM"),
         ));
         let live_status = slot_config(configs, &live).status;
-        let protected = crate::pair::wait_for(REPROTECT_DEADLINE, || {
-            status_json(live_status).is_some_and(|s| s["protected_by"] == joiner.as_str())
-        });
-        if !protected {
+        // Protected again, and the guest's pause at the cut known (it runs again at once after the cut).
+        let Some(clone) = crate::pair::wait_cloned_onto(live_status, &joiner, REPROTECT_DEADLINE) else {
             out.errors.push(format!(
                 "{live} was not protected by {joiner} within {REPROTECT_DEADLINE:?}; {live}'s log ends: {}; \
                  {joiner}'s log ends: {}",
@@ -61,20 +59,10 @@ pub(super) fn fail_again(
                 log_tail(&scratch.dir.join(format!("{joiner}.log")))
             ));
             return Ok(live);
-        }
+        };
         let protected_at = Instant::now();
         out.reprotections += 1;
         out.protected_again_ms.push(protected_at.duration_since(failed_at).as_secs_f64() * 1e3);
-        // The pause is known once the guest has run again, at once after the cut.
-        let last_clone = || {
-            let status = status_json(live_status).unwrap_or_default();
-            status["clones"].as_array().and_then(|clones| clones.last()).cloned().unwrap_or_default()
-        };
-        let mut clone = last_clone();
-        crate::pair::wait_for(Duration::from_secs(1), || {
-            clone = last_clone();
-            clone["pause_ms"].is_f64()
-        });
         let (pause_ms, total_ms) = (clone["pause_ms"].as_f64().unwrap_or(f64::NAN), clone["total_ms"].as_f64());
         let bytes = clone["bytes"].as_u64().unwrap_or(0);
         out.reprotect_pause_ms.push(pause_ms);

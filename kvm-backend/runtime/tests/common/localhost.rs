@@ -1,8 +1,7 @@
 //! A localhost pair of `ftvm` processes for the process tests: free addresses, configs, the nodes' logs and
 //! status, waits under a guard. The nodes run the model guest, so the tests using it need no KVM.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -195,12 +194,7 @@ impl Pair {
 
     pub fn status(&self, node: &str) -> Option<serde_json::Value> {
         let addr = if node.starts_with('a') { self.status_a } else { self.status_b };
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-        stream.write_all(b"GET /json HTTP/1.0\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        serde_json::from_str(response.split_once("\r\n\r\n")?.1).ok()
+        ft_host::pair::status_json(Some(addr))
     }
 
     /// Waits for `condition` (under the guard), failing with both logs if it never holds.
