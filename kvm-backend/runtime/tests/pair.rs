@@ -20,12 +20,13 @@ use ft_host::pair::Scratch;
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm");
 
+/// Below the ephemeral range, so no `connect` takes the port before its node binds it.
 fn free_tcp() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    ft_host::pair::free_tcp().expect("a free local port")
 }
 
 fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    ft_host::pair::free_udp().expect("a free local port")
 }
 
 /// A pair's files and processes; everything is killed and removed on drop (unless FTVM_KEEP_SCRATCH is set), by

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,8 +35,8 @@ fn readme_block(heading: &str) -> Vec<String> {
 /// A port free for both TCP and UDP on localhost.
 fn free_port() -> u16 {
     loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
+        // Below the ephemeral range (`ft_host::pair`), so no `connect` takes it before the node binds it.
+        let port = ft_host::pair::free_tcp().expect("a free local port").port();
         if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }

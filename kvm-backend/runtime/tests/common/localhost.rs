@@ -14,12 +14,14 @@ pub const FTVM: &str = env!("CARGO_BIN_EXE_ftvm");
 pub const GUARD: Duration = Duration::from_secs(30);
 pub const KEY: &str = "6b6579206f66207468652070616972206f662074686973207465737420212121";
 
+/// Ports come from `ft_host::pair`, below the ephemeral range: a port from `bind(0)` released here is soon a
+/// source port of somebody's `connect`, and the node that wanted it fails to start (CI, `deploy.rs`).
 pub fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    ft_host::pair::free_tcp().expect("a free local port")
 }
 
 pub fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    ft_host::pair::free_udp().expect("a free local port")
 }
 
 pub fn unique() -> u64 {
