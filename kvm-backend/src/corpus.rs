@@ -7,10 +7,15 @@ pub fn guest_elf(name: &str) -> Option<&'static [u8]> {
     GUESTS.iter().find(|(guest, _)| *guest == name).map(|(_, image)| *image)
 }
 
-/// Names of the corpus guests, sorted: `cpu`, `kv`, `kvq`, `netrx`, `nettx`, `timer`.
+/// Names of the corpus guests, sorted: `cpu`, `dirty`, `kv`, `kvq`, `netrx`, `nettx`, `redis`, `timer`.
 pub fn guest_names() -> impl Iterator<Item = &'static str> {
     GUESTS.iter().map(|(name, _)| *name)
 }
+
+/// Corpus guests that run until they are stopped and take no scripted load: `dirty` (re-protection's
+/// write-heavy guest) and `redis` (a TCP service, reached over a TAP device). Record/replay of every guest and
+/// `ftvm report` leave them out.
+pub const RUN_UNTIL_STOPPED: &[&str] = &["dirty", "redis"];
 
 /// The ELF image of the fault guest `name` from `corpus/faults/` (test material: guests that spin, fault or exit
 /// with a status, see corpus/faults/README.md). Not a corpus guest: [`guest_names`] does not list them.
@@ -47,7 +52,7 @@ mod tests {
     #[test]
     fn every_guest_is_built() {
         let names: Vec<&str> = super::guest_names().collect();
-        assert_eq!(names, ["cpu", "dirty", "kv", "kvq", "netrx", "nettx", "timer"]);
+        assert_eq!(names, ["cpu", "dirty", "kv", "kvq", "netrx", "nettx", "redis", "timer"]);
         for name in names {
             let image = super::guest_elf(name).expect("built");
             assert_eq!(&image[..4], b"\x7fELF", "{name} is an ELF");

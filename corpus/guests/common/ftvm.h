@@ -111,5 +111,7 @@ void net_receive(struct net_buffer *buffer);
 void *memset(void *destination, int value, size_t bytes);
 void *memcpy(void *destination, const void *source, size_t bytes);
 int memcmp(const void *left, const void *right, size_t bytes);
+void *memmove(void *destination, const void *source, size_t bytes);
+int bcmp(const void *left, const void *right, size_t bytes);
 
 #endif

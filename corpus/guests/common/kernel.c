@@ -3,7 +3,9 @@
 #include <stdint.h>
 
 #define KERNEL_STACK_BYTES 16384
+#ifndef USER_STACK_BYTES
 #define USER_STACK_BYTES 65536
+#endif
 
 struct tss {
     uint32_t reserved0;

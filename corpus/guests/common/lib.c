@@ -106,3 +106,25 @@ void net_receive(struct net_buffer *buffer)
         }
     }
 }
+
+/* Rust's `core` calls these two (the C guests do not). */
+void *memmove(void *destination, const void *source, size_t bytes)
+{
+    uint8_t *out = destination;
+    const uint8_t *in = source;
+    if (out < in) {
+        for (size_t i = 0; i < bytes; i++) {
+            out[i] = in[i];
+        }
+    } else {
+        for (size_t i = bytes; i > 0; i--) {
+            out[i - 1] = in[i - 1];
+        }
+    }
+    return destination;
+}
+
+int bcmp(const void *left, const void *right, size_t bytes)
+{
+    return memcmp(left, right, bytes);
+}

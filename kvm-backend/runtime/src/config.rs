@@ -42,7 +42,8 @@ pub struct NodeConfig {
     pub heartbeat_listen: Option<SocketAddr>,
     /// Where the peer receives heartbeats (UDP).
     pub heartbeat_peer: Option<SocketAddr>,
-    /// The guest's service (UDP): bound by the live primary only.
+    /// The guest's service (UDP, the network device's datagram mode): bound by the live primary only. Not with
+    /// `[ethernet]`.
     pub service: Option<SocketAddr>,
     /// Plain-text status endpoint (`ftvm status --addr`).
     pub status: Option<SocketAddr>,
@@ -79,6 +80,8 @@ pub struct NodeConfig {
     /// When the node stops, its last status (the JSON of `ftvm status --json`) is written here: the figures of
     /// a node that is gone, for a post-mortem or a benchmark. Its directory must exist.
     pub status_file: Option<PathBuf>,
+    /// The network device's Ethernet mode: the guest's frames to and from a TAP device (instead of `service`).
+    pub ethernet: Option<crate::ethernet::EthernetConfig>,
 }
 
 /// Defaults of the optional settings.
@@ -128,7 +131,8 @@ pub struct NodeSettings {
     pub spares: Vec<SocketAddr>,
     pub heartbeat_listen: SocketAddr,
     pub heartbeat_peer: SocketAddr,
-    pub service: SocketAddr,
+    /// The network device's mode: a UDP service address, or a TAP device.
+    pub network: Network,
     pub status: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     pub disk: PathBuf,
@@ -142,6 +146,24 @@ pub struct NodeSettings {
     pub go_live_command: Option<String>,
     pub status_file: Option<PathBuf>,
     pub key: Vec<u8>,
+}
+
+/// How the guest's network device reaches the outside (docs/guest-abi.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Network {
+    /// Datagram mode: UDP datagrams on this address, bridged to `peer || payload` frames.
+    Datagram(SocketAddr),
+    /// Ethernet mode: whole frames to and from a TAP device.
+    Ethernet(crate::ethernet::EthernetSettings),
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Network::Datagram(addr) => write!(f, "{addr}"),
+            Network::Ethernet(ethernet) => write!(f, "{} on TAP {} (Ethernet)", ethernet.guest_ip, ethernet.tap),
+        }
+    }
 }
 
 fn bad(key: &str, value: impl std::fmt::Display, reason: impl std::fmt::Display) -> CliError {
@@ -221,7 +243,8 @@ impl NodeConfig {
             sync_writes,
             write_journal,
             go_live_command,
-            status_file
+            status_file,
+            ethernet
         )
     }
 
@@ -334,10 +357,19 @@ impl NodeConfig {
                 "this node's own `heartbeat_listen`: its heartbeats would come back to it",
             ));
         }
-        let service = check_port("service", *NodeConfig::required(&self.service, "service")?)?;
-        if service == heartbeat_listen {
-            return Err(bad("service", service, "also this node's `heartbeat_listen` (both are UDP)"));
-        }
+        let network = match (&self.ethernet, self.service) {
+            (Some(_), Some(service)) => {
+                return Err(bad("service", service, "with `[ethernet]`: the guest's network is its TAP device"))
+            }
+            (Some(ethernet), None) => Network::Ethernet(ethernet.settings()?),
+            (None, service) => {
+                let service = check_port("service", *NodeConfig::required(&service, "service")?)?;
+                if service == heartbeat_listen {
+                    return Err(bad("service", service, "also this node's `heartbeat_listen` (both are UDP)"));
+                }
+                Network::Datagram(service)
+            }
+        };
         let status = self.status.map(|addr| check_port("status", addr)).transpose()?;
         let metrics = self.metrics.map(|addr| check_port("metrics", addr)).transpose()?;
         let channel_listening = side == Side::Backup || (side == Side::Joiner && join_peers.is_empty());
@@ -388,7 +420,7 @@ impl NodeConfig {
             spares,
             heartbeat_listen,
             heartbeat_peer,
-            service,
+            network,
             status,
             metrics,
             disk,
@@ -455,16 +487,33 @@ mod tests {
             ("backup", include_str!("../../../corpus/configs/backup.toml")),
             ("two-hosts-a", include_str!("../../../corpus/configs/two-hosts-a.toml")),
             ("two-hosts-b", include_str!("../../../corpus/configs/two-hosts-b.toml")),
+            ("redis-a", include_str!("../../../corpus/configs/redis-a.toml")),
+            ("redis-b", include_str!("../../../corpus/configs/redis-b.toml")),
         ] {
             let config: NodeConfig = toml::from_str(text).unwrap_or_else(|error| panic!("{name}: {error}"));
-            assert!(config.guest.is_some() && config.service.is_some() && config.arbiter.is_some(), "{name}");
+            let network = config.service.is_some() != config.ethernet.is_some();
+            assert!(config.guest.is_some() && network && config.arbiter.is_some(), "{name}");
             let primary = name.contains("primary") || name.ends_with('a');
             assert_eq!(config.channel_peer.is_some(), primary, "{name}");
             // Every setting passes the startup checks (the two-host samples' key file lives on those hosts).
             let config = NodeConfig { key_hex: config.key_hex.clone().or(Some("ab".repeat(32))), ..config };
             let side = if primary { Side::Primary } else { Side::Backup };
-            config.settings(side).unwrap_or_else(|error| panic!("{name}: {error}"));
+            let settings = config.settings(side).unwrap_or_else(|error| panic!("{name}: {error}"));
+            assert_eq!(matches!(settings.network, Network::Ethernet(_)), name.starts_with("redis"), "{name}");
         }
+    }
+
+    #[test]
+    fn a_service_and_an_ethernet_table_together_are_refused() {
+        let text = include_str!("../../../corpus/configs/redis-a.toml");
+        let config: NodeConfig = toml::from_str(text).unwrap();
+        let config =
+            NodeConfig { service: Some("127.0.0.1:7000".parse().unwrap()), key_hex: Some("ab".repeat(32)), ..config };
+        let error = config.settings(Side::Primary).expect_err("refused").to_string();
+        assert!(error.contains("`service`") && error.contains("[ethernet]"), "{error}");
+        let missing = NodeConfig { service: None, ethernet: None, ..config };
+        let error = missing.settings(Side::Primary).expect_err("refused").to_string();
+        assert!(error.contains("`service` is required"), "{error}");
     }
 
     #[test]

@@ -203,6 +203,8 @@ impl NodeArgs {
             write_journal: self.write_journal,
             go_live_command: self.go_live_command,
             status_file: self.status_file,
+            // Ethernet mode is configured in the file's `[ethernet]` table only.
+            ethernet: None,
         };
         Ok(file.overridden_by(flags))
     }
@@ -262,6 +264,20 @@ enum Command {
         /// re-protects the live primary (`ftvm backup --join`), and the next failure comes once it is protected.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(cli::demo::FAILURES_MAX)))]
         failures: u32,
+        /// The guest: `kvq` (the pipelined kv service over UDP, on localhost) or `redis` (a Redis server with a
+        /// TCP/IP stack, on two hosts made of network namespaces, loaded by redis-benchmark; needs root, KVM and
+        /// redis-tools).
+        #[arg(long, default_value = "kvq", value_parser = ["kvq", "redis"])]
+        guest: String,
+        /// With `--guest redis`: redis-benchmark's connections (`-c`).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=56))]
+        connections: u32,
+        /// With `--guest redis`: redis-benchmark's pipelining (`-P`).
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        pipeline: u32,
+        /// With `--guest redis`: redis-benchmark's requests per test (`-n`; the tests are SET and GET).
+        #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1000..=100_000_000))]
+        requests: u64,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -374,6 +390,11 @@ fn describe(name: &str) -> &'static str {
         "timer" => "1 ms timer for 2000 ticks, reading clock and entropy on each; prints digests, powers off",
         "netrx" => "network receive: takes a stream of frames as fast as they come and acknowledges them (Table 2)",
         "nettx" => "network transmit: answers a request with a burst of frames sent as fast as it can (Table 2)",
+        "dirty" => "re-protection's write-heavy guest: rewrites an 8 MiB arena page by page, never powers off",
+        "redis" => {
+            "Redis (RESP) on port 6379 of 10.77.0.2 over smoltcp TCP/IP, Ethernet mode (a TAP device); every write \
+             logged on the disk first; never powers off"
+        }
         _ => "",
     }
 }
@@ -477,7 +498,31 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             let start_as = if join { StartAs::Join } else { StartAs::Backup };
             cli::node::run(&kvm_path, node.config()?, start_as)
         }
-        Command::Demo { json, trials, host_loss, failures, load } => {
+        Command::Demo { json, host_loss, guest, connections, pipeline, requests, load, .. } if guest == "redis" => {
+            let options = demo_options(kvm_path.clone(), 1, host_loss, 1, load);
+            let (low, high) = options.kill_after_ms;
+            let redis = cli::demo::RedisOptions {
+                seed: options.seed,
+                mode: options.mode,
+                connections,
+                pipeline,
+                requests,
+                kill_after_ms: low + cli::machine::splitmix(options.seed) % (high - low + 1),
+                failure_timeout_ms: options.failure_timeout_ms,
+            };
+            let report = cli::demo::redis::run(&redis, &kvm_path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("the report serialises"));
+            } else {
+                cli::demo::redis::print(&report);
+            }
+            if report.passed() {
+                Ok(())
+            } else {
+                Err(CliError::CheckFailed("demo: lost requests, reset connections, split brain or errors".into()))
+            }
+        }
+        Command::Demo { json, trials, host_loss, failures, load, .. } => {
             let options = demo_options(kvm_path, trials, host_loss, failures, load);
             if cli::demo::run(&options, json)? {
                 Ok(())
@@ -580,8 +625,10 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             }
         }
         Command::Report { guest, requests, seed, timeout_ms, repeat } => {
-            // Every corpus guest by default but `dirty`, which neither powers off nor serves a load that ends.
-            let every = kvm_backend::corpus::guest_names().filter(|name| *name != "dirty").map(String::from);
+            // Every corpus guest by default but those that neither power off nor serve a load that ends.
+            let every = kvm_backend::corpus::guest_names()
+                .filter(|name| !kvm_backend::corpus::RUN_UNTIL_STOPPED.contains(name))
+                .map(String::from);
             let guests = if guest.is_empty() { every.collect() } else { guest };
             let options = ReportOptions {
                 kvm_path,

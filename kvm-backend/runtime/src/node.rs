@@ -84,8 +84,11 @@ struct NetHost {
     heartbeats: RefCell<Option<auth::HeartbeatKeys>>,
     /// Refused heartbeats since the last warning about them, and when that was (the warnings are rate-limited).
     heartbeats_refused: Cell<(u64, Option<Instant>)>,
+    /// Datagram mode's service address (unused in Ethernet mode).
     service_addr: SocketAddr,
     service: RefCell<Option<ServiceSocket>>,
+    /// Ethernet mode: the guest's TAP device; on the bridge once this node is live (`service_bound`).
+    tap: Option<crate::ethernet::TapPort>,
     /// Datagrams released before the service address was bound, oldest first, and how many were dropped.
     service_queue: RefCell<VecDeque<(SocketAddrV4, Vec<u8>)>>,
     service_queue_dropped: Cell<u64>,
@@ -131,6 +134,25 @@ impl NetHost {
     /// Binds the service address once: on success the datagrams released meanwhile leave, in order, and
     /// `recv_frame` starts serving.
     fn try_bind_service(&self) -> std::io::Result<()> {
+        if let Some(tap) = &self.tap {
+            if self.board.borrow().snapshot.service_bound {
+                return Ok(());
+            }
+            tap.go_live()?;
+            let ethernet = tap.settings();
+            tracing::info!(
+                target: TIMELINE,
+                "{}: TAP {} live{}; announced {} at {} (gratuitous ARP)",
+                self.name,
+                ethernet.tap,
+                ethernet.bridge.as_ref().map(|bridge| format!(" on bridge {bridge}")).unwrap_or_default(),
+                ethernet.guest_ip,
+                crate::ethernet::format_mac(ethernet.guest_mac)
+            );
+            self.board.borrow_mut().snapshot.service_bound = true;
+            self.service_bound.notify_one();
+            return Ok(());
+        }
         if self.service.borrow().is_some() {
             return Ok(());
         }
@@ -330,6 +352,11 @@ impl Arbiter for NetHost {
 impl Outside for NetHost {
     fn release(&self, _epoch: u64, output: &Output) {
         match output.kind {
+            OutputKind::NetTransmit if self.tap.is_some() => {
+                if let Some(tap) = &self.tap {
+                    tap.send(&output.bytes);
+                }
+            }
             OutputKind::NetTransmit => {
                 let Some((target, payload)) = ft::kv::datagram_from_frame(&output.bytes) else { return };
                 if let Some(socket) = self.service.borrow().as_ref() {
@@ -357,6 +384,15 @@ impl Outside for NetHost {
 
     async fn recv_frame(&self) -> Option<Vec<u8>> {
         let mut buffer = vec![0u8; ft::abi::NET_FRAME_BYTES_MAX];
+        if let Some(tap) = &self.tap {
+            // A backup's TAP is off the bridge: what it holds is not the guest's traffic.
+            while !self.board.borrow().snapshot.service_bound {
+                self.service_bound.notified().await;
+            }
+            let length = tap.receive(&mut buffer).await.ok()?;
+            buffer.truncate(length);
+            return Some(buffer);
+        }
         loop {
             let socket = self.service.borrow().as_ref().map(|socket| socket.receive.clone());
             let Some(socket) = socket else {
@@ -654,7 +690,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
         board.snapshot.epoch = record.epoch;
         board.snapshot.cpu_share_percent = 100.0;
         board.snapshot.peer = peer;
-        board.snapshot.service = settings.service.to_string();
+        board.snapshot.service = settings.network.to_string();
         let board = Rc::new(RefCell::new(board));
         let desk = crate::join::JoinDesk::start(crate::join::DeskSetup {
             name: name.clone(),
@@ -664,6 +700,12 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
             spares: settings.spares.clone(),
             board: board.clone(),
         });
+        // Opened at start on every node, so that a missing /dev/net/tun or capability stops a backup now rather
+        // than at its go-live.
+        let tap = match &settings.network {
+            crate::config::Network::Ethernet(ethernet) => Some(crate::ethernet::TapPort::open(ethernet)?),
+            crate::config::Network::Datagram(_) => None,
+        };
         let identity = arbiter_identity(&name);
         let joining = (start_as == StartAs::Join).then(|| (identity.clone(), crate::join::Revoked::default()));
         let host = Rc::new_cyclic(|me| NetHost {
@@ -676,8 +718,12 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
             heartbeat_from: Cell::new(None),
             heartbeats: RefCell::new(None),
             heartbeats_refused: Cell::new((0, None)),
-            service_addr: settings.service,
+            service_addr: match &settings.network {
+                crate::config::Network::Datagram(addr) => *addr,
+                crate::config::Network::Ethernet(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+            },
             service: RefCell::new(None),
+            tap,
             service_queue: RefCell::new(VecDeque::new()),
             service_queue_dropped: Cell::new(0),
             service_binding: Cell::new(false),
@@ -716,8 +762,14 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
                 if let Some(command) = &settings.go_live_command {
                     run_go_live_command(&name, command);
                 }
-                host.bind_service(Some(Instant::now() + startup)).await.map_err(|error| {
-                    CliError::io(format!("service address {} (`service`)", settings.service), &error)
+                host.bind_service(Some(Instant::now() + startup)).await.map_err(|error| match &settings.network {
+                    crate::config::Network::Datagram(addr) => {
+                        CliError::io(format!("service address {addr} (`service`)"), &error)
+                    }
+                    crate::config::Network::Ethernet(ethernet) => CliError::io(
+                        format!("TAP {} on bridge {:?} (`ethernet`)", ethernet.tap, ethernet.bridge),
+                        &error,
+                    ),
                 })?;
                 let channel = connect(&name, settings.channel, &key, protocol.pair_id, epoch, startup).await?;
                 tracing::info!("{name}: primary of pair {} at epoch {epoch}, guest {}", protocol.pair_id, image.name);

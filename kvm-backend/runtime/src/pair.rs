@@ -143,7 +143,7 @@ pub fn use_node_executable(path: PathBuf) {
 }
 
 /// The binary the nodes run as: `ftvm` itself, unless [`use_node_executable`] said otherwise.
-fn node_executable() -> Result<PathBuf, CliError> {
+pub fn node_executable() -> Result<PathBuf, CliError> {
     match NODE_EXECUTABLE.get() {
         Some(path) => Ok(path.clone()),
         None => std::env::current_exe().map_err(|error| CliError::io("current executable", &error)),

@@ -27,7 +27,11 @@ use crate::machine::{self, splitmix};
 use crate::pair::{localhost_pair, log_tail, status_json, wait_for, write_config, Scratch, GUEST};
 use crate::storage::{journal_path, Journal, SharedStorage, NOBODY};
 
+pub mod redis;
 mod reprotect;
+mod resp_client;
+
+pub use redis::{RedisOptions, RedisReport};
 
 /// Most failures one trial may ask for (`--failures`).
 pub const FAILURES_MAX: u32 = 20;
