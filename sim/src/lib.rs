@@ -36,4 +36,5 @@ pub mod scenario;
 pub mod stopwatch;
 pub mod storage_host;
 pub mod sweep;
+pub mod tcp_client;
 pub mod world;

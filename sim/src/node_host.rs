@@ -58,6 +58,9 @@ pub struct NodeSetup {
     /// Simulated CPU time of one guest slice on this host.
     pub slice_ns: u64,
     pub storage_timeout: Duration,
+    /// The network device's Ethernet mode: frames are raw Ethernet frames, exchanged with the TCP clients' host
+    /// (`crate::tcp_client`) as datagrams on `SERVICE_PORT`, instead of kv datagrams bridged to frames.
+    pub ethernet: bool,
 }
 
 pub struct SimHost {
@@ -65,6 +68,8 @@ pub struct SimHost {
     pub(crate) world: SharedWorld,
     heartbeat: UdpSocket,
     service: UdpSocket,
+    /// Ethernet mode: where the guest's frames go (the simulated link to the TCP clients).
+    ethernet_link: Option<SocketAddr>,
     peer_heartbeat: SocketAddr,
     own_heartbeat: SocketAddr,
     storage: storage_host::Client,
@@ -233,7 +238,9 @@ impl Outside for SimHost {
         if self.dead.get() || output.kind != OutputKind::NetTransmit {
             return;
         }
-        if let Some((target, payload)) = ft::kv::datagram_from_frame(&output.bytes) {
+        if let Some(link) = self.ethernet_link {
+            let _ = self.service.try_send_to(&output.bytes, link);
+        } else if let Some((target, payload)) = ft::kv::datagram_from_frame(&output.bytes) {
             // try_send_to: a datagram to a partitioned client is simply lost, as on a real network.
             let _ = self.service.try_send_to(payload, SocketAddr::V4(target));
         }
@@ -247,6 +254,9 @@ impl Outside for SimHost {
         let mut buffer = [0u8; ft::abi::NET_FRAME_BYTES_MAX];
         loop {
             let (length, from) = self.service.recv_from(&mut buffer).await.ok()?;
+            if self.ethernet_link.is_some() {
+                return Some(buffer[..length].to_vec());
+            }
             let SocketAddr::V4(from) = from else { continue };
             return Some(ft::kv::frame_from_datagram(from, &buffer[..length]));
         }
@@ -273,6 +283,9 @@ pub async fn node_main(id: NodeId, world: SharedWorld, setup: NodeSetup) -> turm
         world: world.clone(),
         heartbeat: UdpSocket::bind(("0.0.0.0", HEARTBEAT_PORT)).await?,
         service: UdpSocket::bind(("0.0.0.0", SERVICE_PORT)).await?,
+        ethernet_link: setup
+            .ethernet
+            .then(|| SocketAddr::new(turmoil::lookup(crate::tcp_client::HOST), crate::tcp_client::LINK_PORT)),
         peer_heartbeat: SocketAddr::new(turmoil::lookup(peer), HEARTBEAT_PORT),
         own_heartbeat: SocketAddr::new(turmoil::lookup(id.host()), HEARTBEAT_PORT),
         storage: storage_host::Client { node: id, timeout: setup.storage_timeout },

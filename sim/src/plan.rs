@@ -128,6 +128,11 @@ pub struct Plan {
     pub version: u32,
     pub workload: Workload,
     pub clients: u32,
+    /// Clients that speak TCP (smoltcp) to a guest with its own TCP/IP stack over a simulated Ethernet link
+    /// (`crate::tcp_client`): the network device in Ethernet mode. Never drawn by `generate` (the model guest has
+    /// no TCP/IP stack); tests with the KVM `redis` guest set it.
+    #[serde(default)]
+    pub tcp_clients: u32,
     /// Requests each client keeps in flight.
     pub pipeline: u32,
     pub latency_max_ms: u64,
@@ -269,6 +274,7 @@ impl Plan {
             version: PLAN_VERSION,
             workload,
             clients: if kv { rng.random_range(1..=3) } else { 0 },
+            tcp_clients: 0,
             // A sequential guest serves one request at a time: more than two in flight per client overload it.
             pipeline: match workload {
                 Workload::KvPipelined => pick(rng, &[1, 2, 4, 8]),
@@ -420,6 +426,9 @@ impl Plan {
             self.storage_timeout_ms,
             self.arbiter_retry_ms,
         );
+        if self.tcp_clients > 0 {
+            let _ = writeln!(out, "plan: tcp_clients={} over Ethernet", self.tcp_clients);
+        }
         let _ = writeln!(
             out,
             "plan: unacked_max={} buffered_max={} frames_queued_max={} checkpoint_every={} exits slice={} insns/{} exits cost={}/{}us",

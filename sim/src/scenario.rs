@@ -93,7 +93,7 @@ pub fn run_plan(seed: u64, plan: Plan, guests: GuestFactory) -> Report {
         liveness: !plan.double_failure()
             && !check::accuracy::redundancy_spent_before_loss(&world, &plan)
             && check::liveness::guest_survived(&world),
-        kv_workload: plan.clients > 0,
+        kv_workload: plan.clients > 0 || plan.tcp_clients > 0,
     };
     check::at_end(&mut world, &expectations);
     check::detection::check(&mut world, &plan);
@@ -140,6 +140,7 @@ fn simulate(seed: u64, plan: &Plan, world: &SharedWorld, guests: &GuestFactory) 
             seed,
             slice_ns: plan.slice_cost_us[node.index()] * 1_000,
             storage_timeout: Duration::from_millis(plan.storage_timeout_ms),
+            ethernet: plan.tcp_clients > 0,
         };
         let world = world.clone();
         sim.host(node.host(), move || node_main(node, world.clone(), setup.clone()));
@@ -148,6 +149,13 @@ fn simulate(seed: u64, plan: &Plan, world: &SharedWorld, guests: &GuestFactory) 
     if plan.clients > 0 {
         let (world, count, pipeline) = (world.clone(), plan.clients, plan.pipeline);
         sim.host(client::CLIENTS_HOST, move || clients_main(count, pipeline, world.clone(), seed, clients_stop_ns));
+    }
+    if plan.tcp_clients > 0 {
+        world.borrow_mut().disk_is_kv = false;
+        let (world, count, pipeline) = (world.clone(), plan.tcp_clients, plan.pipeline.max(1));
+        sim.host(crate::tcp_client::HOST, move || {
+            crate::tcp_client::main(count, pipeline, world.clone(), seed, clients_stop_ns)
+        });
     }
     let mut pending = plan.faults.clone();
     pending.reverse();

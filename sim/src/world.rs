@@ -155,6 +155,9 @@ pub struct World {
     // What the outside saw.
     pub releases: Vec<Release>,
     pub history: Vec<ClientOp>,
+    /// Whether the guest keeps the kv service's disk layout (a record sector per key), which the history checker
+    /// reads back; a guest with a layout of its own (the `redis` guest's append log) is checked by its clients.
+    pub disk_is_kv: bool,
     /// Console/net output records the backup's driver received: sequence -> (kind, digest of the bytes, log
     /// index). The checker counts those the backup acknowledged, so surely kept (it drops log once it is going live).
     /// (lineage, output sequence) -> the kind, digest and log index of a console or network output's record.
@@ -244,6 +247,7 @@ impl World {
             storage_requests: [0; 2],
             releases: Vec::new(),
             history: Vec::new(),
+            disk_is_kv: true,
             logged_outputs: BTreeMap::new(),
             backup_logged_index: BTreeMap::new(),
             backup_received_max: BTreeMap::new(),

@@ -77,3 +77,22 @@ fn pipelined_kvm_guest_survives_primary_crash_with_requests_in_flight() {
     assert!(report.counts.requests_ok > 100, "too few requests served ({}):\n{trace}", report.counts.requests_ok);
     assert!(report.marks.get("overlapping_request_waits").copied().unwrap_or(0) > 0, "no request waited:\n{trace}");
 }
+
+/// The KVM `redis` guest (smoltcp, RESP) in Ethernet mode: two clients, each one TCP connection (smoltcp on the
+/// client side too) with requests pipelined over a simulated Ethernet link, the primary's host crashes, the
+/// backup goes live with the guest's TCP state, and the connections carry on: a reset or close is an S8
+/// violation, and every SET and GET must fit one history of the register per key.
+#[test]
+fn redis_guest_keeps_its_tcp_connections_across_a_primary_crash() {
+    if !kvm_usable() {
+        return;
+    }
+    let mut plan = primary_crash(3, Workload::Kv, 0, 4);
+    plan.tcp_clients = 2;
+    let report = scenario::run_plan(3, plan, kvm_guests("redis"));
+    let trace = report.trace.join("\n");
+    assert!(report.violations.is_empty(), "violations: {:?}\n{trace}", report.violations);
+    assert_eq!(report.counts.failovers, 1, "the backup must go live:\n{trace}");
+    assert!(report.counts.requests_ok > 50, "too few requests served ({}):\n{trace}", report.counts.requests_ok);
+    eprintln!("{:?}", report.counts);
+}

@@ -30,7 +30,7 @@ pub fn check(world: &mut World) {
             ));
         }
     }
-    for (key, key_puts) in &puts {
+    for (key, key_puts) in puts.iter().filter(|_| world.disk_is_kv) {
         let stored = stored_value(world, *key);
         let source = key_puts.iter().find(|put| put.value == stored).copied();
         if stored != 0 && source.is_none() {
