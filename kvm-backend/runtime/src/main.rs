@@ -498,25 +498,42 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             let start_as = if join { StartAs::Join } else { StartAs::Backup };
             cli::node::run(&kvm_path, node.config()?, start_as)
         }
-        Command::Demo { json, host_loss, guest, connections, pipeline, requests, load, .. } if guest == "redis" => {
-            let options = demo_options(kvm_path.clone(), 1, host_loss, 1, load);
+        Command::Demo { json, trials, host_loss, guest, connections, pipeline, requests, load, .. }
+            if guest == "redis" =>
+        {
+            let options = demo_options(kvm_path.clone(), trials, host_loss, 1, load);
             let (low, high) = options.kill_after_ms;
-            let redis = cli::demo::RedisOptions {
-                seed: options.seed,
-                mode: options.mode,
-                connections,
-                pipeline,
-                requests,
-                kill_after_ms: low + cli::machine::splitmix(options.seed) % (high - low + 1),
-                failure_timeout_ms: options.failure_timeout_ms,
-            };
-            let report = cli::demo::redis::run(&redis, &kvm_path)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report).expect("the report serialises"));
-            } else {
-                cli::demo::redis::print(&report);
+            let mut reports = Vec::new();
+            for index in 0..trials.max(1) {
+                let seed = cli::demo::trial_seed(options.seed, index);
+                let redis = cli::demo::RedisOptions {
+                    seed,
+                    mode: options.mode,
+                    connections,
+                    pipeline,
+                    requests,
+                    kill_after_ms: low + cli::machine::splitmix(seed) % (high - low + 1),
+                    failure_timeout_ms: options.failure_timeout_ms,
+                };
+                let report = cli::demo::redis::run(&redis, &kvm_path)?;
+                if !json {
+                    println!("trial {} of {} (seed {seed}):", index + 1, trials.max(1));
+                    cli::demo::redis::print(&report);
+                }
+                reports.push(report);
             }
-            if report.passed() {
+            let summary = cli::demo::redis::summary(&reports);
+            if json {
+                let value = if reports.len() == 1 {
+                    serde_json::to_value(&reports[0])
+                } else {
+                    serde_json::to_value(serde_json::json!({ "summary": summary, "trials": reports }))
+                };
+                println!("{}", serde_json::to_string_pretty(&value.expect("the report serialises")).expect("JSON"));
+            } else if reports.len() > 1 {
+                println!("{}", summary.line());
+            }
+            if reports.iter().all(cli::demo::RedisReport::passed) {
                 Ok(())
             } else {
                 Err(CliError::CheckFailed("demo: lost requests, reset connections, split brain or errors".into()))

@@ -47,6 +47,22 @@ pub fn goals(report: &BenchReport) -> Vec<Goal> {
             row.pause_ms_p99 < 50.0,
         ));
     }
+    for row in report.redis.rows.iter().filter(|row| row.pipeline == 16) {
+        goals.push(goal(
+            &format!("redis {} under FT against non-FT, pipelining 16", row.test),
+            ">= 0.8",
+            format!("{:.3}", row.ratio),
+            row.ratio >= 0.8,
+        ));
+    }
+    if let Some(failover) = &report.redis.failover {
+        goals.push(goal(
+            "redis failover trials without a reset connection",
+            "every trial",
+            format!("{} of {}", failover.trials - failover.trials_with_a_reset, failover.trials),
+            failover.trials_with_a_reset == 0 && failover.passed == failover.trials,
+        ));
+    }
     let slowest = report.replay.iter().map(|row| row.replay_over_record_speed).fold(f64::INFINITY, f64::min);
     goals.push(goal(
         "replay speed against record speed, slowest guest",
@@ -258,6 +274,7 @@ fn render_rest(out: &mut String, report: &BenchReport) {
             row.bytes_over_memory
         );
     }
+    redis_table(out, &report.redis);
     let _ = writeln!(out, "\n## Goals\n\n| goal | target | measured | met |\n|---|---|---|---|");
     for goal in &report.goals {
         let _ = writeln!(
@@ -268,5 +285,43 @@ fn render_rest(out: &mut String, report: &BenchReport) {
             goal.measured,
             if goal.met { "yes" } else { "**no**" }
         );
+    }
+}
+
+/// Table 1's redis row, and its failover trials.
+fn redis_table(out: &mut String, redis: &super::redis::RedisBench) {
+    let _ = writeln!(
+        out,
+        "\n## Redis over TCP (Ethernet mode)\n\nThe `redis` guest (smoltcp, RESP, an append log on the disk) on two \
+         hosts made of network namespaces; `redis-benchmark -c 50 -r 10000 -t set,get`, FT (a protected pair) \
+         against non-FT (the primary alone, unprotected)."
+    );
+    if let Some(reason) = &redis.skipped {
+        let _ = writeln!(out, "\nSkipped: {reason}.");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n| test | pipelining | FT req/s | non-FT req/s | FT / non-FT | FT p50 / p99 | non-FT p50 / p99 | logging \
+         Mbit/s |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for row in &redis.rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0} | {:.3} | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.1} |",
+            row.test,
+            row.pipeline,
+            row.ft_requests_per_s,
+            row.plain_requests_per_s,
+            row.ratio,
+            row.ft_p50_ms,
+            row.ft_p99_ms,
+            row.plain_p50_ms,
+            row.plain_p99_ms,
+            row.log_mbit_per_s
+        );
+    }
+    if let Some(failover) = &redis.failover {
+        let _ = writeln!(out, "\nFailover (kill -9 under redis-benchmark -P 16): {}.", failover.line());
     }
 }

@@ -17,6 +17,7 @@ mod markdown;
 pub mod measure;
 pub mod net;
 mod plots;
+pub mod redis;
 pub mod reprotect;
 pub mod run;
 
@@ -107,6 +108,8 @@ pub struct BenchReport {
     pub failover: Vec<Failover>,
     pub replay: Vec<ReplayRow>,
     pub reprotect: Vec<reprotect::ReprotectRow>,
+    /// Table 1's redis row (`bench::redis`); `skipped` says why where it could not run.
+    pub redis: redis::RedisBench,
     pub goals: Vec<Goal>,
 }
 
@@ -247,6 +250,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, CliError> {
         .iter()
         .map(|memory_mib| reprotect::measure(options.seed, *memory_mib, options.reprotect_clones))
         .collect::<Result<Vec<_>, _>>()?;
+    let redis = redis::measure(&options.kvm_path, options.seed, options.failover_trials)?;
     let mut report = BenchReport {
         seed: options.seed,
         pinned: pin,
@@ -260,6 +264,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, CliError> {
         failover: failovers,
         replay,
         reprotect,
+        redis,
         goals: Vec::new(),
     };
     report.goals = markdown::goals(&report);

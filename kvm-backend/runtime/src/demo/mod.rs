@@ -28,6 +28,7 @@ use crate::pair::{localhost_pair, log_tail, status_json, wait_for, write_config,
 use crate::storage::{journal_path, Journal, SharedStorage, NOBODY};
 
 pub mod redis;
+pub mod redis_pair;
 mod reprotect;
 mod resp_client;
 

@@ -18,24 +18,15 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::redis_pair::{RedisPair, PORT};
 use super::resp_client::{write_until, WriterReport};
 use super::{storage_evidence, FailureMode, Trial};
-use crate::config::{encode_hex, NodeConfig};
 use crate::error::CliError;
-use crate::ethernet::{EthernetConfig, GUEST_IP_DEFAULT};
-use crate::machine::splitmix;
-use crate::netlab::{Host, Lab, HOST_BRIDGE};
-use crate::pair::{node_executable, status_json, wait_for, write_config, Scratch};
+use crate::ethernet::GUEST_IP_DEFAULT;
+use crate::netlab::{Host, Lab};
+use crate::pair::wait_for;
 use crate::storage::SharedStorage;
 
-const GUEST: &str = "redis";
-const PORT: u16 = 6379;
-const CHANNEL_PORT: u16 = 7102;
-const HEARTBEAT_PORT: u16 = 7101;
-const STATUS_PORT: u16 = 7110;
-/// The guest's append log: 64 MiB.
-const DISK_SECTORS: u64 = 1 << 17;
-const PROTECTED_DEADLINE: Duration = Duration::from_secs(60);
 const BENCHMARK_DEADLINE: Duration = Duration::from_secs(300);
 /// The demo's writer: connections, SETs in flight on each, and the pause between its batches (it is a witness,
 /// not the load).
@@ -136,66 +127,6 @@ pub fn missing_prerequisite(kvm_path: &Path) -> Option<String> {
     None
 }
 
-fn node_config(host: Host, dir: &Path, key: &[u8], options: &RedisOptions) -> NodeConfig {
-    let (me, peer) = match host {
-        Host::A => (Host::A.address(), Host::B.address()),
-        _ => (Host::B.address(), Host::A.address()),
-    };
-    let at = |port: u16| SocketAddr::V4(SocketAddrV4::new(me, port));
-    let channel = SocketAddr::V4(SocketAddrV4::new(Host::B.address(), CHANNEL_PORT));
-    NodeConfig {
-        name: Some(if host == Host::A { "a" } else { "b" }.into()),
-        guest: Some(GUEST.into()),
-        pair_id: Some(options.seed | 1),
-        channel_peer: (host == Host::A).then_some(channel),
-        channel_listen: (host != Host::A).then_some(channel),
-        heartbeat_listen: Some(at(HEARTBEAT_PORT)),
-        heartbeat_peer: Some(SocketAddr::V4(SocketAddrV4::new(peer, HEARTBEAT_PORT))),
-        status: Some(at(STATUS_PORT)),
-        disk: Some(dir.join("disk.img")),
-        disk_sectors: Some(DISK_SECTORS),
-        arbiter: Some(dir.join("arbiter")),
-        key_hex: Some(encode_hex(key)),
-        heartbeat_interval_ms: Some(20),
-        failure_timeout_ms: Some(options.failure_timeout_ms),
-        startup_timeout_ms: Some(10_000),
-        arbiter_retry_ms: Some(50),
-        write_journal: Some(true),
-        ethernet: Some(EthernetConfig { bridge: Some(HOST_BRIDGE.into()), ..EthernetConfig::default() }),
-        ..NodeConfig::default()
-    }
-}
-
-fn spawn_node(lab: &Lab, scratch: &mut Scratch, host: Host, role: &str, config: &Path) -> Result<(), CliError> {
-    let name = if host == Host::A { "a" } else { "b" };
-    let log = std::fs::File::create(scratch.dir.join(format!("{name}.log")))
-        .map_err(|error| CliError::io("node log", &error))?;
-    // The guest's console (what it prints, a panic message included) goes to the node's stdout.
-    let console = std::fs::File::create(scratch.dir.join(format!("{name}.console")))
-        .map_err(|error| CliError::io("node console", &error))?;
-    let mut command = lab.command(host, node_executable()?);
-    // SAFETY: prctl is an async-signal-safe system call on the child itself (kept across the exec of `ip`
-    // into ftvm), touching nothing of the parent's state.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let child = command
-        .arg(role)
-        .arg("--config")
-        .arg(config)
-        .env("FTVM_LOG", std::env::var("FTVM_NODE_LOG").unwrap_or_else(|_| "info".into()))
-        .stdin(Stdio::null())
-        .stdout(console)
-        .stderr(log)
-        .spawn()
-        .map_err(|error| CliError::io(format!("starting the {role} in its namespace"), &error))?;
-    scratch.adopt(name, child);
-    Ok(())
-}
-
 /// The client namespace's TCP counters (`/proc/net/snmp`), by name.
 fn tcp_counters(lab: &Lab) -> Result<std::collections::BTreeMap<String, u64>, CliError> {
     let output = lab
@@ -288,42 +219,9 @@ pub fn run(options: &RedisOptions, kvm_path: &Path) -> Result<RedisReport, CliEr
     };
     let start = Instant::now();
     let at = |instant: Instant| (instant - start).as_secs_f64() * 1e3;
-    // The namespaces go after the nodes (fields drop in order): a node still running would keep its namespace.
-    let mut scratch = Scratch::new("redis")?;
-    let lab = Lab::build("r")?;
-    let mut key = Vec::new();
-    let mut state = options.seed ^ 0x0072_6564_6973;
-    for _ in 0..4 {
-        state = splitmix(state);
-        key.extend_from_slice(&state.to_le_bytes());
-    }
-    let config_b = write_config(&scratch.dir, "b", &node_config(Host::B, &scratch.dir, &key, options))?;
-    let config_a = write_config(&scratch.dir, "a", &node_config(Host::A, &scratch.dir, &key, options))?;
-    spawn_node(&lab, &mut scratch, Host::B, "backup", &config_b)?;
-    spawn_node(&lab, &mut scratch, Host::A, "primary", &config_a)?;
-    let status_a = SocketAddr::V4(SocketAddrV4::new(Host::A.address(), STATUS_PORT));
-    let protected = wait_for(PROTECTED_DEADLINE, || {
-        lab.in_namespace(Host::A, move || status_json(Some(status_a)))
-            .ok()
-            .flatten()
-            .is_some_and(|status| status["protected_by"] == "b")
-    });
-    if !protected {
-        let tail = crate::pair::log_tail(&scratch.dir.join("a.log"));
-        return Err(CliError::CheckFailed(format!("the pair did not come up protected: a said {tail}")));
-    }
-    report.timeline.push((at(Instant::now()), "a is primary, protected by b".into()));
-    // The guest reads its log and starts listening after the pair is up: the load starts once it answers.
-    let answering = wait_for(PROTECTED_DEADLINE, || {
-        lab.command(Host::Client, "redis-cli")
-            .args(["-h", &GUEST_IP_DEFAULT.to_string(), "-p", &PORT.to_string(), "PING"])
-            .output()
-            .is_ok_and(|output| output.stdout.starts_with(b"PONG"))
-    });
-    if !answering {
-        return Err(CliError::CheckFailed(format!("the guest never answered PING on {GUEST_IP_DEFAULT}:{PORT}")));
-    }
-    report.timeline.push((at(Instant::now()), format!("the guest answers PING on {GUEST_IP_DEFAULT}:{PORT}")));
+    let mut pair = RedisPair::start(options.seed, options.failure_timeout_ms, true)?;
+    report.timeline.push((at(Instant::now()), "a is primary, protected by b; the guest answers PING".into()));
+    let (lab, scratch) = (&pair.lab, &mut pair.scratch);
 
     let before = tcp_counters(&lab)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -452,8 +350,51 @@ pub fn run(options: &RedisOptions, kvm_path: &Path) -> Result<RedisReport, CliEr
     report.errors.extend(trial.split_brain_evidence);
     report.errors.extend(trial.errors);
     report.timeline.extend(trial.timeline.into_iter().map(|(_, line)| (at(Instant::now()), line)));
-    drop(lab);
+    drop(pair);
     Ok(report)
+}
+
+/// What a series of trials shows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RedisSummary {
+    pub trials: usize,
+    pub passed: usize,
+    pub trials_with_a_reset: usize,
+    pub requests_lost: u64,
+    pub failover_ms_min: f64,
+    pub failover_ms_median: f64,
+    pub failover_ms_max: f64,
+}
+
+impl RedisSummary {
+    pub fn line(&self) -> String {
+        format!(
+            "{} of {} trials passed; connections reset in {} of {}; {} requests lost; longest reply gap (failover as \
+             the client sees it) min {:.1} / median {:.1} / max {:.1} ms",
+            self.passed,
+            self.trials,
+            self.trials_with_a_reset,
+            self.trials,
+            self.requests_lost,
+            self.failover_ms_min,
+            self.failover_ms_median,
+            self.failover_ms_max
+        )
+    }
+}
+
+pub fn summary(reports: &[RedisReport]) -> RedisSummary {
+    let mut gaps: Vec<f64> = reports.iter().filter_map(|report| report.failover_ms).collect();
+    gaps.sort_by(f64::total_cmp);
+    RedisSummary {
+        trials: reports.len(),
+        passed: reports.iter().filter(|report| report.passed()).count(),
+        trials_with_a_reset: reports.iter().filter(|report| report.tcp_connections_reset > 0).count(),
+        requests_lost: reports.iter().map(|report| report.requests_lost).sum(),
+        failover_ms_min: gaps.first().copied().unwrap_or(f64::NAN),
+        failover_ms_median: crate::figures::percentile(&gaps, 0.5),
+        failover_ms_max: gaps.last().copied().unwrap_or(f64::NAN),
+    }
 }
 
 /// The demo's human output.
