@@ -223,7 +223,7 @@ pub fn run(options: &RedisOptions, kvm_path: &Path) -> Result<RedisReport, CliEr
     report.timeline.push((at(Instant::now()), "a is primary, protected by b; the guest answers PING".into()));
     let (lab, scratch) = (&pair.lab, &mut pair.scratch);
 
-    let before = tcp_counters(&lab)?;
+    let before = tcp_counters(lab)?;
     let stop = Arc::new(AtomicBool::new(false));
     let server = SocketAddr::V4(SocketAddrV4::new(GUEST_IP_DEFAULT, PORT));
     let mut writers = Vec::new();
@@ -296,7 +296,7 @@ pub fn run(options: &RedisOptions, kvm_path: &Path) -> Result<RedisReport, CliEr
             Err(_) => report.errors.push("a writer thread panicked".into()),
         }
     }
-    let after = tcp_counters(&lab)?;
+    let after = tcp_counters(lab)?;
     let delta =
         |name: &str| after.get(name).copied().unwrap_or(0).saturating_sub(before.get(name).copied().unwrap_or(0));
     report.benchmark = parse_benchmark_csv(&std::fs::read_to_string(&benchmark_out).unwrap_or_default());
@@ -321,7 +321,7 @@ pub fn run(options: &RedisOptions, kvm_path: &Path) -> Result<RedisReport, CliEr
     report.writer_sets_acknowledged = writer.acknowledged.len() as u64;
     report.writer_sets_unanswered = writer.unanswered;
     report.failover_ms = Some(writer.longest_gap_ms);
-    let lost = read_back(&lab, &writer.acknowledged)?;
+    let lost = read_back(lab, &writer.acknowledged)?;
     report.requests_lost = lost.len() as u64;
     if let Some(first) = lost.first() {
         report.errors.push(format!("{} acknowledged SETs did not read back (first: {first})", lost.len()));
