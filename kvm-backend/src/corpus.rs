@@ -66,3 +66,49 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod abi_copies {
+    /// The guests' copies of the ABI's numbers (the C header, the Rust SDK) must say what `ft::abi` says: a guest
+    /// built against a stale copy would program the wrong port.
+    #[test]
+    fn the_guest_headers_and_the_sdk_agree_with_ft_abi() {
+        let header = include_str!("../../corpus/guests/common/ftvm.h");
+        let sdk = include_str!("../../corpus/guests/sdk/src/lib.rs");
+        let expected: &[(&str, u64)] = &[
+            ("CONSOLE_WRITE", ft::abi::CONSOLE_WRITE.into()),
+            ("POWER_OFF", ft::abi::POWER_OFF.into()),
+            ("YIELD", ft::abi::YIELD.into()),
+            ("CLOCK_LO", ft::abi::CLOCK_LO.into()),
+            ("CLOCK_HI", ft::abi::CLOCK_HI.into()),
+            ("ENTROPY", ft::abi::ENTROPY.into()),
+            ("TIMER_PERIOD_US", ft::abi::TIMER_PERIOD_US.into()),
+            ("DISK_SUBMIT", ft::abi::DISK_SUBMIT.into()),
+            ("DISK_COMPLETION", ft::abi::DISK_COMPLETION.into()),
+            ("DISK_STATUS", ft::abi::DISK_STATUS.into()),
+            ("DISK_SECTORS", ft::abi::DISK_SECTORS.into()),
+            ("NET_TX", ft::abi::NET_TX.into()),
+            ("NET_RX_POST", ft::abi::NET_RX_POST.into()),
+            ("SECTOR_BYTES", ft::abi::SECTOR_BYTES as u64),
+            ("NET_FRAME_BYTES_MAX", ft::abi::NET_FRAME_BYTES_MAX as u64),
+            ("CONSOLE_WRITE_BYTES_MAX", ft::abi::CONSOLE_WRITE_BYTES_MAX as u64),
+        ];
+        let number = |text: &str| {
+            let text = text.trim().trim_end_matches(';').trim_end_matches('u');
+            match text.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                None => text.parse().ok(),
+            }
+        };
+        for (name, value) in expected {
+            let in_header =
+                header.lines().find_map(|line| line.strip_prefix(&format!("#define {name} "))).and_then(number);
+            assert_eq!(in_header, Some(*value), "ftvm.h's {name}");
+            let in_sdk = sdk
+                .lines()
+                .find_map(|line| line.trim().strip_prefix(&format!("pub const {name}: ")))
+                .and_then(|rest| rest.split_once('=').and_then(|(_, value)| number(value)));
+            assert_eq!(in_sdk, Some(*value), "the SDK's {name}");
+        }
+    }
+}
