@@ -142,10 +142,18 @@ fn build_rust_guest(compiler: &str, common: &Path, guest: &Path, target_dir: &Pa
         "CARGO_MAKEFLAGS",
         "MAKEFLAGS",
         "MFLAGS",
-        "CARGO_PROFILE_RELEASE_DEBUG",
     ] {
         command.env_remove(variable);
     }
+    // Profile overrides of the outer build (CARGO_PROFILE_RELEASE_LTO, ..._PANIC, ...) are not the guests'.
+    for (variable, _) in std::env::vars_os() {
+        if variable.to_string_lossy().starts_with("CARGO_PROFILE_") {
+            command.env_remove(variable);
+        }
+    }
+    // Empty flags, set, so that no config file's `rustflags` (a `target-cpu=native` would emit AVX, which a
+    // guest without XSAVE cannot run) reaches the guest either.
+    command.env("CARGO_ENCODED_RUSTFLAGS", "");
     let result =
         command.output().unwrap_or_else(|error| panic!("cannot run {cargo} for guest {}: {error}", guest.display()));
     if !result.status.success() {

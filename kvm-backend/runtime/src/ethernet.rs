@@ -183,9 +183,21 @@ impl TapPort {
         let mut request = interface_request(&settings.tap);
         request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
         ioctl(&fd, libc::TUNSETIFF as libc::c_ulong, &mut request).map_err(fail)?;
+        let control = control_socket().map_err(fail)?;
+        // The highest unicast MAC, as libvirt gives its TAPs: a Linux bridge without an address of its own takes
+        // its lowest port's, so a TAP with a random MAC could change the bridge's (and the host's own address's)
+        // MAC when it joins at go-live.
+        let mut hardware = interface_request(&settings.tap);
+        // SAFETY: a zeroed sockaddr is valid (interface_request zeroes the whole union); it is filled here.
+        let mut address: libc::sockaddr = unsafe { std::mem::zeroed() };
+        address.sa_family = libc::ARPHRD_ETHER;
+        for (slot, byte) in address.sa_data.iter_mut().zip([0xfe, 0xff, 0xff, 0xff, 0xff, 0xff]) {
+            *slot = byte as c_char;
+        }
+        hardware.ifr_ifru.ifru_hwaddr = address;
+        ioctl(&control, libc::SIOCSIFHWADDR, &mut hardware).map_err(fail)?;
         // The namespace's own IPv6 traffic (router solicitations) would only be noise for the guest.
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", settings.tap), "1");
-        let control = control_socket().map_err(fail)?;
         let mut flags = interface_request(&settings.tap);
         ioctl(&control, libc::SIOCGIFFLAGS, &mut flags).map_err(fail)?;
         // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
@@ -218,7 +230,8 @@ impl TapPort {
                 if length < 0 {
                     Err(io::Error::last_os_error())
                 } else {
-                    Ok(length as usize)
+                    // A frame longer than the buffer is cut, and TUN reports its whole length.
+                    Ok((length as usize).min(buffer.len()))
                 }
             });
             match result {
@@ -281,5 +294,18 @@ mod tests {
         let settings = EthernetConfig::default().settings().expect("defaults");
         assert_eq!((settings.tap.as_str(), settings.guest_mac), (TAP_DEFAULT, GUEST_MAC_DEFAULT));
         assert_eq!(format_mac(settings.guest_mac), "02:66:74:76:6d:01");
+    }
+}
+
+#[cfg(test)]
+mod identity {
+    /// The defaults the gratuitous ARP announces are the `redis` guest's compiled-in identity.
+    #[test]
+    fn the_defaults_are_the_redis_guests_address() {
+        let guest = include_str!("../../../corpus/guests/redis/src/lib.rs");
+        let mac: Vec<String> = super::GUEST_MAC_DEFAULT.iter().map(|byte| format!("0x{byte:02x}")).collect();
+        assert!(guest.contains(&format!("pub const MAC: [u8; 6] = [{}];", mac.join(", "))), "MAC");
+        let ip = super::GUEST_IP_DEFAULT.octets();
+        assert!(guest.contains(&format!("pub const IPV4: [u8; 4] = [{}, {}, {}, {}];", ip[0], ip[1], ip[2], ip[3])));
     }
 }

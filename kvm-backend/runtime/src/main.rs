@@ -512,7 +512,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
                     connections,
                     pipeline,
                     requests,
-                    kill_after_ms: low + cli::machine::splitmix(seed) % (high - low + 1),
+                    kill_after_ms: low + cli::machine::splitmix(seed) % (high - low).saturating_add(1),
                     failure_timeout_ms: options.failure_timeout_ms,
                 };
                 let report = cli::demo::redis::run(&redis, &kvm_path)?;

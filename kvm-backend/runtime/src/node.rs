@@ -194,12 +194,27 @@ impl NetHost {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };
-            let busy = matches!(error.kind(), std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable);
+            // A TAP that cannot join its bridge yet (the bridge is still being made, or was deleted and comes
+            // back) is retried like a busy address: a live node without its network would serve nobody.
+            let busy = self.tap.is_some()
+                || matches!(error.kind(), std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable);
             if !busy || deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Err(error);
             }
             if warned.is_none_or(|at| at.elapsed() >= SERVICE_WAIT_WARNING) {
                 warned = Some(Instant::now());
+                if let Some(tap) = &self.tap {
+                    let ethernet = tap.settings();
+                    tracing::warn!(
+                        "{}: waiting to put the TAP {} on the bridge {:?} ({})",
+                        self.name,
+                        ethernet.tap,
+                        ethernet.bridge,
+                        crate::error::io_reason(&error)
+                    );
+                    tokio::time::sleep(SERVICE_RETRY).await;
+                    continue;
+                }
                 tracing::warn!(
                     "{}: waiting for the service address {} ({}): held by another process (an old primary?) or not \
                      on this host yet; {} outputs wait for it",
@@ -225,7 +240,14 @@ impl NetHost {
         self.service_binding.set(true);
         tokio::task::spawn_local(async move {
             if let Err(error) = me.bind_service(None).await {
-                tracing::error!("{}: cannot bind the service address {}: {error}", me.name, me.service_addr);
+                match &me.tap {
+                    Some(tap) => {
+                        tracing::error!("{}: cannot put the TAP {} on its bridge: {error}", me.name, tap.settings().tap)
+                    }
+                    None => {
+                        tracing::error!("{}: cannot bind the service address {}: {error}", me.name, me.service_addr)
+                    }
+                }
             }
             me.service_binding.set(false);
         });
@@ -389,9 +411,20 @@ impl Outside for NetHost {
             while !self.board.borrow().snapshot.service_bound {
                 self.service_bound.notified().await;
             }
-            let length = tap.receive(&mut buffer).await.ok()?;
-            buffer.truncate(length);
-            return Some(buffer);
+            loop {
+                match tap.receive(&mut buffer).await {
+                    Ok(length) => {
+                        buffer.truncate(length);
+                        return Some(buffer);
+                    }
+                    // A read error of the TAP (the device gone down, a frame the kernel refused) is not the end of
+                    // the guest's network: say so and read on.
+                    Err(error) => {
+                        tracing::warn!("{}: reading the TAP {}: {error}", self.name, tap.settings().tap);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
         }
         loop {
             let socket = self.service.borrow().as_ref().map(|socket| socket.receive.clone());

@@ -17,7 +17,9 @@ use crate::store::{Change, Store};
 
 const MAGIC: &[u8; 8] = b"FTREDIS1";
 const RECORD_MARK: u8 = 0xa5;
-const RECORD_OVERHEAD_BYTES: usize = 1 + 1 + 4 + 4 + 4;
+pub const RECORD_OVERHEAD_BYTES: usize = 1 + 1 + 4 + 4 + 4;
+/// The largest record: one the boot reader takes back in one chunk (`is_end` ends the log at a longer one).
+pub const RECORD_BYTES_MAX: usize = CHUNK_BYTES;
 const CHUNK_BYTES: usize = DISK_REQUEST_SECTORS_MAX as usize * SECTOR_BYTES;
 const SECTOR: u64 = SECTOR_BYTES as u64;
 /// The tag of the log's one write in flight, and of the boot reads.
@@ -158,7 +160,7 @@ impl Log {
     /// disk is full.
     pub fn append(&mut self, change: &Change) -> Option<u64> {
         let record = encode(change);
-        if self.end + record.len() as u64 > self.capacity_bytes {
+        if self.end + record.len() as u64 > self.capacity_bytes || record.len() > RECORD_BYTES_MAX {
             return None;
         }
         self.tail.extend_from_slice(&record);
@@ -186,8 +188,12 @@ impl Log {
         if self.writing.is_some() || self.durable == self.end {
             return;
         }
-        let length = self.tail.len().min(CHUNK_BYTES);
-        let sectors_bytes = length.div_ceil(SECTOR_BYTES) * SECTOR_BYTES;
+        // One chunk less a sector, and a zero sector past the records written: the log always ends in zeros on the
+        // disk, so a record of an older log (or an unacknowledged write) beyond it is never read back as this one's.
+        let length = self.tail.len().min(CHUNK_BYTES - SECTOR_BYTES);
+        let room_sectors = (self.capacity_bytes - self.tail_start) / SECTOR;
+        let sectors = (length.div_ceil(SECTOR_BYTES) + 1).min(room_sectors as usize);
+        let sectors_bytes = sectors * SECTOR_BYTES;
         let mut buffer = vec![0u8; sectors_bytes].into_boxed_slice();
         buffer[..length].copy_from_slice(&self.tail[..length]);
         if disk.write(WRITE_TAG, 1 + self.tail_start / SECTOR, buffer).is_ok() {

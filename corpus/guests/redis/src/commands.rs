@@ -34,6 +34,8 @@ pub enum Refusal {
     DiskFull,
     /// The heap is mostly used (Redis's `maxmemory`): writes stop before an allocation fails.
     MemoryFull,
+    /// This request's record would be longer than the log takes.
+    TooLarge,
 }
 
 /// Executes one request against `store`.
@@ -44,6 +46,9 @@ pub fn execute(store: &mut Store, arguments: &[Vec<u8>], refusal: Refusal) -> Ou
     let is_write = grows || matches!(upper.as_slice(), b"DEL" | b"FLUSHALL");
     if is_write && refusal == Refusal::DiskFull {
         return reply(|out| resp::error(out, "ERR disk full: the append log has no room"));
+    }
+    if is_write && refusal == Refusal::TooLarge {
+        return reply(|out| resp::error(out, "ERR request too large for the append log"));
     }
     if grows && refusal == Refusal::MemoryFull {
         return reply(|out| resp::error(out, "OOM command not allowed when used memory > 'maxmemory'."));
@@ -58,7 +63,10 @@ pub fn execute(store: &mut Store, arguments: &[Vec<u8>], refusal: Refusal) -> Ou
         }
         (b"SET", [_, _, ..]) => reply(|out| resp::error(out, "ERR syntax error (SET options are not supported)")),
         (b"DEL", keys) if !keys.is_empty() => {
-            let present: Vec<&Vec<u8>> = keys.iter().filter(|key| store.contains(key)).collect();
+            // Each key once, as Redis counts them.
+            let mut present: Vec<&Vec<u8>> = keys.iter().filter(|key| store.contains(key)).collect();
+            present.sort();
+            present.dedup();
             let count = present.len() as i64;
             let changes: Vec<Change> = present.into_iter().map(|key| Change::Delete(key.clone())).collect();
             for change in &changes {
@@ -75,7 +83,12 @@ pub fn execute(store: &mut Store, arguments: &[Vec<u8>], refusal: Refusal) -> Ou
         (b"INCR", [key]) => {
             let current = match store.get(key) {
                 None => Some(0),
-                Some(value) => resp::parse_integer(value),
+                Some(value) => resp::parse_integer(value).filter(|number| {
+                    // Only the canonical form, as Redis: no leading zeros, no "-0", no sign on its own.
+                    let mut canonical = Vec::new();
+                    resp::decimal(&mut canonical, *number);
+                    canonical == *value
+                }),
             };
             match current.and_then(|value| value.checked_add(1)) {
                 None => reply(|out| resp::error(out, "ERR value is not an integer or out of range")),
@@ -100,7 +113,9 @@ pub fn execute(store: &mut Store, arguments: &[Vec<u8>], refusal: Refusal) -> Ou
         }
         _ => {
             let name = core::str::from_utf8(name).unwrap_or("?");
-            let shown: alloc::string::String = name.chars().take(64).collect();
+            // CR and LF would end the error line early and desynchronise a pipelining client.
+            let shown: alloc::string::String =
+                name.chars().take(64).map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
             reply(|out| resp::error(out, &format!("ERR unknown command '{shown}'")))
         }
     }

@@ -13,7 +13,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr};
 
-use crate::aof::Log;
+use crate::aof::{self, Log};
 use crate::commands::{self, Refusal};
 use crate::resp::{self, Parse, REQUEST_BYTES_MAX};
 use crate::store::Store;
@@ -26,6 +26,13 @@ const SOCKET_RX_BYTES: usize = 4 << 10;
 const SOCKET_TX_BYTES: usize = 8 << 10;
 /// Replies waiting for the log per connection before the guest stops reading that connection.
 const REPLIES_MAX: usize = 1024;
+/// Reply bytes waiting per connection (released or not) before the guest stops reading it: a client that
+/// pipelines and never reads must not fill the heap.
+const REPLY_BYTES_MAX: usize = 64 << 10;
+/// A connection silent this long, or a peer that stops acknowledging for this long, is dropped: a vanished
+/// client must not hold a socket forever (keep-alive probes find one that vanished while idle).
+const IDLE_TIMEOUT_S: u64 = 120;
+const KEEP_ALIVE_S: u64 = 30;
 /// The timer drives TCP's retransmissions and delayed acks.
 const TIMER_PERIOD_US: u32 = 10_000;
 /// SET and INCR are refused once the heap holds this much: the connections' buffers need the rest.
@@ -42,6 +49,9 @@ struct Connection {
     out: Vec<u8>,
     /// Close once everything is out (QUIT or a protocol error).
     closing: bool,
+    /// Bytes arrived (or room for replies opened) since the input was last parsed: a partial request is not
+    /// scanned again on every pass of the loop.
+    unparsed: bool,
 }
 
 fn now() -> Instant {
@@ -75,6 +85,8 @@ pub fn run() -> u32 {
             let tx = tcp::SocketBuffer::new(vec![0u8; SOCKET_TX_BYTES]);
             let mut socket = tcp::Socket::new(rx, tx);
             socket.set_nagle_enabled(false);
+            socket.set_timeout(Some(smoltcp::time::Duration::from_secs(IDLE_TIMEOUT_S)));
+            socket.set_keep_alive(Some(smoltcp::time::Duration::from_secs(KEEP_ALIVE_S)));
             sockets.add(socket)
         })
         .collect();
@@ -117,15 +129,22 @@ fn serve(socket: &mut tcp::Socket<'_>, connection: &mut Connection, store: &mut 
         return false;
     }
     let mut progress = false;
-    if socket.can_recv() && !connection.closing && connection.replies.len() < REPLIES_MAX {
+    let reply_bytes = connection.out.len() + connection.replies.iter().map(|(_, reply)| reply.len()).sum::<usize>();
+    let room = connection.replies.len() < REPLIES_MAX && reply_bytes < REPLY_BYTES_MAX;
+    if socket.can_recv() && !connection.closing && room {
         let received = socket.recv(|data| {
             let take = data.len().min(REQUEST_BYTES_MAX + 64 - connection.input.len().min(REQUEST_BYTES_MAX));
             connection.input.extend_from_slice(&data[..take]);
             (take, take)
         });
-        progress |= matches!(received, Ok(taken) if taken > 0);
+        if matches!(received, Ok(taken) if taken > 0) {
+            progress = true;
+            connection.unparsed = true;
+        }
     }
-    progress |= execute(connection, store, log);
+    if connection.unparsed && room {
+        progress |= execute(connection, store, log);
+    }
     // Release, in order, the replies whose log records are on the disk.
     let durable = log.durable();
     while connection.replies.front().is_some_and(|(wait_for, _)| *wait_for <= durable) {
@@ -150,7 +169,13 @@ fn serve(socket: &mut tcp::Socket<'_>, connection: &mut Connection, store: &mut 
 fn execute(connection: &mut Connection, store: &mut Store, log: &mut Log) -> bool {
     let mut consumed = 0;
     let mut progress = false;
-    while !connection.closing && connection.replies.len() < REPLIES_MAX {
+    // Parsed until the input holds no whole request; stopped early (no room for replies), the rest waits for room.
+    connection.unparsed = false;
+    while !connection.closing {
+        if connection.replies.len() >= REPLIES_MAX {
+            connection.unparsed = true;
+            break;
+        }
         match resp::parse(&connection.input[consumed..]) {
             Parse::Incomplete => break,
             Parse::Error(message) => {
@@ -162,7 +187,11 @@ fn execute(connection: &mut Connection, store: &mut Store, log: &mut Log) -> boo
             Parse::Command(arguments, used) => {
                 consumed += used;
                 progress = true;
-                let refusal = if log.free_bytes() < LOG_ROOM_MIN_BYTES {
+                // A record the log's reader could not take back in one chunk is never written.
+                let record_bytes = arguments.iter().map(Vec::len).sum::<usize>() + aof::RECORD_OVERHEAD_BYTES;
+                let refusal = if record_bytes > aof::RECORD_BYTES_MAX {
+                    Refusal::TooLarge
+                } else if log.free_bytes() < LOG_ROOM_MIN_BYTES {
                     Refusal::DiskFull
                 } else if ftvm_guest::heap::used_bytes() > MEMORY_USED_MAX_BYTES {
                     Refusal::MemoryFull
@@ -182,5 +211,8 @@ fn execute(connection: &mut Connection, store: &mut Store, log: &mut Log) -> boo
         }
     }
     connection.input.drain(..consumed);
+    if connection.input.capacity() > 4 * SOCKET_RX_BYTES && connection.input.len() < SOCKET_RX_BYTES {
+        connection.input.shrink_to(SOCKET_RX_BYTES);
+    }
     progress
 }

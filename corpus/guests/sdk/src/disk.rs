@@ -64,6 +64,13 @@ pub struct Disk {
     in_flight: BTreeMap<u32, (Box<Descriptor>, Box<[u8]>)>,
 }
 
+impl Drop for Disk {
+    /// Requests in flight keep their descriptors and buffers: the device may still read or write them.
+    fn drop(&mut self) {
+        core::mem::forget(core::mem::take(&mut self.in_flight));
+    }
+}
+
 impl Disk {
     pub fn new() -> Disk {
         Disk::default()
@@ -91,7 +98,10 @@ impl Disk {
 
     fn submit(&mut self, op: u32, tag: u32, sector: u64, buffer: Box<[u8]>) -> Result<(), SubmitError> {
         let sectors = buffer.len() / SECTOR_BYTES;
-        if buffer.is_empty() || !buffer.len().is_multiple_of(SECTOR_BYTES) || sectors > DISK_REQUEST_SECTORS_MAX as usize {
+        if buffer.is_empty()
+            || !buffer.len().is_multiple_of(SECTOR_BYTES)
+            || sectors > DISK_REQUEST_SECTORS_MAX as usize
+        {
             return Err(SubmitError::BadLength);
         }
         if self.in_flight.contains_key(&tag) {

@@ -15,9 +15,15 @@ static mut ARENA: Arena = Arena([0; HEAP_BYTES]);
 #[global_allocator]
 static ALLOCATOR: LockedHeap = LockedHeap::empty();
 
-/// Hands the arena to the allocator; called once by [`entry!`](crate::entry) before the guest's main.
+static INITIALISED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Hands the arena to the allocator; [`entry!`](crate::entry) calls it before the guest's main. Later calls do
+/// nothing (a second hand-over would put the heap back over live allocations).
 pub fn init() {
-    // SAFETY: called once, before any allocation; the arena is used by nothing else.
+    if INITIALISED.swap(true, core::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    // SAFETY: reached once (the flag above), before any allocation; the arena is used by nothing else.
     unsafe { ALLOCATOR.lock().init(core::ptr::addr_of_mut!(ARENA) as *mut u8, HEAP_BYTES) };
 }
 

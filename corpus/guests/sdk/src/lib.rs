@@ -62,8 +62,9 @@ pub fn take_pending() -> u32 {
 /// which halts on the guest's behalf (docs/guest-abi.md, "Why work runs at CPL3").
 pub fn wait_for_interrupt() {
     // SAFETY: at CPL3 `hlt` raises #GP, which the corpus kernel handles as "wait for an interrupt" and returns
-    // past the instruction; no memory or register is changed.
-    unsafe { core::arch::asm!("hlt", options(nomem, nostack)) };
+    // past the instruction with every register as it was. Memory may change meanwhile (interrupt stubs, DMA), so
+    // the asm is not `nomem`: the compiler must not keep values of memory across it.
+    unsafe { core::arch::asm!("hlt", options(nostack)) };
 }
 
 /// The guest clock: nanoseconds since the VM first started, monotonic across failover (a logged input).

@@ -55,6 +55,14 @@ impl Net {
     }
 }
 
+impl Drop for Net {
+    /// The receive buffer stays posted to the device, which may still fill it: it is never freed.
+    fn drop(&mut self) {
+        let rx = core::mem::replace(&mut self.rx, Box::new(Buffer { length: EMPTY, bytes: [0; NET_FRAME_BYTES_MAX] }));
+        Box::leak(rx);
+    }
+}
+
 fn post(rx: &mut Buffer) {
     rx.length = EMPTY;
     crate::outl(abi::NET_RX_POST, crate::gpa_of(rx as *const Buffer));

@@ -71,10 +71,21 @@ pub fn measure(kvm_path: &Path, seed: u64, trials: u32) -> Result<RedisBench, Cl
         say(&format!("redis: skipped ({reason})"));
         return Ok(RedisBench { skipped: Some(reason), ..RedisBench::default() });
     }
+    // A redis run that fails says why in the report instead of failing the whole benchmark.
     say("redis: redis-benchmark, FT");
-    let ft = runs(seed, true)?;
+    let ft = match runs(seed, true) {
+        Ok(ft) => ft,
+        Err(error) => {
+            return Ok(RedisBench { skipped: Some(format!("the FT run failed: {error}")), ..RedisBench::default() })
+        }
+    };
     say("redis: redis-benchmark, non-FT");
-    let plain = runs(seed, false)?;
+    let plain = match runs(seed, false) {
+        Ok(plain) => plain,
+        Err(error) => {
+            return Ok(RedisBench { skipped: Some(format!("the non-FT run failed: {error}")), ..RedisBench::default() })
+        }
+    };
     let mut rows = Vec::new();
     for ((pipeline, ft_lines, mbit), (_, plain_lines, _)) in ft.iter().zip(&plain) {
         for (ft_line, plain_line) in ft_lines.iter().zip(plain_lines) {
@@ -104,7 +115,10 @@ pub fn measure(kvm_path: &Path, seed: u64, trials: u32) -> Result<RedisBench, Cl
             kill_after_ms: 300 + seed % 300,
             ..RedisOptions::default()
         };
-        reports.push(redis::run(&options, kvm_path)?);
+        match redis::run(&options, kvm_path) {
+            Ok(report) => reports.push(report),
+            Err(error) => reports.push(redis::RedisReport { errors: vec![error.to_string()], ..Default::default() }),
+        }
     }
     Ok(RedisBench { rows, failover: Some(redis::summary(&reports)), skipped: None })
 }

@@ -189,12 +189,25 @@ fn read_back(lab: &Lab, acknowledged: &[(String, String)]) -> Result<Vec<String>
     }
     let mut lost = Vec::new();
     let deadline = Instant::now() + READ_BACK_DEADLINE;
-    for (slice, mut child, feeder) in readers {
-        // A guest that does not answer must not hang the demo: readers still running at the deadline are killed,
-        // and what they did not read counts as lost.
-        wait_for(deadline.saturating_duration_since(Instant::now()), || matches!(child.try_wait(), Ok(Some(_))));
-        let _ = child.kill();
-        let output = child.wait_with_output().map_err(|error| CliError::io("redis-cli", &error))?;
+    // Each reader's output is drained on a thread of its own (a full pipe would stop redis-cli); a guest that does
+    // not answer must not hang the demo: readers still running at the deadline are killed (by pid), and what
+    // they did not read counts as lost.
+    let readers: Vec<_> = readers
+        .into_iter()
+        .map(|(slice, child, feeder)| {
+            let pid = child.id();
+            (slice, pid, std::thread::spawn(move || child.wait_with_output()), feeder)
+        })
+        .collect();
+    for (slice, pid, waiter, feeder) in readers {
+        if !wait_for(deadline.saturating_duration_since(Instant::now()), || waiter.is_finished()) {
+            // SAFETY: kill(2) of a child of ours that its waiter thread has not reaped (it is still running).
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        let output = match waiter.join() {
+            Ok(output) => output.map_err(|error| CliError::io("redis-cli", &error))?,
+            Err(_) => return Err(CliError::Io { what: "redis-cli".into(), reason: "its waiter panicked".into() }),
+        };
         let _ = feeder.join();
         let text = String::from_utf8_lossy(&output.stdout);
         let mut values = text.lines();
@@ -225,6 +238,8 @@ pub fn run(options: &RedisOptions, kvm_path: &Path) -> Result<RedisReport, CliEr
 
     let before = tcp_counters(lab)?;
     let stop = Arc::new(AtomicBool::new(false));
+    // Whatever way this function leaves, the writers stop.
+    let _stop_writers = StopOnDrop(stop.clone());
     let server = SocketAddr::V4(SocketAddrV4::new(GUEST_IP_DEFAULT, PORT));
     let mut writers = Vec::new();
     for connection in 0..WRITER_CONNECTIONS {
@@ -238,16 +253,17 @@ pub fn run(options: &RedisOptions, kvm_path: &Path) -> Result<RedisReport, CliEr
     let benchmark_err = scratch.dir.join("redis-benchmark.err");
     let file =
         |path: &Path| std::fs::File::create(path).map_err(|error| CliError::io(path.display().to_string(), &error));
-    let mut benchmark = lab
-        .command(Host::Client, "redis-benchmark")
-        .args(["-h", &GUEST_IP_DEFAULT.to_string(), "-p", &PORT.to_string()])
-        .args(["-c", &options.connections.to_string(), "-P", &options.pipeline.to_string()])
-        .args(["-n", &options.requests.to_string(), "-r", "10000", "-t", "set,get", "--csv"])
-        .stdin(Stdio::null())
-        .stdout(file(&benchmark_out)?)
-        .stderr(file(&benchmark_err)?)
-        .spawn()
-        .map_err(|error| CliError::io("redis-benchmark", &error))?;
+    let mut benchmark = ChildGuard(
+        lab.command(Host::Client, "redis-benchmark")
+            .args(["-h", &GUEST_IP_DEFAULT.to_string(), "-p", &PORT.to_string()])
+            .args(["-c", &options.connections.to_string(), "-P", &options.pipeline.to_string()])
+            .args(["-n", &options.requests.to_string(), "-r", "10000", "-t", "set,get", "--csv"])
+            .stdin(Stdio::null())
+            .stdout(file(&benchmark_out)?)
+            .stderr(file(&benchmark_err)?)
+            .spawn()
+            .map_err(|error| CliError::io("redis-benchmark", &error))?,
+    );
     let load_start = Instant::now();
     report.timeline.push((
         at(load_start),
@@ -257,6 +273,14 @@ pub fn run(options: &RedisOptions, kvm_path: &Path) -> Result<RedisReport, CliEr
         ),
     ));
     std::thread::sleep(Duration::from_millis(options.kill_after_ms));
+    // The failover must come under load, and must be the first: a benchmark already finished would leave only the
+    // writer's connections to judge, and a backup already live would be a failover nobody asked for.
+    if !matches!(benchmark.0.try_wait(), Ok(None)) {
+        report.errors.push("redis-benchmark finished before the primary failed: no failover under load".into());
+    }
+    if std::fs::read_to_string(scratch.dir.join("arbiter")).is_ok_and(|record| !record.contains("epoch=1\n")) {
+        report.errors.push("the arbiter moved past epoch 1 before the primary failed: a false failover".into());
+    }
     let failed_at = Instant::now();
     match options.mode {
         FailureMode::Kill => {
@@ -279,12 +303,12 @@ pub fn run(options: &RedisOptions, kvm_path: &Path) -> Result<RedisReport, CliEr
     } else {
         report.errors.push("b never won the arbiter".into());
     }
-    let finished = wait_for(BENCHMARK_DEADLINE, || matches!(benchmark.try_wait(), Ok(Some(_))));
+    let finished = wait_for(BENCHMARK_DEADLINE, || matches!(benchmark.0.try_wait(), Ok(Some(_))));
     if !finished {
-        let _ = benchmark.kill();
+        let _ = benchmark.0.kill();
         report.errors.push(format!("redis-benchmark did not finish within {BENCHMARK_DEADLINE:?}"));
     }
-    let status = benchmark.wait().map_err(|error| CliError::io("redis-benchmark", &error))?;
+    let status = benchmark.0.wait().map_err(|error| CliError::io("redis-benchmark", &error))?;
     report.benchmark_exit_ok = status.success();
     report.timeline.push((at(Instant::now()), format!("redis-benchmark finished: {status}")));
     stop.store(true, Ordering::Relaxed);
@@ -307,7 +331,8 @@ pub fn run(options: &RedisOptions, kvm_path: &Path) -> Result<RedisReport, CliEr
     if report.benchmark.len() != 2 {
         report.errors.push(format!("redis-benchmark reported {} tests, not SET and GET", report.benchmark.len()));
     }
-    report.tcp_connections_reset = delta("EstabResets") + writer.connections_reset;
+    // A reset the writer saw is one `EstabResets` counted too (or, refused at connect, not at all).
+    report.tcp_connections_reset = delta("EstabResets").max(writer.connections_reset);
     // Each test of redis-benchmark opens its connections once, plus one to ask for the CONFIG.
     let expected_opens = u64::from(options.connections) * 2 + 1 + u64::from(WRITER_CONNECTIONS);
     report.tcp_connections_opened = delta("ActiveOpens");
@@ -352,6 +377,25 @@ pub fn run(options: &RedisOptions, kvm_path: &Path) -> Result<RedisReport, CliEr
     report.timeline.extend(trial.timeline.into_iter().map(|(_, line)| (at(Instant::now()), line)));
     drop(pair);
     Ok(report)
+}
+
+/// A child killed and reaped when the demo leaves early (an error after it started).
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Tells the writer threads to stop when the demo leaves, however it leaves.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// What a series of trials shows.
