@@ -8,6 +8,7 @@ extern crate alloc;
 
 mod aof;
 mod commands;
+mod record;
 mod resp;
 mod server;
 mod store;

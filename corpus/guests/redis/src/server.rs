@@ -13,7 +13,8 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr};
 
-use crate::aof::{self, Log};
+use crate::aof::Log;
+use crate::record;
 use crate::commands::{self, Refusal};
 use crate::resp::{self, Parse, REQUEST_BYTES_MAX};
 use crate::store::Store;
@@ -188,8 +189,8 @@ fn execute(connection: &mut Connection, store: &mut Store, log: &mut Log) -> boo
                 consumed += used;
                 progress = true;
                 // A record the log's reader could not take back in one chunk is never written.
-                let record_bytes = arguments.iter().map(Vec::len).sum::<usize>() + aof::RECORD_OVERHEAD_BYTES;
-                let refusal = if record_bytes > aof::RECORD_BYTES_MAX {
+                let record_bytes = arguments.iter().map(Vec::len).sum::<usize>() + record::RECORD_OVERHEAD_BYTES;
+                let refusal = if record_bytes > record::RECORD_BYTES_MAX {
                     Refusal::TooLarge
                 } else if log.free_bytes() < LOG_ROOM_MIN_BYTES {
                     Refusal::DiskFull

@@ -52,21 +52,26 @@ impl RedisPair {
         }
         let config_a = write_config(&dir, "a", &config_a)?;
         pair.spawn_node(Host::A, "primary", &config_a)?;
-        let expected = if protected { "b" } else { "" };
+        pair.wait_up(if protected { "b" } else { "" })?;
+        Ok(pair)
+    }
+
+    /// Waits until `a` is live, protected by `backup` ("" for none), and the guest answers PING.
+    fn wait_up(&self, backup: &str) -> Result<(), CliError> {
         let up = wait_for(UP_DEADLINE, || {
-            pair.status(Host::A).is_some_and(|status| {
-                let live =
-                    status["role"] == "primary" || status["role"].as_str().is_some_and(|role| role.starts_with("live"));
-                live && status["protected_by"].as_str().unwrap_or("") == expected
+            self.status(Host::A).is_some_and(|status| {
+                let role = status["role"].as_str().unwrap_or("");
+                (role == "primary" || role.starts_with("live"))
+                    && status["protected_by"].as_str().unwrap_or("") == backup
             })
         });
         if !up {
-            let tail = log_tail(&dir.join("a.log"));
+            let tail = log_tail(&self.scratch.dir.join("a.log"));
             return Err(CliError::CheckFailed(format!("the redis pair did not come up: a said {tail}")));
         }
         // The guest reads its log and starts listening after the node is up.
         let answering = wait_for(UP_DEADLINE, || {
-            pair.lab
+            self.lab
                 .command(Host::Client, "redis-cli")
                 .args(["-h", &GUEST_IP_DEFAULT.to_string(), "-p", &PORT.to_string(), "PING"])
                 .output()
@@ -75,7 +80,26 @@ impl RedisPair {
         if !answering {
             return Err(CliError::CheckFailed(format!("the guest never answered PING on {GUEST_IP_DEFAULT}:{PORT}")));
         }
-        Ok(pair)
+        Ok(())
+    }
+
+    /// Runs `redis-cli` in the client namespace with `commands` on its standard input; returns what it printed.
+    pub fn redis_cli(&self, commands: &str) -> Result<String, CliError> {
+        let mut child = self
+            .lab
+            .command(Host::Client, "redis-cli")
+            .args(["-h", &GUEST_IP_DEFAULT.to_string(), "-p", &PORT.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|error| CliError::io("redis-cli", &error))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let text = commands.to_string();
+        let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, text.as_bytes()));
+        let output = child.wait_with_output().map_err(|error| CliError::io("redis-cli", &error))?;
+        let _ = feeder.join();
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// A node's status (`ftvm status --json`), read from inside its host's namespace.
@@ -146,6 +170,21 @@ fn node_config(host: Host, dir: &Path, key: &[u8], seed: u64, failure_timeout_ms
 }
 
 impl RedisPair {
+    /// Loses both hosts and cold-starts the guest from the disk, as an operator does after a double failure: both
+    /// nodes are killed, the arbiter record removed (docs/deployment.md), and `a` started alone on the same disk.
+    /// Returns once the guest answers PING again.
+    pub fn cold_restart(&mut self) -> Result<(), CliError> {
+        self.scratch.kill("a");
+        self.scratch.kill("b");
+        let dir = self.scratch.dir.clone();
+        let arbiter = dir.join("arbiter");
+        std::fs::remove_file(&arbiter).map_err(|error| CliError::io(arbiter.display().to_string(), &error))?;
+        let config = NodeConfig { startup_timeout_ms: Some(500), ..NodeConfig::load(&dir.join("a.toml"))? };
+        let path = write_config(&dir, "a", &config)?;
+        self.spawn_node(Host::A, "primary", &path)?;
+        self.wait_up("")
+    }
+
     /// Runs `redis-benchmark` from the client namespace to the end (`-t set,get --csv`, keys from a space of
     /// 10,000); returns its lines, or why it failed.
     pub fn benchmark(
