@@ -14,8 +14,8 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr};
 
 use crate::aof::Log;
-use crate::record;
 use crate::commands::{self, Refusal};
+use crate::record;
 use crate::resp::{self, Parse, REQUEST_BYTES_MAX};
 use crate::store::Store;
 
