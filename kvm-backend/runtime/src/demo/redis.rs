@@ -91,6 +91,9 @@ pub struct RedisReport {
     /// The longest silence between two replies on one of the writer's connections.
     pub failover_ms: Option<f64>,
     pub split_brain: bool,
+    /// Host loss: the lost host froze holding the storage's fence lock, and the failover waited for its storage
+    /// lease to expire (its process killed).
+    pub storage_lease_expired: bool,
     pub benchmark: Vec<BenchmarkLine>,
     pub benchmark_exit_ok: bool,
     pub writer_sets_acknowledged: u64,
@@ -294,7 +297,23 @@ pub fn run(options: &RedisOptions, kvm_path: &Path) -> Result<RedisReport, CliEr
         }
     }
     let arbiter = scratch.dir.join("arbiter");
+    let b_log = scratch.dir.join("b.log");
+    let mut frozen = options.mode == FailureMode::HostLoss;
     let live = wait_for(Duration::from_secs(30), || {
+        if frozen && super::arbiter_blocked(&b_log) {
+            // The lost host froze inside a disk write, holding the shared fence lock: no grant is safe while that
+            // write may still land. Shared storage revokes a lost host's locks when its lease runs out; here its
+            // process dies, which releases them as the expiry would (as in the kvq demo).
+            scratch.kill("a");
+            frozen = false;
+            report.storage_lease_expired = true;
+            report.timeline.push((
+                at(Instant::now()),
+                "a froze holding the storage's fence lock, so b's test-and-set waits: a's storage lease expires, a is \
+                 killed and its locks are released"
+                    .into(),
+            ));
+        }
         std::fs::read_to_string(&arbiter).is_ok_and(|record| record.contains("owner=b/"))
     });
     if live {
