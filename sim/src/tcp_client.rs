@@ -85,6 +85,18 @@ fn instant() -> Instant {
     Instant::from_micros((now_ns() / 1_000) as i64)
 }
 
+/// One client: its connection and what it has in flight.
+struct Client {
+    id: u32,
+    handle: smoltcp::iface::SocketHandle,
+    pending: VecDeque<Pending>,
+    /// Reply bytes not parsed yet.
+    input: Vec<u8>,
+    /// Whether the connection was ever established (a close after that is a violation).
+    established: bool,
+    counter: u64,
+}
+
 /// A request on the wire and waiting for its reply: its history record.
 struct Pending {
     index: usize,
@@ -141,12 +153,19 @@ pub async fn main(count: u32, pipeline: u32, world: SharedWorld, seed: u64, stop
         let [a, b, c, d] = GUEST_IP;
         tcp.connect(interface.context(), (IpAddress::v4(a, b, c, d), GUEST_PORT), 40_000 + client as u16)
             .expect("a fresh socket connects");
-        clients.push((client + 1, sockets.add(tcp), VecDeque::<Pending>::new(), Vec::<u8>::new(), false, 0u64));
+        clients.push(Client {
+            id: client + 1,
+            handle: sockets.add(tcp),
+            pending: VecDeque::new(),
+            input: Vec::new(),
+            established: false,
+            counter: 0,
+        });
     }
     let mut buffer = vec![0u8; 4096];
     while now_ns() < stop_ns {
         interface.poll(instant(), &mut link, &mut sockets);
-        for (client, handle, pending, input, established, counter) in clients.iter_mut() {
+        for Client { id: client, handle, pending, input, established, counter } in clients.iter_mut() {
             let tcp = sockets.get_mut::<tcp::Socket>(*handle);
             if tcp.state() == tcp::State::Established {
                 *established = true;

@@ -54,12 +54,28 @@ impl Scratch {
         if cpu.is_some_and(|cpu| cpu >= libc::CPU_SETSIZE as usize) {
             return Err(CliError::Usage(format!("no CPU {cpu:?} to pin the {role} to")));
         }
-        let exe = node_executable()?;
-        let stderr = std::fs::File::create(self.dir.join(format!("{name}.log")))
-            .map_err(|error| CliError::io("node log", &error))?;
-        let mut command = Command::new(exe);
+        self.spawn_with(name, role, config, Command::new(node_executable()?), cpu)
+    }
+
+    /// Starts this binary's `role` from `command` (the node executable itself, or a wrapper that execs it, such
+    /// as `ip netns exec NS ftvm`): its log in `<name>.log`, its stdout (the guest's console) in `<name>.console`,
+    /// dying with the demo, held to CPU `cpu` if given.
+    pub fn spawn_with(
+        &mut self,
+        name: &str,
+        role: &str,
+        config: &Path,
+        mut command: Command,
+        cpu: Option<usize>,
+    ) -> Result<u32, CliError> {
+        let file = |suffix: &str| {
+            let path = self.dir.join(format!("{name}.{suffix}"));
+            std::fs::File::create(&path).map_err(|error| CliError::io(path.display().to_string(), &error))
+        };
+        let (stderr, console) = (file("log")?, file("console")?);
         // SAFETY: prctl and sched_setaffinity are async-signal-safe system calls on the child itself, and touch
-        // nothing of the parent's state; `pin_to` allocates only for a CPU out of range, refused above.
+        // nothing of the parent's state; `pin_to` allocates only for a CPU out of range, refused by the callers.
+        // The death signal is kept across an exec of the wrapper into ftvm.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
                 // The nodes die with the demo, even if the demo itself is killed.
@@ -79,7 +95,7 @@ impl Scratch {
             .arg(config)
             .env("FTVM_LOG", log)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(console)
             .stderr(stderr)
             .spawn()
             .map_err(|error| CliError::io(format!("starting the {role}"), &error))?;

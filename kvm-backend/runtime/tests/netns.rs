@@ -1,5 +1,5 @@
 //! Two hosts: the primary and the backup in two network namespaces joined by veth pairs and a bridge (in a fourth
-//! namespace, the "switch"), the client in a third. The service IP lives on the primary's interface; the primary
+//! namespace, the "switch"), the client in a third (`ft_host::netlab`, the lab `ftvm demo --guest redis` uses). The service IP lives on the primary's interface; the primary
 //! dies (its processes are killed and its link goes down, as a host that crashed), the backup goes live, moves the
 //! service IP to its own interface and announces it with a gratuitous ARP (`arping -U`, from iputils-arping); the
 //! client keeps working at the same service IP and no acknowledged put is lost.
@@ -10,17 +10,19 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ft::kv::{Op, Request, Response, Status};
 
+use ft_host::netlab::{Host, Lab};
 use ft_host::pair::Scratch;
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm");
-const SERVICE: &str = "10.77.0.100:7000";
+/// The service IP that moves with the live primary (the lab's hosts are .11, .12 and the client .100).
+const SERVICE: &str = "10.77.0.50:7000";
+const CLIENT: &str = "10.77.0.100:0";
 
 fn required(variable: &str) -> bool {
     std::env::var(variable).is_ok_and(|value| value == "1")
@@ -34,75 +36,17 @@ fn skip(variable: &str, reason: &str) -> bool {
     false
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("ip").args(args).output().map_err(|error| format!("ip: {error}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
-    }
-}
-
-/// Four namespaces and the links between them; deleted (with everything in them) on drop.
-struct Network {
-    names: Vec<String>,
-}
-
-impl Network {
-    fn namespace(&self, host: char) -> &str {
-        let index = "SABC".find(host).expect("a host");
-        &self.names[index]
-    }
-
-    fn build() -> Result<Network, String> {
-        let id = std::process::id();
-        let network = Network { names: "SABC".chars().map(|host| format!("ft{host}{id}")).collect() };
-        for name in &network.names {
-            ip(&["netns", "add", name])?;
-            ip(&["-n", name, "link", "set", "lo", "up"])?;
-        }
-        let switch = network.namespace('S').to_string();
-        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &switch, "link", "set", "br0", "up"])?;
-        for (host, address) in [('A', "10.77.0.1/24"), ('B', "10.77.0.2/24"), ('C', "10.77.0.3/24")] {
-            let port = format!("p{host}");
-            let namespace = network.namespace(host).to_string();
-            ip(&["-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &namespace])?;
-            ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"])?;
-            ip(&["-n", &namespace, "addr", "add", address, "dev", "eth0"])?;
-            ip(&["-n", &namespace, "link", "set", "eth0", "up"])?;
-        }
-        Ok(network)
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = ip(&["netns", "del", name]);
-        }
-    }
-}
-
 /// Child processes, killed on drop; the scratch directory too.
 struct Nodes {
     scratch: Scratch,
 }
 
 impl Nodes {
-    fn start(&mut self, network: &Network, host: char, role: &str) {
-        let log = std::fs::File::create(self.scratch.dir.join(format!("{host}.log"))).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", network.namespace(host), FTVM, role, "--config"])
-            .arg(self.scratch.dir.join(format!("{host}.toml")))
-            .env("FTVM_LOG", "info")
-            .env_remove("FTVM_KVM_PATH")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("ip netns exec ftvm starts");
-        self.scratch.adopt(&host.to_string(), child);
+    fn start(&mut self, lab: &Lab, host: char, role: &str) {
+        let mut command = lab.command(if host == 'A' { Host::A } else { Host::B }, FTVM);
+        command.env_remove("FTVM_KVM_PATH");
+        let config = self.scratch.dir.join(format!("{host}.toml"));
+        self.scratch.spawn_with(&host.to_string(), role, &config, command, None).expect("ip netns exec ftvm starts");
     }
 
     fn kill(&mut self, host: char) {
@@ -114,32 +58,19 @@ impl Nodes {
     }
 }
 
-/// Runs `work` on a thread that has entered network namespace `name` (namespaces are per thread).
-fn in_namespace<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = Path::new("/var/run/netns").join(name);
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("the namespace exists");
-        // SAFETY: setns on an open namespace descriptor affects only this thread.
-        let result = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(result, 0, "setns: {}", std::io::Error::last_os_error());
-        work()
-    })
-    .join()
-    .expect("the namespace thread")
-}
-
 fn config(dir: &Path, host: char, storage: &Path, arping: bool) {
-    let (name, me, peer) = if host == 'A' { ("a", "10.77.0.1", "10.77.0.2") } else { ("b", "10.77.0.2", "10.77.0.1") };
+    let (a, b) = (Host::A.address(), Host::B.address());
+    let (name, me, peer) = if host == 'A' { ("a", a, b) } else { ("b", b, a) };
     let (my_hb, peer_hb) = if host == 'A' { (7101, 7201) } else { (7201, 7101) };
     let channel =
         if host == 'A' { format!("channel_peer = \"{peer}:7102\"") } else { format!("channel_listen = \"{me}:7102\"") };
-    let garp = if arping { "(arping -U -c 3 -I eth0 10.77.0.100 >/dev/null 2>&1 &)" } else { "true" };
+    let garp = if arping { "(arping -U -c 3 -I br0 10.77.0.50 >/dev/null 2>&1 &)" } else { "true" };
     let text = format!(
         "name = \"{name}\"\nguest = \"kv\"\npair_id = 77\n{channel}\nheartbeat_listen = \"{me}:{my_hb}\"\n\
          heartbeat_peer = \"{peer}:{peer_hb}\"\nservice = \"{SERVICE}\"\nstatus = \"{me}:7110\"\n\
          disk = \"{}\"\narbiter = \"{}\"\nkey_hex = \"{}\"\nheartbeat_interval_ms = 20\nfailure_timeout_ms = 150\n\
          startup_timeout_ms = 5000\nstorage_timeout_ms = 500\n\
-         go_live_command = \"ip addr replace 10.77.0.100/24 dev eth0 && {garp}\"\n",
+         go_live_command = \"ip addr replace 10.77.0.50/24 dev br0 && {garp}\"\n",
         storage.join("disk.img").display(),
         storage.join("arbiter").display(),
         "ab".repeat(32),
@@ -159,7 +90,7 @@ struct History {
 
 /// Puts for `duration`, one at a time, each attempt with its own id.
 fn client_load(duration: Duration, first_id: u64) -> History {
-    let socket = UdpSocket::bind("10.77.0.3:0").expect("client socket in the client namespace");
+    let socket = UdpSocket::bind(CLIENT).expect("client socket in the client namespace");
     socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
     let service: SocketAddr = SERVICE.parse().unwrap();
     let mut history = History::default();
@@ -229,7 +160,7 @@ fn two_hosts_in_namespaces_the_service_ip_moves_to_the_backup() {
         skip("FT_REQUIRE_KVM", "/dev/kvm unusable");
         return;
     }
-    let network = match Network::build() {
+    let network = match Lab::build("n") {
         Ok(network) => network,
         Err(error) => {
             skip("FT_REQUIRE_NETNS", &format!("cannot build the namespaces: {error}"));
@@ -252,21 +183,21 @@ fn two_hosts_in_namespaces_the_service_ip_moves_to_the_backup() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Load before and through the failover, from the client namespace.
-    let client_ns = network.namespace('C').to_string();
-    let load = std::thread::spawn(move || in_namespace(&client_ns, || client_load(Duration::from_secs(4), 0)));
+    let load = network.spawn_in(Host::Client, || client_load(Duration::from_secs(4), 0)).expect("the client namespace");
     std::thread::sleep(Duration::from_millis(1000));
     // Host A dies: its processes are killed and its link goes down.
     let killed_at = Instant::now();
     nodes.kill('A');
-    ip(&["-n", network.namespace('A'), "link", "set", "eth0", "down"]).unwrap();
+    network.cut(Host::A).unwrap();
     if !arping {
         eprintln!("NOTE: arping (iputils-arping) not installed: flushing the client's neighbour cache instead");
         while !nodes.log('B').contains("LIVE in epoch") && killed_at.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        ip(&["-n", network.namespace('C'), "neigh", "flush", "all"]).unwrap();
+        let flushed = network.command(Host::Client, "ip").args(["neigh", "flush", "all"]).status();
+        assert!(flushed.is_ok_and(|status| status.success()), "ip neigh flush in the client namespace");
     }
-    let history = load.join().unwrap();
+    let history = load.join().unwrap().expect("the client thread entered its namespace");
     let b_log = nodes.log('B');
     assert!(b_log.contains("LIVE in epoch"), "the backup went live:\n{b_log}");
     assert!(b_log.contains(&format!("service address {SERVICE} bound")), "the backup took the service IP:\n{b_log}");
@@ -282,22 +213,24 @@ fn two_hosts_in_namespaces_the_service_ip_moves_to_the_backup() {
     );
     assert_eq!(history.divergent, 0);
     // Nothing acknowledged is lost.
-    let client_ns = network.namespace('C').to_string();
     let acked = history.acked.clone();
     let maybe = history.maybe.clone();
-    let lost = in_namespace(&client_ns, move || {
-        let socket = UdpSocket::bind("10.77.0.3:0").unwrap();
-        socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        let mut lost = Vec::new();
-        for (key, value) in &acked {
-            let read = read_key(&socket, *key, 1_000_000 + key);
-            let allowed = read == Some(*value) || read.is_some_and(|v| maybe.get(key).is_some_and(|m| m.contains(&v)));
-            if !allowed {
-                lost.push((*key, *value, read));
+    let lost = network
+        .in_namespace(Host::Client, move || {
+            let socket = UdpSocket::bind(CLIENT).unwrap();
+            socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            let mut lost = Vec::new();
+            for (key, value) in &acked {
+                let read = read_key(&socket, *key, 1_000_000 + key);
+                let allowed =
+                    read == Some(*value) || read.is_some_and(|v| maybe.get(key).is_some_and(|m| m.contains(&v)));
+                if !allowed {
+                    lost.push((*key, *value, read));
+                }
             }
-        }
-        lost
-    });
+            lost
+        })
+        .expect("the client namespace");
     assert!(lost.is_empty(), "acknowledged puts lost (key, acked, read): {lost:?}\n{b_log}");
     drop(nodes);
     drop(network);

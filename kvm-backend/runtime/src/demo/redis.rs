@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::redis_pair::{RedisPair, PORT};
+use super::redis_pair::{spawn_redis_cli, RedisPair, PORT};
 use super::resp_client::{write_until, WriterReport};
 use super::{storage_evidence, FailureMode, Trial};
 use crate::error::CliError;
@@ -177,17 +177,8 @@ fn read_back(lab: &Lab, acknowledged: &[(String, String)]) -> Result<Vec<String>
     let chunk = acknowledged.len().div_ceil(READERS).max(1);
     let mut readers = Vec::new();
     for slice in acknowledged.chunks(chunk) {
-        let mut child = lab
-            .command(Host::Client, "redis-cli")
-            .args(["-h", &GUEST_IP_DEFAULT.to_string(), "-p", &PORT.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|error| CliError::io("redis-cli", &error))?;
         let commands: String = slice.iter().map(|(key, _)| format!("GET {key}\n")).collect();
-        let mut stdin = child.stdin.take().expect("piped");
-        let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, commands.as_bytes()));
+        let (child, feeder) = spawn_redis_cli(lab, commands)?;
         readers.push((slice, child, feeder));
     }
     let mut lost = Vec::new();

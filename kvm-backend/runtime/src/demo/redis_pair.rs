@@ -71,11 +71,7 @@ impl RedisPair {
         }
         // The guest reads its log and starts listening after the node is up.
         let answering = wait_for(UP_DEADLINE, || {
-            self.lab
-                .command(Host::Client, "redis-cli")
-                .args(["-h", &GUEST_IP_DEFAULT.to_string(), "-p", &PORT.to_string(), "PING"])
-                .output()
-                .is_ok_and(|output| output.stdout.starts_with(b"PONG"))
+            redis_cli_command(&self.lab).arg("PING").output().is_ok_and(|output| output.stdout.starts_with(b"PONG"))
         });
         if !answering {
             return Err(CliError::CheckFailed(format!("the guest never answered PING on {GUEST_IP_DEFAULT}:{PORT}")));
@@ -85,18 +81,7 @@ impl RedisPair {
 
     /// Runs `redis-cli` in the client namespace with `commands` on its standard input; returns what it printed.
     pub fn redis_cli(&self, commands: &str) -> Result<String, CliError> {
-        let mut child = self
-            .lab
-            .command(Host::Client, "redis-cli")
-            .args(["-h", &GUEST_IP_DEFAULT.to_string(), "-p", &PORT.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|error| CliError::io("redis-cli", &error))?;
-        let mut stdin = child.stdin.take().expect("piped");
-        let text = commands.to_string();
-        let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, text.as_bytes()));
+        let (child, feeder) = spawn_redis_cli(&self.lab, commands.to_string())?;
         let output = child.wait_with_output().map_err(|error| CliError::io("redis-cli", &error))?;
         let _ = feeder.join();
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
@@ -110,33 +95,33 @@ impl RedisPair {
 
     fn spawn_node(&mut self, host: Host, role: &str, config: &Path) -> Result<(), CliError> {
         let name = if host == Host::A { "a" } else { "b" };
-        let log = std::fs::File::create(self.scratch.dir.join(format!("{name}.log")))
-            .map_err(|error| CliError::io("node log", &error))?;
-        // The guest's console (what it prints, a panic message included) goes to the node's stdout.
-        let console = std::fs::File::create(self.scratch.dir.join(format!("{name}.console")))
-            .map_err(|error| CliError::io("node console", &error))?;
-        let mut command = self.lab.command(host, node_executable()?);
-        // SAFETY: prctl is an async-signal-safe system call on the child itself (kept across the exec of `ip`
-        // into ftvm), touching nothing of the parent's state.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = command
-            .arg(role)
-            .arg("--config")
-            .arg(config)
-            .env("FTVM_LOG", std::env::var("FTVM_NODE_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(console)
-            .stderr(log)
-            .spawn()
-            .map_err(|error| CliError::io(format!("starting the {role} in its namespace"), &error))?;
-        self.scratch.adopt(name, child);
-        Ok(())
+        let command = self.lab.command(host, node_executable()?);
+        self.scratch.spawn_with(name, role, config, command, None).map(|_| ())
     }
+}
+
+/// `redis-cli` in the client namespace, pointed at the guest.
+fn redis_cli_command(lab: &Lab) -> std::process::Command {
+    let mut command = lab.command(Host::Client, "redis-cli");
+    command.args(["-h", &GUEST_IP_DEFAULT.to_string(), "-p", &PORT.to_string()]);
+    command
+}
+
+/// Starts `redis-cli` in the client namespace with `commands` fed to its standard input by a thread of its own
+/// (so that neither pipe can stop the other); its stdout is piped for the caller.
+pub fn spawn_redis_cli(
+    lab: &Lab,
+    commands: String,
+) -> Result<(std::process::Child, std::thread::JoinHandle<std::io::Result<()>>), CliError> {
+    let mut child = redis_cli_command(lab)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|error| CliError::io("redis-cli", &error))?;
+    let mut stdin = child.stdin.take().expect("stdin was piped just above");
+    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, commands.as_bytes()));
+    Ok((child, feeder))
 }
 
 fn node_config(host: Host, dir: &Path, key: &[u8], seed: u64, failure_timeout_ms: u64) -> NodeConfig {
