@@ -30,39 +30,103 @@ pub async fn sleep_until(deadline: Instant) {
     }
 }
 
-async fn precise_sleep(duration: Duration) -> std::io::Result<()> {
-    // SAFETY: timerfd_create takes no pointers; a non-negative result is a new descriptor that we own.
-    let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let spec = libc::itimerspec {
-        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-        it_value: libc::timespec {
-            tv_sec: duration.as_secs() as libc::time_t,
-            // A zero it_value would disarm the timer: at least a nanosecond.
-            tv_nsec: libc::c_long::from(duration.subsec_nanos().max(1)),
-        },
-    };
-    // SAFETY: `fd` is a timerfd we own; `spec` lives across the call; a null old value is allowed.
-    if unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the OwnedFd moves into the AsyncFd, which owns it until it is dropped: the descriptor stays open,
-    // and `as_raw_fd` always returns the same one.
-    let fd = unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
-    loop {
-        let mut ready = fd.readable().await?;
-        let mut expirations = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into a buffer of 8 from a descriptor we own.
-        let read = unsafe { libc::read(fd.get_ref().as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
-        if read == 8 {
-            return Ok(());
+// The timerfds of this thread not in use: a sleep takes one and gives it back. Creating, registering,
+// deregistering and closing a timerfd for every sleep cost four system calls, tens of microseconds on a nested
+// host, on every turn of a driver that sleeps until its guest's next tick.
+thread_local! {
+    static TIMERS: std::cell::RefCell<Vec<AsyncFd<OwnedFd>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Timerfds kept per thread for reuse; more sleeps at once than this create and close their own.
+const TIMERS_KEPT: usize = 8;
+
+/// A timerfd taken from the thread's spares, given back when the sleep ends or is dropped. Re-arming it with
+/// `timerfd_settime` clears the expirations a cancelled sleep left on it.
+struct Timer {
+    fd: Option<AsyncFd<OwnedFd>>,
+    /// Taken from the spares: it may be registered with a runtime of this thread that is gone.
+    reused: bool,
+}
+
+impl Timer {
+    fn take() -> std::io::Result<Timer> {
+        if let Some(fd) = TIMERS.with(|timers| timers.borrow_mut().pop()) {
+            return Ok(Timer { fd: Some(fd), reused: true });
         }
-        // Spurious readiness (EAGAIN): wait again.
-        ready.clear_ready();
+        // SAFETY: timerfd_create takes no pointers; a non-negative result is a new descriptor that we own.
+        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the OwnedFd moves into the AsyncFd, which owns it until it is dropped: the descriptor stays
+        // open, and `as_raw_fd` always returns the same one.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
+        Ok(Timer { fd: Some(fd), reused: false })
+    }
+
+    fn fd(&self) -> &AsyncFd<OwnedFd> {
+        self.fd.as_ref().expect("a timer holds its descriptor until dropped")
+    }
+
+    /// Closes the descriptor instead of keeping it.
+    fn discard(mut self) {
+        self.fd = None;
+    }
+
+    /// Arms the timer for `duration` and waits until it expires.
+    async fn sleep(&self, duration: Duration) -> std::io::Result<()> {
+        let fd = self.fd();
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_value: libc::timespec {
+                tv_sec: duration.as_secs() as libc::time_t,
+                // A zero it_value would disarm the timer: at least a nanosecond.
+                tv_nsec: libc::c_long::from(duration.subsec_nanos().max(1)),
+            },
+        };
+        // SAFETY: `fd` is a timerfd we own; `spec` lives across the call; a null old value is allowed.
+        if unsafe { libc::timerfd_settime(fd.get_ref().as_raw_fd(), 0, &spec, std::ptr::null_mut()) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        loop {
+            let mut ready = fd.readable().await?;
+            let mut expirations = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into a buffer of 8 from a descriptor we own.
+            let read = unsafe { libc::read(fd.get_ref().as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
+            if read == 8 {
+                return Ok(());
+            }
+            // Spurious readiness (EAGAIN), or readiness left from an earlier sleep on this descriptor: wait again.
+            ready.clear_ready();
+        }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        let Some(fd) = self.fd.take() else { return };
+        // A thread that is going away has no spares to give back to: the descriptor is closed.
+        let _ = TIMERS.try_with(|timers| {
+            let mut timers = timers.borrow_mut();
+            if timers.len() < TIMERS_KEPT {
+                timers.push(fd);
+            }
+        });
+    }
+}
+
+async fn precise_sleep(duration: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + duration;
+    loop {
+        let timer = Timer::take()?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match timer.sleep(remaining).await {
+            // Registered with a runtime this thread ran before, whose reactor is gone: a fresh one.
+            Err(_) if timer.reused => timer.discard(),
+            result => return result,
+        }
     }
 }
 
@@ -97,6 +161,26 @@ impl WallClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A timerfd kept from a runtime that is gone is not reused: the next runtime on the thread still sleeps on
+    /// a timerfd (instead of failing over to tokio's millisecond timer).
+    #[test]
+    fn a_spare_timer_of_a_dropped_runtime_is_replaced() {
+        for _ in 0..2 {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                precise_sleep(Duration::from_micros(50)).await.expect("a timerfd sleep");
+                // Cancelled sleeps give their timers back armed: re-arming must clear what they left.
+                let cancelled = precise_sleep(Duration::from_micros(10));
+                drop(tokio::time::timeout(Duration::from_nanos(1), cancelled).await);
+                std::thread::sleep(Duration::from_micros(100));
+                let deadline = Instant::now() + Duration::from_millis(1);
+                precise_sleep(Duration::from_millis(1)).await.expect("a timerfd sleep");
+                assert!(Instant::now() >= deadline, "a stale expiration ended the sleep early");
+            });
+        }
+        assert!(TIMERS.with(|timers| !timers.borrow().is_empty()), "timers are kept for reuse");
+    }
 
     /// A sleep never ends before its deadline, on either path (how much later it ends is a matter for a
     /// benchmark, not a test: the `timer` guest's row of `ftvm bench`).
