@@ -44,25 +44,54 @@ fn parse_stat(stat: &str) -> Option<(String, u64)> {
     Some((name, utime + stime))
 }
 
-/// The CPU time of process `pid`'s threads so far; None once the process is gone.
-pub fn of_process(pid: u32) -> Option<ThreadCpu> {
-    let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        if let Some((name, ticks)) = parse_stat(&stat) {
-            *by_name.entry(name).or_default() += ticks;
-        }
+/// The CPU time of one process's threads so far, read from /proc again and again. A thread's time stays counted
+/// after the thread is gone (its last reading): summing only the threads alive at each reading made the vCPU's
+/// share negative once the guest powered off and its thread ended, and a helper thread that came and went
+/// shifted time between readings.
+#[derive(Clone, Debug)]
+pub struct ProcessCpu {
+    pid: u32,
+    /// By thread id: whether it is a vCPU thread, and its CPU ticks at the last reading that saw it.
+    threads: BTreeMap<u64, (bool, u64)>,
+}
+
+impl ProcessCpu {
+    pub fn new(pid: u32) -> ProcessCpu {
+        ProcessCpu { pid, threads: BTreeMap::new() }
     }
-    let ms_per_tick = 1e3 / clock_ticks_per_s();
-    let mut cpu = ThreadCpu::default();
-    for (name, ticks) in by_name {
-        if name.starts_with("ftvm-vcpu") {
-            cpu.vcpu_ms += ticks as f64 * ms_per_tick;
-        } else {
-            cpu.runtime_ms += ticks as f64 * ms_per_tick;
+
+    /// Reads every thread of the process now; None once the process is gone.
+    pub fn read(&mut self) -> Option<ThreadCpu> {
+        let mut readings = Vec::new();
+        for entry in std::fs::read_dir(format!("/proc/{}/task", self.pid)).ok()?.flatten() {
+            let Some(tid) = entry.file_name().to_str().and_then(|name| name.parse::<u64>().ok()) else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            if let Some((name, ticks)) = parse_stat(&stat) {
+                readings.push((tid, name, ticks));
+            }
         }
+        Some(self.absorb(&readings))
     }
-    Some(cpu)
+
+    /// Takes one reading of (thread id, name, ticks) and returns the time of every thread ever seen.
+    fn absorb(&mut self, readings: &[(u64, String, u64)]) -> ThreadCpu {
+        for (tid, name, ticks) in readings {
+            let seen = self.threads.entry(*tid).or_insert((name.starts_with("ftvm-vcpu"), 0));
+            // A thread's ticks only grow; a recycled id is a new thread whose time adds to the old one's.
+            seen.1 = if *ticks >= seen.1 { *ticks } else { seen.1 + ticks };
+        }
+        let ms_per_tick = 1e3 / clock_ticks_per_s();
+        let mut cpu = ThreadCpu::default();
+        for (vcpu, ticks) in self.threads.values() {
+            let ms = *ticks as f64 * ms_per_tick;
+            if *vcpu {
+                cpu.vcpu_ms += ms;
+            } else {
+                cpu.runtime_ms += ms;
+            }
+        }
+        cpu
+    }
 }
 
 #[cfg(test)]
@@ -86,8 +115,24 @@ mod tests {
             spin = std::hint::black_box(spin.wrapping_add(1));
         }
         assert!(spin > 0);
-        let cpu = of_process(std::process::id()).expect("our own /proc entry");
+        let cpu = ProcessCpu::new(std::process::id()).read().expect("our own /proc entry");
         assert!(cpu.runtime_ms > 0.0, "{cpu:?}");
-        assert!(of_process(u32::MAX).is_none());
+        assert!(ProcessCpu::new(u32::MAX).read().is_none());
+    }
+
+    /// A vCPU thread that ends (the guest powered off) keeps its time: the share between two readings is never
+    /// negative.
+    #[test]
+    fn a_thread_that_ends_keeps_its_time() {
+        let mut process = ProcessCpu::new(1);
+        let vcpu = |ticks| (8, "ftvm-vcpu".to_string(), ticks);
+        let runtime = |ticks| (7, "ftvm".to_string(), ticks);
+        let first = process.absorb(&[runtime(10), vcpu(100)]);
+        let second = process.absorb(&[runtime(12), vcpu(150)]);
+        let last = process.absorb(&[runtime(13)]);
+        assert!(second.since(&first).vcpu_ms > 0.0);
+        assert_eq!(last.since(&second).vcpu_ms, 0.0, "the vCPU thread is gone, not negative");
+        assert!(last.since(&first).vcpu_ms > 0.0);
+        assert!(last.since(&second).runtime_ms > 0.0);
     }
 }

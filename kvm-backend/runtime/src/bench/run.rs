@@ -46,9 +46,10 @@ impl Sampler {
         let stopping = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut samples = Vec::new();
+            let (mut primary, mut backup) = (cpu::ProcessCpu::new(pids.0), pids.1.map(cpu::ProcessCpu::new));
             while !stopping.load(Ordering::Relaxed) {
                 if let Some(status) = status_json(addr) {
-                    let (primary_cpu, backup_cpu) = (cpu::of_process(pids.0), pids.1.and_then(cpu::of_process));
+                    let (primary_cpu, backup_cpu) = (primary.read(), backup.as_mut().and_then(cpu::ProcessCpu::read));
                     samples.push(Sample {
                         primary_cpu,
                         backup_cpu,
