@@ -64,8 +64,7 @@ pub struct Snapshot {
     pub hold_write_to_ack_p99_us: f64,
     pub hold_ack_to_release_p50_us: f64,
     pub hold_ack_to_release_p99_us: f64,
-    /// Backup: from receiving an output or a control entry (what the primary waits on) to sending its
-    /// acknowledgement. Inputs are acknowledged in batches on purpose (`ft::backup::RECEIPT_ACK_NS`).
+    /// Backup: from receiving a log entry to sending its acknowledgement.
     pub ack_delay_p50_us: f64,
     pub ack_delay_p99_us: f64,
     pub went_live_at_ms: Option<u64>,
@@ -151,8 +150,7 @@ pub struct Board {
     to_write: Ring,
     write_to_ack: Ring,
     to_release: Ring,
-    /// Backup: outputs and control entries received and not yet acknowledged, with when they arrived; recent ack
-    /// delays (ns).
+    /// Backup: entries received and not yet acknowledged, with when they arrived; recent ack delays (ns).
     unacked: VecDeque<(u64, u64)>,
     ack_delays: Ring,
 }
@@ -402,11 +400,9 @@ impl Board {
                     bar.set_message(format!("pass {}", pass + 1));
                 }
             }
-            Message::Log { index, entry } => {
+            Message::Log { index, .. } => {
                 self.snapshot.log_entries_received = *index;
-                if matches!(entry, Entry::Output { .. } | Entry::Control { .. }) {
-                    self.unacked.push_back((*index, now_ns));
-                }
+                self.unacked.push_back((*index, now_ns));
             }
             Message::Ack { received, replayed, .. } => {
                 self.snapshot.log_entries_acked = *received;
@@ -719,21 +715,6 @@ mod tests {
         assert!(snapshot.text().contains("log to ack: p50 600 us"), "{}", snapshot.text());
         assert!(snapshot.text().contains("write to ack p50 590 us"), "{}", snapshot.text());
         assert!(snapshot.prometheus().contains("ftvm_output_hold_ack_to_release_p99_seconds 0.00005"));
-    }
-
-    /// The backup's ack delay is that of the entries the primary waits on: inputs acknowledged in a batch with a
-    /// later output do not count their deliberate wait.
-    #[test]
-    fn the_ack_delay_counts_outputs_not_inputs_acknowledged_in_a_batch() {
-        let mut board = Board::default();
-        let input = Entry::Input { position: Position::ZERO, pc: 0, input: ft::log::Input::Timer };
-        board.observe_received(0, &Message::Log { index: 1, entry: input });
-        let output = Entry::Output { position: Position::ZERO, pc: 0, record: OutputRecord::of(&console(0)) };
-        board.observe_received(1_500 * US, &Message::Log { index: 2, entry: output });
-        let ack = Message::Ack { received: 2, replayed: 0, position: Position::ZERO };
-        board.observe_action(1_503 * US, &Action::Send(ack));
-        let snapshot = board.snapshot(2_000 * US, &ChannelCounters::default());
-        assert_eq!((snapshot.ack_delay_p50_us, snapshot.ack_delay_p99_us), (3.0, 3.0));
     }
 
     /// The primary's status while it clones: how far (bytes written of the pages queued), which pass, how much
