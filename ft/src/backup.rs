@@ -71,10 +71,6 @@ pub struct Backup<G: Guest> {
     /// progress: progress is reported at least every `REPLAY_ACK_NS`.
     now_seen_ns: u64,
     replay_acked_ns: u64,
-    /// Receipt not yet acknowledged: since when, and whether an entry in it is one the primary waits on (an
-    /// output held by the Output Rule, a control entry such as the power-off).
-    receipt_since_ns: Option<u64>,
-    receipt_urgent: bool,
     expect: Option<Expect>,
     /// Console and network outputs produced in replay and not yet confirmed released by the primary.
     unreleased: VecDeque<Output>,
@@ -92,11 +88,6 @@ const UNRELEASED_MAX: usize = 1 << 16;
 /// replays few in a long time); receipt is acknowledged at once, as the Output Rule needs.
 const REPLAY_ACK_ENTRIES: u64 = 64;
 pub const REPLAY_ACK_NS: u64 = 2_000_000;
-/// Receipt of entries nobody waits on (inputs, checkpoints) is acknowledged within this, or once a quarter of the
-/// primary's unacked-log bound is waiting; receipt of an output or a control entry at once. Only those hold
-/// anything on the primary (an ack covers every entry before it), and an ack per input cost a read and a write
-/// of 10 to 30 µs on each side of a nested host, for every frame a guest received.
-pub const RECEIPT_ACK_NS: u64 = 2_000_000;
 
 impl<G: Guest> Backup<G> {
     pub fn new(config: Config, guest: G, disk_sectors: u64, now_ns: u64) -> Backup<G> {
@@ -140,8 +131,6 @@ impl<G: Guest> Backup<G> {
             acked: (0, 0),
             now_seen_ns: now_ns,
             replay_acked_ns: now_ns,
-            receipt_since_ns: None,
-            receipt_urgent: false,
             expect: None,
             unreleased: VecDeque::new(),
             released_seq: None,
@@ -250,8 +239,6 @@ impl<G: Guest> Backup<G> {
         }
         self.received = index;
         self.stats.log_entries += 1;
-        self.receipt_since_ns.get_or_insert(now_ns);
-        self.receipt_urgent |= matches!(entry, Entry::Output { .. } | Entry::Control { .. });
         self.buffer.push_back((index, entry));
         assert!(self.buffer.len() <= bound);
     }
@@ -678,11 +665,7 @@ impl<G: Guest> Backup<G> {
 
     pub fn poll_action(&mut self) -> Option<Action> {
         let (received_acked, replayed_acked) = self.acked;
-        let receipt_batch = (self.config.log_entries_unacked_max as u64 / 4).max(1);
-        let receipt = self.received > received_acked
-            && (self.receipt_urgent
-                || self.received - received_acked >= receipt_batch
-                || self.receipt_since_ns.is_some_and(|since| self.now_seen_ns >= since + RECEIPT_ACK_NS));
+        let receipt = self.received > received_acked;
         // Replay progress matters for the execution lag, but only to the throttle's slow loop: it rides on the
         // next receipt ack, or goes alone every `REPLAY_ACK_NS` or `REPLAY_ACK_ENTRIES`. An ack of its own each
         // time the buffer drained doubled the acks of a guest with sparse entries (a read and a write of 10 to
@@ -696,8 +679,6 @@ impl<G: Guest> Backup<G> {
                 self.replay_acked_ns = self.now_seen_ns;
             }
             self.acked = (self.received, self.replayed);
-            self.receipt_since_ns = None;
-            self.receipt_urgent = false;
             self.actions.push_back(Action::Send(Message::Ack {
                 received: self.received,
                 replayed: self.replayed,
@@ -714,8 +695,6 @@ impl<G: Guest> Backup<G> {
                 // Replay progress not yet reported is, at the latest, when `REPLAY_ACK_NS` has passed.
                 let progress =
                     if self.replayed > self.acked.1 { self.replay_acked_ns + REPLAY_ACK_NS } else { u64::MAX };
-                let receipt = self.receipt_since_ns.map_or(u64::MAX, |since| since + RECEIPT_ACK_NS);
-                let progress = progress.min(receipt);
                 let detectors = self.detector.deadline_ns().min(self.channel_detector.deadline_ns());
                 Some(self.heartbeat_next_ns.min(detectors).min(progress))
             }
