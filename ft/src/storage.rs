@@ -105,6 +105,11 @@ impl Scheduler {
         self.reads_unacked.clear();
     }
 
+    /// Requests queued and not issued yet.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Writes still held by the Output Rule.
     pub fn held(&self) -> usize {
         self.queue.iter().filter(|queued| queued.held_until.is_some()).count()

@@ -32,6 +32,7 @@ pub const MARKS: &[(&str, &str)] = &[
     ("clone_precopy_repeated", "a clone's second or later pre-copy pass"),
     ("clone_cut", "a clone's cut: the pair protected again"),
     ("clone_aborted", "a clone given up before its cut"),
+    ("disk_waits_while_enlisting", "a disk request held while the arbiter records a joiner as the backup"),
     ("clone_under_load", "a clone while the guest's outputs were released"),
     ("clone_window_refilled", "a pre-copy pass sent in more than one window, as the joiner acknowledged pages"),
 ];
