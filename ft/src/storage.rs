@@ -105,9 +105,9 @@ impl Scheduler {
         self.reads_unacked.clear();
     }
 
-    /// Requests queued and not issued yet.
-    pub fn queued(&self) -> usize {
-        self.queue.len()
+    /// Whether a request could be issued now (what `poll_issue` would return), without issuing it.
+    pub fn issuable(&self) -> bool {
+        self.ready(false).is_some()
     }
 
     /// Writes still held by the Output Rule.
@@ -115,24 +115,30 @@ impl Scheduler {
         self.queue.iter().filter(|queued| queued.held_until.is_some()).count()
     }
 
-    /// The next request that may be issued: not held, and overlapping nothing issued or queued before it.
-    pub fn poll_issue(&mut self) -> Option<StorageRequest> {
-        let ready = (0..self.queue.len()).find(|&i| {
+    /// The first queued request that may be issued: not held, and overlapping nothing issued or queued before it.
+    /// `mark`: count the waits on the coverage marks (once per look that issues, not for a mere question).
+    fn ready(&self, mark: bool) -> Option<usize> {
+        (0..self.queue.len()).find(|&i| {
             let candidate = &self.queue[i];
             let unacked_read = candidate.op == DiskOp::Write
                 && self.reads_unacked.iter().any(|(_, read, _)| overlap(read, &candidate.target));
             // Marked only when the read is what holds the write (not the Output Rule as well).
-            if unacked_read && candidate.held_until.is_none() {
+            if mark && unacked_read && candidate.held_until.is_none() {
                 cov_mark::hit!(write_waits_for_read_completion);
             }
             let blocked = unacked_read
                 || self.issued.values().any(|(_, busy, _, _)| overlap(busy, &candidate.target))
                 || self.queue.iter().take(i).any(|earlier| overlap(&earlier.target, &candidate.target));
-            if blocked && candidate.held_until.is_none() {
+            if mark && blocked && candidate.held_until.is_none() {
                 cov_mark::hit!(overlapping_request_waits);
             }
             candidate.held_until.is_none() && !blocked
-        })?;
+        })
+    }
+
+    /// The next request that may be issued: not held, and overlapping nothing issued or queued before it.
+    pub fn poll_issue(&mut self) -> Option<StorageRequest> {
+        let ready = self.ready(true)?;
         let queued = self.queue.remove(ready)?;
         let kept = if queued.op == DiskOp::Write { queued.data.clone() } else { Vec::new() };
         self.issued.insert(queued.target.tag, (queued.op, queued.target, kept, queued.output_seq));
@@ -194,6 +200,22 @@ mod tests {
 
     fn target(tag: u32, sector: u64) -> DiskTarget {
         DiskTarget { tag, sector, sectors: 1 }
+    }
+
+    /// `issuable` answers what `poll_issue` would do, and changes nothing: a write the Output Rule holds is not
+    /// issuable, a free read is, and asking twice issues nothing.
+    #[test]
+    fn issuable_says_what_poll_issue_would_do_without_issuing() {
+        let mut scheduler = Scheduler::default();
+        assert!(!scheduler.issuable(), "nothing queued");
+        scheduler.submit_write(target(1, 0), vec![0; 512], 1, Some(5));
+        assert!(!scheduler.issuable(), "held by the Output Rule");
+        scheduler.submit_read(target(2, 9));
+        assert!(scheduler.issuable() && scheduler.issuable(), "a free read");
+        assert!(matches!(scheduler.poll_issue(), Some(StorageRequest::Read { .. })));
+        assert!(!scheduler.issuable(), "the read is out; the write still held");
+        scheduler.acked(5);
+        assert!(scheduler.issuable(), "the ack released the write");
     }
 
     #[test]

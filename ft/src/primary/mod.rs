@@ -536,7 +536,7 @@ impl<G: Guest> Primary<G> {
             self.release(output, Some(index));
         }
         // While the arbiter moves this node's epoch on, requests wait for the new one (the old is being fenced).
-        if matches!(self.mode, Mode::Enlisting { .. }) && self.scheduler.queued() > 0 {
+        if matches!(self.mode, Mode::Enlisting { .. }) && self.scheduler.issuable() {
             cov_mark::hit!(disk_waits_while_enlisting);
         }
         while !matches!(self.mode, Mode::Enlisting { .. }) {

@@ -101,6 +101,8 @@ struct NetHost {
     go_live_command: Option<String>,
     storage: Arc<SharedStorage>,
     storage_timeout: Duration,
+    /// The precise sleeps' timerfds, kept for reuse.
+    timers: crate::timer::Timers,
     /// Storage requests that timed out and may still run: later requests wait for them (see `blocking`).
     stuck_storage: StuckRequests,
     board: SharedBoard,
@@ -290,7 +292,7 @@ impl Clock for NetHost {
         }
         // Precisely: tokio's timers have millisecond resolution, which made every tick of a guest's 1 ms timer
         // up to a millisecond late.
-        crate::timer::sleep_until(self.start + Duration::from_nanos(deadline_ns)).await;
+        self.timers.sleep_until(self.start + Duration::from_nanos(deadline_ns)).await;
     }
 }
 
@@ -764,6 +766,7 @@ pub fn run(kvm_path: &Path, config: NodeConfig, start_as: StartAs) -> Result<(),
             go_live_command: settings.go_live_command.clone(),
             storage: storage.clone(),
             storage_timeout,
+            timers: crate::timer::Timers::default(),
             stuck_storage: StuckRequests::default(),
             board: board.clone(),
             counters: Rc::new(ChannelCounters::default()),

@@ -3,6 +3,7 @@
 //! at half speed without a backup (where nothing else woke the driver sooner). The last stretch of a sleep is a
 //! `timerfd` (CLOCK_MONOTONIC, the clock `Instant` reads) registered with tokio's reactor.
 
+use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -11,47 +12,46 @@ use tokio::io::unix::AsyncFd;
 /// Sleeps longer than this sleep on tokio's timer until this close to the deadline, then on a timerfd.
 const COARSE_MARGIN: Duration = Duration::from_millis(2);
 
-/// Sleeps until `deadline`.
-pub async fn sleep_until(deadline: Instant) {
-    let now = Instant::now();
-    if deadline <= now {
-        return;
-    }
-    if deadline - now > COARSE_MARGIN {
-        tokio::time::sleep_until((deadline - COARSE_MARGIN).into()).await;
-    }
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    if remaining.is_zero() {
-        return;
-    }
-    if precise_sleep(remaining).await.is_err() {
-        // No timerfd (out of descriptors, say): tokio's timer, late by up to a millisecond, is still a sleep.
-        tokio::time::sleep_until(deadline.into()).await;
-    }
-}
-
-// The timerfds of this thread not in use: a sleep takes one and gives it back. Creating, registering,
-// deregistering and closing a timerfd for every sleep cost four system calls, tens of microseconds on a nested
-// host, on every turn of a driver that sleeps until its guest's next tick.
-thread_local! {
-    static TIMERS: std::cell::RefCell<Vec<AsyncFd<OwnedFd>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Timerfds kept per thread for reuse; more sleeps at once than this create and close their own.
+/// Timerfds kept for reuse; more sleeps at once than this create and close their own.
 const TIMERS_KEPT: usize = 8;
 
-/// A timerfd taken from the thread's spares, given back when the sleep ends or is dropped. Re-arming it with
-/// `timerfd_settime` clears the expirations a cancelled sleep left on it.
-struct Timer {
-    fd: Option<AsyncFd<OwnedFd>>,
-    /// Taken from the spares: it may be registered with a runtime of this thread that is gone.
-    reused: bool,
+/// The timerfds of one host (one runtime) not in use: a sleep takes one and gives it back. Creating,
+/// registering, deregistering and closing a timerfd for every sleep cost four system calls, tens of microseconds
+/// on a nested host, on every turn of a driver that sleeps until its guest's next tick. The spares belong to the
+/// host, not the thread, so that a spare is never registered with another runtime than the one polling it.
+#[derive(Default)]
+pub struct Timers {
+    spares: RefCell<Vec<AsyncFd<OwnedFd>>>,
 }
 
-impl Timer {
-    fn take() -> std::io::Result<Timer> {
-        if let Some(fd) = TIMERS.with(|timers| timers.borrow_mut().pop()) {
-            return Ok(Timer { fd: Some(fd), reused: true });
+impl Timers {
+    /// Sleeps until `deadline`.
+    pub async fn sleep_until(&self, deadline: Instant) {
+        let now = Instant::now();
+        if deadline <= now {
+            return;
+        }
+        if deadline - now > COARSE_MARGIN {
+            tokio::time::sleep_until((deadline - COARSE_MARGIN).into()).await;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return;
+        }
+        if self.precise_sleep(remaining).await.is_err() {
+            // No timerfd (out of descriptors, say): tokio's timer, late by up to a millisecond, is still a sleep.
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+
+    async fn precise_sleep(&self, duration: Duration) -> std::io::Result<()> {
+        let timer = self.take()?;
+        timer.sleep(duration).await
+    }
+
+    fn take(&self) -> std::io::Result<Timer<'_>> {
+        if let Some(fd) = self.spares.borrow_mut().pop() {
+            return Ok(Timer { fd: Some(fd), timers: self });
         }
         // SAFETY: timerfd_create takes no pointers; a non-negative result is a new descriptor that we own.
         let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
@@ -63,21 +63,21 @@ impl Timer {
         // SAFETY: the OwnedFd moves into the AsyncFd, which owns it until it is dropped: the descriptor stays
         // open, and `as_raw_fd` always returns the same one.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
-        Ok(Timer { fd: Some(fd), reused: false })
+        Ok(Timer { fd: Some(fd), timers: self })
     }
+}
 
-    fn fd(&self) -> &AsyncFd<OwnedFd> {
-        self.fd.as_ref().expect("a timer holds its descriptor until dropped")
-    }
+/// A timerfd taken from the spares, given back when the sleep ends or is dropped. Re-arming it with
+/// `timerfd_settime` clears the expirations a cancelled sleep left on it.
+struct Timer<'a> {
+    fd: Option<AsyncFd<OwnedFd>>,
+    timers: &'a Timers,
+}
 
-    /// Closes the descriptor instead of keeping it.
-    fn discard(mut self) {
-        self.fd = None;
-    }
-
+impl Timer<'_> {
     /// Arms the timer for `duration` and waits until it expires.
     async fn sleep(&self, duration: Duration) -> std::io::Result<()> {
-        let fd = self.fd();
+        let fd = self.fd.as_ref().expect("a timer holds its descriptor until dropped");
         let spec = libc::itimerspec {
             it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
             it_value: libc::timespec {
@@ -104,28 +104,12 @@ impl Timer {
     }
 }
 
-impl Drop for Timer {
+impl Drop for Timer<'_> {
     fn drop(&mut self) {
         let Some(fd) = self.fd.take() else { return };
-        // A thread that is going away has no spares to give back to: the descriptor is closed.
-        let _ = TIMERS.try_with(|timers| {
-            let mut timers = timers.borrow_mut();
-            if timers.len() < TIMERS_KEPT {
-                timers.push(fd);
-            }
-        });
-    }
-}
-
-async fn precise_sleep(duration: Duration) -> std::io::Result<()> {
-    let deadline = Instant::now() + duration;
-    loop {
-        let timer = Timer::take()?;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match timer.sleep(remaining).await {
-            // Registered with a runtime this thread ran before, whose reactor is gone: a fresh one.
-            Err(_) if timer.reused => timer.discard(),
-            result => return result,
+        let mut spares = self.timers.spares.borrow_mut();
+        if spares.len() < TIMERS_KEPT {
+            spares.push(fd);
         }
     }
 }
@@ -136,11 +120,12 @@ async fn precise_sleep(duration: Duration) -> std::io::Result<()> {
 pub struct WallClock {
     start: Instant,
     look: Duration,
+    timers: Timers,
 }
 
 impl WallClock {
     pub fn new(look: Duration) -> WallClock {
-        WallClock { start: Instant::now(), look }
+        WallClock { start: Instant::now(), look, timers: Timers::default() }
     }
 
     pub fn now_ns(&self) -> u64 {
@@ -154,32 +139,34 @@ impl WallClock {
             return;
         }
         let wait = Duration::from_nanos(deadline_ns - now).min(self.look);
-        sleep_until(Instant::now() + wait).await;
+        self.timers.sleep_until(Instant::now() + wait).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
 
-    /// A timerfd kept from a runtime that is gone is not reused: the next runtime on the thread still sleeps on
-    /// a timerfd (instead of failing over to tokio's millisecond timer).
+    /// A sleep that is dropped after it armed its timer gives the timer back armed; the timer expires while
+    /// spare, and the next sleep on it must still wait its whole time (re-arming clears the expiration).
     #[test]
-    fn a_spare_timer_of_a_dropped_runtime_is_replaced() {
-        for _ in 0..2 {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                precise_sleep(Duration::from_micros(50)).await.expect("a timerfd sleep");
-                // Cancelled sleeps give their timers back armed: re-arming must clear what they left.
-                let cancelled = precise_sleep(Duration::from_micros(10));
-                drop(tokio::time::timeout(Duration::from_nanos(1), cancelled).await);
-                std::thread::sleep(Duration::from_micros(100));
-                let deadline = Instant::now() + Duration::from_millis(1);
-                precise_sleep(Duration::from_millis(1)).await.expect("a timerfd sleep");
-                assert!(Instant::now() >= deadline, "a stale expiration ended the sleep early");
-            });
-        }
-        assert!(TIMERS.with(|timers| !timers.borrow().is_empty()), "timers are kept for reuse");
+    fn a_spare_left_armed_by_a_cancelled_sleep_does_not_end_the_next_sleep_early() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let timers = Timers::default();
+        runtime.block_on(async {
+            {
+                let mut cancelled = std::pin::pin!(timers.precise_sleep(Duration::from_millis(1)));
+                let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+                assert!(cancelled.as_mut().poll(&mut context).is_pending(), "armed, not yet expired");
+            }
+            assert_eq!(timers.spares.borrow().len(), 1, "the cancelled sleep gave its timer back");
+            std::thread::sleep(Duration::from_millis(3));
+            let deadline = Instant::now() + Duration::from_millis(2);
+            timers.precise_sleep(Duration::from_millis(2)).await.expect("a timerfd sleep");
+            assert!(Instant::now() >= deadline, "a stale expiration ended the sleep early");
+            assert_eq!(timers.spares.borrow().len(), 1, "one timer, reused");
+        });
     }
 
     /// A sleep never ends before its deadline, on either path (how much later it ends is a matter for a
@@ -187,10 +174,11 @@ mod tests {
     #[test]
     fn sleeps_end_at_or_after_their_deadline() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let timers = Timers::default();
         runtime.block_on(async {
             for wait in [Duration::from_micros(1), Duration::from_micros(300), Duration::from_millis(3)] {
                 let deadline = Instant::now() + wait;
-                sleep_until(deadline).await;
+                timers.sleep_until(deadline).await;
                 assert!(Instant::now() >= deadline, "{wait:?}");
             }
         });
