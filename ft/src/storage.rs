@@ -202,6 +202,17 @@ mod tests {
         DiskTarget { tag, sector, sectors: 1 }
     }
 
+    /// An issued write keeps its data, for go-live to reissue it (mutation testing found this unchecked).
+    #[test]
+    fn an_issued_write_keeps_its_data_for_a_reissue() {
+        let mut scheduler = Scheduler::default();
+        scheduler.submit_write(target(1, 3), vec![7; 512], 1, None);
+        assert!(matches!(scheduler.poll_issue(), Some(StorageRequest::Write { .. })));
+        let in_flight = scheduler.writes_in_flight();
+        assert_eq!(in_flight.len(), 1);
+        assert_eq!(in_flight[0].2, vec![7; 512]);
+    }
+
     /// `issuable` answers what `poll_issue` would do, and changes nothing: a write the Output Rule holds is not
     /// issuable, a free read is, and asking twice issues nothing.
     #[test]

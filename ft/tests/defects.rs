@@ -441,9 +441,14 @@ fn a_primary_says_goodbye_once_however_often_it_is_polled() {
 /// Eight console lines, one exit each, as a primary logs them with one exit per slice; and a fresh backup of the
 /// same guest with the same one-exit slices, welcomed, that has received nothing yet.
 fn eight_console_lines() -> (Vec<Message>, Node<Script>) {
+    console_lines(8)
+}
+
+/// `lines` console lines, one exit each, as [`eight_console_lines`].
+fn console_lines(lines: usize) -> (Vec<Message>, Node<Script>) {
     let console = Exit::PortOut { port: abi::CONSOLE_WRITE, size: 4, value: 0x100 };
     let script = || {
-        let mut script = Script::new(std::iter::repeat_n(console, 8));
+        let mut script = Script::new(std::iter::repeat_n(console, lines));
         script.put_buffer(0x100, b"hi\n");
         script
     };
@@ -452,11 +457,11 @@ fn eight_console_lines() -> (Vec<Message>, Node<Script>) {
     drain(&mut primary);
     primary.handle_message(1, Message::Welcome { pair_id: 3, epoch: 1 });
     let mut log = Vec::new();
-    for step in 0..8 {
+    for step in 0..lines as u64 {
         primary.run_guest(2 + step, &mut Zero);
         log.extend(log_of(&drain(&mut primary)));
     }
-    assert_eq!(log.len(), 8, "{log:?}");
+    assert_eq!(log.len(), lines, "{log:?}");
     (log, backup_with(one_exit_slices, script()))
 }
 
@@ -576,4 +581,26 @@ fn replay_progress_of_entries_a_millisecond_apart_rides_on_the_next_receipt_ack(
     backup.handle_timeout(due_ns);
     let last = sent(&drain(&mut backup));
     assert!(last.iter().any(|m| matches!(m, Message::Ack { received: 8, replayed: 8, .. })), "{last:?}");
+}
+
+/// A backup with a long buffer reports replay progress every `REPLAY_ACK_ENTRIES` (64) replayed entries while time
+/// stands still, not at every entry (mutation testing found the count unchecked).
+#[test]
+fn replay_progress_of_a_long_buffer_is_reported_every_64_entries() {
+    let (log, mut backup) = console_lines(150);
+    let now_ns = 2 * MS;
+    for message in log {
+        backup.handle_message(now_ns, message);
+    }
+    drain(&mut backup);
+    let mut reported = Vec::new();
+    while backup.run_guest(now_ns, &mut Zero) == ft::Progress::Ran {
+        for message in sent(&drain(&mut backup)) {
+            if let Message::Ack { replayed, .. } = message {
+                reported.push(replayed);
+            }
+        }
+    }
+    // The first replay is reported at once (nothing was for REPLAY_ACK_NS), then every 64 entries.
+    assert_eq!(reported, [1, 65, 129], "progress every 64 entries while entries wait, at one instant");
 }
