@@ -378,6 +378,5 @@ impl<G: Guest> Primary<G> {
         self.heartbeat_next_ns = now_ns;
         self.stalled = false;
         self.throttle = Throttle::new(&self.config, now_ns);
-        self.round_trip = super::throttle::RoundTrip::new(now_ns);
     }
 }

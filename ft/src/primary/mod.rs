@@ -73,8 +73,6 @@ pub struct Primary<G: Guest> {
     backup_position: Position,
     /// (index, time logged) of entries the backup has not replayed, for the execution lag.
     logged_at_ns: VecDeque<(LogIndex, u64)>,
-    /// The link's recent round trip, which the throttle leaves out of the lag it controls.
-    round_trip: throttle::RoundTrip,
     held: VecDeque<(LogIndex, u64, Output)>,
     released_seq: Option<u64>,
     released_sent: Option<u64>,
@@ -139,7 +137,6 @@ impl<G: Guest> Primary<G> {
             replayed: 0,
             backup_position: Position::ZERO,
             logged_at_ns: VecDeque::new(),
-            round_trip: throttle::RoundTrip::new(now_ns),
             held: VecDeque::new(),
             released_seq: None,
             released_sent: None,
@@ -239,9 +236,7 @@ impl<G: Guest> Primary<G> {
         let before = self.throttle.share_permille();
         let lag_ns = self.execution_lag_ns(now_ns);
         if self.logging() {
-            // At most the target: a backup whose full buffer delays even its receipts must not hide its backlog.
-            let link_ns = self.round_trip.recent_max_ns().min(self.config.lag_target_ms * NS_PER_MS);
-            self.throttle.tick(now_ns, lag_ns.saturating_sub(link_ns));
+            self.throttle.tick(now_ns, lag_ns);
         } else {
             self.throttle.release();
         }
@@ -336,7 +331,7 @@ impl<G: Guest> Primary<G> {
             // The newest entry this ack covers went out when it was logged, and the backup acknowledges receipt at
             // once: a round trip of the link.
             if let Ok(at) = self.logged_at_ns.binary_search_by_key(&received, |(index, _)| *index) {
-                self.round_trip.sample(now_ns, now_ns.saturating_sub(self.logged_at_ns[at].1));
+                self.throttle.link_sample(now_ns, now_ns.saturating_sub(self.logged_at_ns[at].1));
             }
         }
         self.acked = received;

@@ -38,6 +38,8 @@ pub struct Throttle {
     /// The share in effect from each time on, oldest first (bounded): the backup replays now what the guest
     /// ran a lag ago, at the share of then.
     history: VecDeque<(u64, u64)>,
+    /// The link's recent round trip, which the lag this throttle controls leaves out.
+    round_trip: RoundTrip,
 }
 
 /// Changes of the share remembered, for looking up the share a lag ago.
@@ -55,13 +57,21 @@ impl Throttle {
             growth_ns: 0,
             raw_growth_before_ns: 0,
             history: VecDeque::from([(now_ns, SHARE_FULL_PERMILLE)]),
+            round_trip: RoundTrip::new(now_ns),
         }
     }
 
+    /// An entry logged `round_trip_ns` ago had its receipt acknowledged now (see [`RoundTrip`]).
+    pub fn link_sample(&mut self, now_ns: u64, round_trip_ns: u64) {
+        self.round_trip.sample(now_ns, round_trip_ns);
+    }
+
     /// Moves to the period `now_ns` falls in, adjusting the share once per period passed from `lag_ns`, the
-    /// backup's execution lag now.
+    /// backup's execution lag now, less the link's recent round trip.
     pub fn tick(&mut self, now_ns: u64, lag_ns: u64) {
         assert!(now_ns >= self.now_ns, "time goes forward: {now_ns} after {}", self.now_ns);
+        // At most the target: a backup whose full buffer delays even its receipts must not hide its backlog.
+        let lag_ns = lag_ns.saturating_sub(self.round_trip.recent_max_ns().min(self.lag_target_ns));
         self.now_ns = now_ns;
         if now_ns < self.period_start_ns + self.period_ns {
             return;
